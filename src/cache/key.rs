@@ -1,0 +1,272 @@
+//! Cache keys: the request parts that pick a stored response, length-prefixed and hashed.
+//!
+//! Each part is written as a 4-byte big-endian length and its bytes, so no
+//! choice of values can make two different requests produce the same
+//! canonical key. The canonical bytes are kept in the stored entry and
+//! compared on read, so even a hash collision cannot serve the wrong object.
+
+use std::borrow::Cow;
+
+use bytes::Bytes;
+use http::request::Parts;
+use http::{HeaderMap, Method};
+
+use crate::route::Route;
+
+/// Bumped whenever the canonical form changes, so old entries stop matching.
+const KEY_VERSION: &str = "sidecache-key-v1";
+
+/// Written instead of a length for a key header the request does not carry,
+/// so "absent" and "empty" are different keys.
+const ABSENT: u32 = u32::MAX;
+
+/// The identity of a cached object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CacheKey {
+    hash: [u8; 32],
+    canonical: Bytes,
+}
+
+impl CacheKey {
+    /// The key for a request on a caching route.
+    pub fn for_request(namespace: &str, route: &Route, request: &Parts) -> CacheKey {
+        let mut key = KeyWriter::default();
+        key.part(KEY_VERSION.as_bytes());
+        key.part(namespace.as_bytes());
+        key.part(b"http");
+        key.part(request_host(request).as_bytes());
+        key.part(method_class(&request.method).as_bytes());
+        key.part(normalise_path(request.uri.path()).as_bytes());
+        key.part(canonical_query(request.uri.query().unwrap_or("")).as_bytes());
+        for name in &route.key_headers {
+            key.part(name.as_str().as_bytes());
+            key.optional_part(joined_values(&request.headers, name).as_deref());
+        }
+        key.finish()
+    }
+
+    /// BLAKE3 of the canonical key: what the tiers index by.
+    pub fn hash(&self) -> &[u8; 32] {
+        &self.hash
+    }
+
+    /// The length-prefixed parts, compared on read.
+    pub fn canonical(&self) -> &Bytes {
+        &self.canonical
+    }
+
+    /// Lowercase hex of the hash, for logs and tier keys.
+    pub fn hex(&self) -> String {
+        blake3::Hash::from_bytes(self.hash).to_hex().to_string()
+    }
+}
+
+#[derive(Default)]
+struct KeyWriter(Vec<u8>);
+
+impl KeyWriter {
+    fn part(&mut self, bytes: &[u8]) {
+        // Parts are request fields bounded by hyper's head limits, far below 4 GiB.
+        let len = u32::try_from(bytes.len()).unwrap_or(ABSENT - 1);
+        self.0.extend_from_slice(&len.to_be_bytes());
+        self.0.extend_from_slice(bytes);
+    }
+
+    fn optional_part(&mut self, bytes: Option<&[u8]>) {
+        match bytes {
+            Some(bytes) => self.part(bytes),
+            None => self.0.extend_from_slice(&ABSENT.to_be_bytes()),
+        }
+    }
+
+    fn finish(self) -> CacheKey {
+        CacheKey {
+            hash: *blake3::hash(&self.0).as_bytes(),
+            canonical: Bytes::from(self.0),
+        }
+    }
+}
+
+/// GET and HEAD share stored responses: HEAD is answered from a stored GET.
+fn method_class(method: &Method) -> &str {
+    if method == Method::HEAD {
+        Method::GET.as_str()
+    } else {
+        method.as_str()
+    }
+}
+
+/// The request's host, lowercased, without the default port: from the URI
+/// (HTTP/2 and absolute-form) or else the `Host` header.
+pub fn request_host(request: &Parts) -> String {
+    let raw = request
+        .uri
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| {
+            request
+                .headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+        })
+        .unwrap_or("");
+    let host = raw.strip_suffix(":80").unwrap_or(raw);
+    host.to_ascii_lowercase()
+}
+
+fn joined_values(headers: &HeaderMap, name: &http::HeaderName) -> Option<Vec<u8>> {
+    let mut values = headers.get_all(name).iter();
+    let first = values.next()?;
+    let mut joined = first.as_bytes().to_vec();
+    for value in values {
+        joined.extend_from_slice(b", ");
+        joined.extend_from_slice(value.as_bytes());
+    }
+    Some(joined)
+}
+
+/// RFC 3986 §6.2.2 normalisation that never changes what the origin sees:
+/// percent-encodings are uppercased and unreserved characters decoded.
+/// Dot segments are left alone because the origin receives the raw path; if
+/// the key resolved `..` and the origin did not, one URL could fill another's
+/// entry.
+pub fn normalise_path(path: &str) -> Cow<'_, str> {
+    if !path.contains('%') {
+        return Cow::Borrowed(path);
+    }
+    let bytes = path.as_bytes();
+    let mut out = String::with_capacity(path.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let (Some(hi), Some(lo)) = (
+                bytes.get(i + 1).and_then(|b| hex_value(*b)),
+                bytes.get(i + 2).and_then(|b| hex_value(*b)),
+            )
+        {
+            let decoded = hi << 4 | lo;
+            if decoded.is_ascii_alphanumeric() || b"-._~".contains(&decoded) {
+                out.push(char::from(decoded));
+            } else {
+                out.push('%');
+                out.push(char::from(bytes[i + 1].to_ascii_uppercase()));
+                out.push(char::from(bytes[i + 2].to_ascii_uppercase()));
+            }
+            i += 3;
+            continue;
+        }
+        // Non-ASCII bytes cannot occur: hyper only accepts ASCII request targets.
+        out.push(char::from(bytes[i]));
+        i += 1;
+    }
+    Cow::Owned(out)
+}
+
+fn hex_value(byte: u8) -> Option<u8> {
+    char::from(byte)
+        .to_digit(16)
+        .and_then(|d| u8::try_from(d).ok())
+}
+
+/// Query pairs sorted by name so that parameter order does not split the
+/// cache. The sort is stable: repeated names keep their relative order
+/// (`a=1&a=2` and `a=2&a=1` may mean different things to the origin).
+pub fn canonical_query(query: &str) -> String {
+    let mut pairs: Vec<Cow<'_, str>> = query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(normalise_path)
+        .collect();
+    pairs.sort_by(|a, b| pair_name(a).cmp(pair_name(b)));
+    pairs.join("&")
+}
+
+fn pair_name(pair: &str) -> &str {
+    pair.split_once('=').map_or(pair, |(name, _)| name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::compile_path;
+    use std::time::Duration;
+
+    fn route(key_headers: &[&str]) -> Route {
+        Route {
+            name: "r".into(),
+            path: "/**".into(),
+            matcher: compile_path("/**").unwrap(),
+            methods: vec![Method::GET, Method::HEAD],
+            ttl: Duration::ZERO,
+            cache: true,
+            key_headers: key_headers.iter().map(|h| h.parse().unwrap()).collect(),
+            forward_headers: vec![],
+        }
+    }
+
+    fn key_with(route: &Route, method: &str, uri: &str, headers: &[(&str, &str)]) -> CacheKey {
+        let mut builder = http::Request::builder().method(method).uri(uri);
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        let (parts, ()) = builder.body(()).unwrap().into_parts();
+        CacheKey::for_request("ns", route, &parts)
+    }
+
+    fn key(uri: &str) -> CacheKey {
+        key_with(&route(&[]), "GET", uri, &[("host", "example.com")])
+    }
+
+    #[test]
+    fn query_order_does_not_matter_but_repeated_names_keep_theirs() {
+        assert_eq!(key("/a?x=1&y=2"), key("/a?y=2&x=1"));
+        assert_eq!(key("/a?x=1&&y=2&"), key("/a?y=2&x=1"));
+        assert_ne!(key("/a?x=1&x=2"), key("/a?x=2&x=1"));
+        assert_eq!(canonical_query("b=2&a=1&b=1"), "a=1&b=2&b=1");
+    }
+
+    #[test]
+    fn percent_encoding_is_normalised_without_resolving_dot_segments() {
+        assert_eq!(normalise_path("/%7euser/%2f%41"), "/~user/%2FA");
+        assert_eq!(normalise_path("/%2e%2e/admin"), "/../admin");
+        assert_eq!(key("/%7Euser"), key("/~user"));
+        assert_ne!(key("/a/../b"), key("/b"));
+        assert_eq!(normalise_path("/100%"), "/100%");
+    }
+
+    #[test]
+    fn host_method_class_and_namespace_are_in_the_key() {
+        let r = route(&[]);
+        let get = key_with(&r, "GET", "/a", &[("host", "Example.com:80")]);
+        assert_eq!(get, key_with(&r, "HEAD", "/a", &[("host", "example.com")]));
+        assert_ne!(get, key_with(&r, "GET", "/a", &[("host", "other.com")]));
+        assert_ne!(
+            get,
+            key_with(&r, "GET", "http://other.com/a", &[("host", "example.com")])
+        );
+        let (parts, ()) = http::Request::get("/a")
+            .header("host", "example.com")
+            .body(())
+            .unwrap()
+            .into_parts();
+        assert_ne!(get, CacheKey::for_request("other-ns", &r, &parts));
+    }
+
+    #[test]
+    fn key_headers_distinguish_absent_empty_and_values() {
+        let r = route(&["accept-language"]);
+        let absent = key_with(&r, "GET", "/a", &[]);
+        let empty = key_with(&r, "GET", "/a", &[("accept-language", "")]);
+        let en = key_with(&r, "GET", "/a", &[("accept-language", "en")]);
+        assert_ne!(absent, empty);
+        assert_ne!(empty, en);
+        assert_eq!(en, key_with(&r, "GET", "/a", &[("accept-language", "en")]));
+    }
+
+    #[test]
+    fn length_prefixes_keep_parts_apart() {
+        // Without prefixes "/a" + "b=1" and "/ab" + "=1" could run together.
+        assert_ne!(key("/a?b=1"), key("/ab?=1"));
+        assert_eq!(key("/a").hex().len(), 64);
+    }
+}

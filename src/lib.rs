@@ -1,0 +1,221 @@
+//! sidecache: a caching reverse proxy that runs as a sidecar in front of one origin.
+//!
+//! # Layout
+//! One request flows through these modules, in this order:
+//! - [`server`]: accept loops, connection limit, graceful shutdown.
+//! - [`proxy`]: the pipeline; the only module that calls the others in order.
+//! - [`route`]: the first route whose path pattern matches decides caching.
+//! - [`cache::policy`]: RFC 9111 decisions (lookup? store? how fresh? how old?), pure.
+//! - [`cache::key`]: canonical, length-prefixed, hashed cache keys.
+//! - [`cache`]: the tiers facade; [`cache::memory`] is L1, [`cache::fill`]
+//!   stores a streamed body once it is complete, [`cache::entry`] is what is stored.
+//! - [`origin`]: pooled upstream client, deadlines, hop-by-hop and forwarding headers.
+//! - [`cache::status`]: the RFC 9211 `Cache-Status` header.
+//!
+//! Around them: [`config`] (TOML to validated settings), [`admin`] (probes
+//! and metrics port) and [`metrics`] (Prometheus).
+//!
+//! [`start`] runs everything on the current tokio runtime and returns the
+//! bound addresses, so tests run the real proxy on port 0.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod cache;
+pub mod config;
+pub mod metrics;
+pub mod origin;
+pub mod proxy;
+pub mod route;
+pub mod server;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::admin::Admin;
+use crate::cache::Cache;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::origin::Origin;
+use crate::proxy::Proxy;
+use crate::server::Limits;
+
+/// Connections the admin port serves at once; probes and scrapes are few.
+const ADMIN_MAX_CONNECTIONS: usize = 64;
+/// Time admin connections get to finish after the proxy has drained.
+const ADMIN_SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr} ({key})")]
+    Bind {
+        key: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A started proxy: its bound addresses and the handle to stop it.
+pub struct Running {
+    addr: SocketAddr,
+    admin_addr: SocketAddr,
+    ready: Arc<AtomicBool>,
+    stop_proxy: watch::Sender<bool>,
+    stop_admin: watch::Sender<bool>,
+    proxy_task: JoinHandle<()>,
+    admin_task: JoinHandle<()>,
+}
+
+impl Running {
+    /// Where the proxy listens (the real port when configured with port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Where the admin endpoints listen.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// Starts shutting down: not ready, no new connections, in-flight
+    /// requests run on for the grace period. Returns at once.
+    pub fn begin_shutdown(&self) {
+        self.ready.store(false, Ordering::Release);
+        self.stop_proxy.send_replace(true);
+    }
+
+    /// Shuts down and waits until in-flight requests are done (or the grace
+    /// period is over), then closes the admin port.
+    pub async fn shutdown(self) {
+        self.begin_shutdown();
+        if let Err(error) = self.proxy_task.await {
+            tracing::error!(%error, "proxy listener task failed");
+        }
+        self.stop_admin.send_replace(true);
+        if let Err(error) = self.admin_task.await {
+            tracing::error!(%error, "admin listener task failed");
+        }
+    }
+}
+
+/// Binds the listeners and starts serving on the current tokio runtime.
+pub async fn start(config: Config) -> Result<Running, StartError> {
+    let Config {
+        server,
+        origin,
+        cache: cache_config,
+        routes,
+    } = config;
+    let bind = |key, addr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Bind { key, addr, source })
+    };
+    let listener = bind("server.listen", server.listen).await?;
+    let admin_listener = bind("server.admin_listen", server.admin_listen).await?;
+    let local = |listener: &TcpListener, key, addr| {
+        listener
+            .local_addr()
+            .map_err(|source| StartError::Bind { key, addr, source })
+    };
+    let addr = local(&listener, "server.listen", server.listen)?;
+    let admin_addr = local(&admin_listener, "server.admin_listen", server.admin_listen)?;
+
+    let metrics = Arc::new(Metrics::new());
+    let cache = Cache::new(&cache_config);
+    let proxy = Arc::new(Proxy::new(
+        routes,
+        Origin::new(&origin),
+        cache.clone(),
+        &cache_config,
+        metrics.clone(),
+    ));
+    let ready = Arc::new(AtomicBool::new(false));
+    let admin = Arc::new(Admin {
+        ready: ready.clone(),
+        metrics,
+        cache,
+    });
+
+    let (stop_proxy, proxy_stopped) = watch::channel(false);
+    let (stop_admin, admin_stopped) = watch::channel(false);
+    let proxy_task = tokio::spawn(server::serve(
+        listener,
+        move |request, client| {
+            let proxy = proxy.clone();
+            async move { proxy.handle(request, client).await }
+        },
+        Limits {
+            max_connections: server.max_connections,
+            shutdown_grace: server.shutdown_grace,
+        },
+        proxy_stopped,
+    ));
+    let admin_task = tokio::spawn(server::serve(
+        admin_listener,
+        move |request, _client| {
+            let response = admin.handle(&request);
+            async move { response }
+        },
+        Limits {
+            max_connections: ADMIN_MAX_CONNECTIONS,
+            shutdown_grace: ADMIN_SHUTDOWN_GRACE,
+        },
+        admin_stopped,
+    ));
+    ready.store(true, Ordering::Release);
+    tracing::info!(%addr, %admin_addr, origin = %origin.url, "sidecache listening");
+    Ok(Running {
+        addr,
+        admin_addr,
+        ready,
+        stop_proxy,
+        stop_admin,
+        proxy_task,
+        admin_task,
+    })
+}
+
+/// The listeners, origin and route table of a config, as `--check` prints them.
+pub fn describe(config: &Config) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "listen {}  admin {}  origin {}",
+        config.server.listen, config.server.admin_listen, config.origin.url
+    );
+    if config.routes.is_empty() {
+        let _ = writeln!(
+            out,
+            "no routes: every request is forwarded, nothing is cached"
+        );
+        return out;
+    }
+    let _ = writeln!(
+        out,
+        "{:<3} {:<20} {:<24} {:<10} {:<6} {}",
+        "#", "name", "path", "methods", "cache", "ttl"
+    );
+    for (index, route) in config.routes.iter().enumerate() {
+        let methods: Vec<&str> = route.methods.iter().map(|m| m.as_str()).collect();
+        let _ = writeln!(
+            out,
+            "{:<3} {:<20} {:<24} {:<10} {:<6} {}",
+            index,
+            route.name,
+            route.path,
+            methods.join(","),
+            if route.cache { "yes" } else { "no" },
+            humantime::format_duration(route.ttl),
+        );
+    }
+    out
+}

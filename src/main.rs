@@ -1,0 +1,94 @@
+//! The `sidecache` binary: parse arguments, load config, start logging, run until SIGTERM/SIGINT.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, ValueEnum};
+use sidecache::config::Config;
+use tracing_subscriber::EnvFilter;
+
+/// Exit status for an invalid config: 64 (sysexits `EX_USAGE`), as linkerd2-proxy does.
+const EXIT_CONFIG: u8 = 64;
+
+/// A caching reverse proxy for one origin, configured per route in TOML.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Config file (TOML).
+    #[arg(long, env = "SIDECACHE_CONFIG", default_value = "proxy.toml")]
+    config: PathBuf,
+    /// Validate the config, print the route table and exit (0 valid, 64 invalid).
+    #[arg(long)]
+    check: bool,
+    /// Log line format; the filter comes from RUST_LOG (default "info").
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let config = match Config::load(&args.config) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("sidecache: invalid config {}:", args.config.display());
+            for line in error.errors() {
+                eprintln!("  {line}");
+            }
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if args.check {
+        print!("{}", sidecache::describe(&config));
+        println!("config OK: {}", args.config.display());
+        return ExitCode::SUCCESS;
+    }
+    init_logging(args.log_format);
+    match run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .init(),
+    }
+}
+
+#[tokio::main]
+async fn run(config: Config) -> anyhow::Result<()> {
+    let running = sidecache::start(config).await?;
+    shutdown_signal().await?;
+    tracing::info!("shutdown signal received; draining");
+    running.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Resolves on SIGTERM (Kubernetes) or SIGINT (Ctrl-C).
+async fn shutdown_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,134 @@
+//! Prometheus metrics: requests by route and cache status, origin latency and errors, L1 size.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::cache::Cache;
+
+/// Route label for requests that matched no route.
+pub const UNROUTED: &str = "unrouted";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: String,
+    cache_status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OriginErrorLabels {
+    route: String,
+    kind: &'static str,
+}
+
+/// Every metric the proxy exports, and the registry that renders them.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    origin_duration: Family<RouteLabels, Histogram>,
+    origin_errors: Family<OriginErrorLabels, Counter>,
+    memory_bytes: Gauge,
+    memory_entries: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("sidecache");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "Client requests answered, by route and cache status",
+            requests.clone(),
+        );
+        // 1 ms to ~33 s: covers a local app and a slow origin.
+        let origin_duration = Family::<RouteLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.001, 2.0, 16))
+        });
+        registry.register(
+            "origin_duration_seconds",
+            "Time from sending a request upstream to the origin's response head",
+            origin_duration.clone(),
+        );
+        let origin_errors = Family::<OriginErrorLabels, Counter>::default();
+        registry.register(
+            "origin_errors",
+            "Origin requests that failed, by kind (unreachable, timeout)",
+            origin_errors.clone(),
+        );
+        let memory_bytes = Gauge::default();
+        registry.register(
+            "cache_memory_bytes",
+            "Bytes held by the in-memory tier",
+            memory_bytes.clone(),
+        );
+        let memory_entries = Gauge::default();
+        registry.register(
+            "cache_memory_entries",
+            "Entries held by the in-memory tier",
+            memory_entries.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            origin_duration,
+            origin_errors,
+            memory_bytes,
+            memory_entries,
+        }
+    }
+
+    pub fn request(&self, route: &str, cache_status: &'static str) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                route: route.to_owned(),
+                cache_status,
+            })
+            .inc();
+    }
+
+    pub fn origin_duration(&self, route: &str, elapsed: Duration) {
+        self.origin_duration
+            .get_or_create(&RouteLabels {
+                route: route.to_owned(),
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn origin_error(&self, route: &str, kind: &'static str) {
+        self.origin_errors
+            .get_or_create(&OriginErrorLabels {
+                route: route.to_owned(),
+                kind,
+            })
+            .inc();
+    }
+
+    /// The Prometheus text exposition, with gauges read from the cache now.
+    pub fn render(&self, cache: &Cache) -> String {
+        self.memory_bytes
+            .set(i64::try_from(cache.memory().bytes()).unwrap_or(i64::MAX));
+        self.memory_entries
+            .set(i64::try_from(cache.memory().entries()).unwrap_or(i64::MAX));
+        let mut text = String::new();
+        if prometheus_client::encoding::text::encode(&mut text, &self.registry).is_err() {
+            text.clear();
+        }
+        text
+    }
+}

@@ -1,0 +1,391 @@
+//! The request pipeline: route, key, lookup, forward, store — the one place that runs the stages in order.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::request::Parts;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use tracing::{Instrument, field};
+
+use crate::cache::Cache;
+use crate::cache::entry::Entry;
+use crate::cache::fill::{Fill, StoringBody};
+use crate::cache::key::{self, CacheKey};
+use crate::cache::policy::{self, CacheControl, NoCacheReason, RequestPolicy};
+use crate::cache::status::CacheStatus;
+use crate::config::CacheConfig;
+use crate::metrics::{Metrics, UNROUTED};
+use crate::origin::{self, Origin, OriginBody, OriginError};
+use crate::route::{Route, RouteTable};
+
+/// Error type of response bodies: origin stream errors, boxed.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// Body of every response the proxy writes.
+pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// Why a request got a synthetic error response instead of the origin's.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error(transparent)]
+    Origin(#[from] OriginError),
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::Origin(e) if e.is_timeout() => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Origin(_) => StatusCode::BAD_GATEWAY,
+        }
+    }
+}
+
+/// The one mapping from errors to responses: a status and a short plain-text body.
+pub fn error_response(error: &ProxyError) -> Response<ProxyBody> {
+    let status = error.status();
+    let mut response = Response::new(full_body(Bytes::from(format!("{error}\n"))));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// What the pipeline learned about one request, for the access log and metrics.
+struct Outcome {
+    route: Option<Arc<Route>>,
+    cache_status: Option<CacheStatus>,
+    origin_time: Option<Duration>,
+}
+
+/// The proxy's request handler and what it needs.
+pub struct Proxy {
+    routes: RouteTable,
+    origin: Origin,
+    cache: Cache,
+    metrics: Arc<Metrics>,
+    /// First part of every key.
+    namespace: String,
+    /// Largest body copied into the cache.
+    max_object_size: u64,
+}
+
+impl Proxy {
+    pub fn new(
+        routes: RouteTable,
+        origin: Origin,
+        cache: Cache,
+        cache_config: &CacheConfig,
+        metrics: Arc<Metrics>,
+    ) -> Proxy {
+        Proxy {
+            routes,
+            origin,
+            cache,
+            metrics,
+            namespace: cache_config.namespace.clone(),
+            max_object_size: cache_config.max_object_size,
+        }
+    }
+
+    /// Outer handler: never fails. Runs the pipeline in a span, turns errors
+    /// into responses, adds `Cache-Status`, and writes metrics and the access log.
+    pub async fn handle(
+        &self,
+        request: Request<Incoming>,
+        client: SocketAddr,
+    ) -> Response<ProxyBody> {
+        let started = Instant::now();
+        let method = request.method().clone();
+        let path = request.uri().path().to_owned();
+        let span = tracing::info_span!(
+            "request",
+            %method,
+            path,
+            route = field::Empty,
+            cache_status = field::Empty,
+            origin_status = field::Empty,
+        );
+        async move {
+            let mut outcome = Outcome {
+                route: None,
+                cache_status: None,
+                origin_time: None,
+            };
+            let mut response = match self.serve(request, client, &mut outcome).await {
+                Ok(response) => response,
+                Err(error) => {
+                    tracing::warn!(error = %error, cause = ?std::error::Error::source(&error), "origin failed");
+                    error_response(&error)
+                }
+            };
+            let route = outcome.route.as_ref().map_or(UNROUTED, |r| r.name.as_str());
+            let cache_status = outcome.cache_status.unwrap_or(CacheStatus::Bypass);
+            append_cache_status(response.headers_mut(), cache_status);
+            self.metrics.request(route, cache_status.as_str());
+            tracing::info!(
+                target: "sidecache::access",
+                %method,
+                path,
+                route,
+                status = response.status().as_u16(),
+                cache_status = cache_status.as_str(),
+                origin_ms = outcome.origin_time.map(|t| t.as_secs_f64() * 1e3),
+                total_ms = started.elapsed().as_secs_f64() * 1e3,
+                "request"
+            );
+            response
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Inner handler: the pipeline, with `?` for anything that ends it early.
+    async fn serve(
+        &self,
+        request: Request<Incoming>,
+        client: SocketAddr,
+        outcome: &mut Outcome,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let (parts, body) = request.into_parts();
+        let route = self
+            .routes
+            .find(&key::normalise_path(parts.uri.path()))
+            .cloned();
+        if let Some(route) = &route {
+            tracing::Span::current().record("route", route.name.as_str());
+        }
+        outcome.route = route.clone();
+        match (
+            policy::request_policy(route.as_deref(), &parts.method, &parts.headers),
+            route,
+        ) {
+            (RequestPolicy::Lookup, Some(route)) => {
+                self.serve_cacheable(parts, &route, client, outcome).await
+            }
+            (RequestPolicy::Forward(reason), _) => {
+                self.forward(parts, body, client, CacheStatus::Request(reason), outcome)
+                    .await
+            }
+            _ => {
+                self.forward(parts, body, client, CacheStatus::Bypass, outcome)
+                    .await
+            }
+        }
+    }
+
+    /// A GET or HEAD on a caching route: answer from the cache, or fetch and store.
+    async fn serve_cacheable(
+        &self,
+        mut parts: Parts,
+        route: &Route,
+        client: SocketAddr,
+        outcome: &mut Outcome,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let key = CacheKey::for_request(&self.namespace, route, &parts);
+        let now = SystemTime::now();
+        if let Some(entry) = self.cache.lookup(&key)
+            && let Some(ttl) = entry.remaining_freshness(now)
+        {
+            record_cache_status(outcome, CacheStatus::Hit { ttl });
+            return Ok(hit_response(&entry, parts.method == Method::HEAD, now));
+        }
+
+        // Only keyed or allow-listed headers reach the origin, so nothing the
+        // key does not capture can change what is stored for everyone.
+        origin::retain_headers(&mut parts.headers, |name| {
+            name == header::HOST || route.forwards(name)
+        });
+        let is_head = parts.method == Method::HEAD;
+        let request_time = SystemTime::now();
+        let empty = Empty::new().map_err(|never| match never {}).boxed_unsync();
+        let response = self.send_upstream(parts, empty, client, outcome).await?;
+        let response_time = SystemTime::now();
+
+        let (head, body) = response.into_parts();
+        let decision = if is_head {
+            Err(NoCacheReason::Head)
+        } else {
+            let cc = CacheControl::parse(&head.headers);
+            policy::storability(head.status, &head.headers, &cc, route.ttl, response_time)
+                .and_then(|lifetime| self.fits(&head.headers).map(|()| lifetime))
+        };
+        let body = match decision {
+            Ok(freshness_lifetime) => {
+                record_cache_status(outcome, CacheStatus::Miss { not_stored: None });
+                let mut headers = head.headers.clone();
+                headers.remove(header::AGE);
+                let entry = Entry {
+                    key,
+                    status: head.status,
+                    headers,
+                    body: Bytes::new(),
+                    response_time,
+                    initial_age: policy::corrected_initial_age(
+                        &head.headers,
+                        request_time,
+                        response_time,
+                    ),
+                    freshness_lifetime,
+                };
+                let fill = Fill::new(self.cache.clone(), entry, self.max_object_size);
+                StoringBody::new(body, fill)
+                    .map_err(BoxError::from)
+                    .boxed_unsync()
+            }
+            Err(reason) => {
+                record_cache_status(
+                    outcome,
+                    CacheStatus::Miss {
+                        not_stored: Some(reason),
+                    },
+                );
+                body.map_err(BoxError::from).boxed_unsync()
+            }
+        };
+        Ok(Response::from_parts(head, body))
+    }
+
+    /// Whether a declared body length fits in the cache; unknown lengths are checked while streaming.
+    fn fits(&self, headers: &HeaderMap) -> Result<(), NoCacheReason> {
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        match declared {
+            Some(len) if len > self.max_object_size => Err(NoCacheReason::TooLarge),
+            _ => Ok(()),
+        }
+    }
+
+    /// Passes a request through untouched by the cache, body streamed both ways.
+    async fn forward(
+        &self,
+        parts: Parts,
+        body: Incoming,
+        client: SocketAddr,
+        cache_status: CacheStatus,
+        outcome: &mut Outcome,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        record_cache_status(outcome, cache_status);
+        let response = self
+            .send_upstream(parts, body.boxed_unsync(), client, outcome)
+            .await?;
+        Ok(response.map(|body| body.map_err(BoxError::from).boxed_unsync()))
+    }
+
+    /// Sends a request to the origin with hop-by-hop headers removed and
+    /// forwarding headers added, timing it; the response comes back cleaned the same way.
+    async fn send_upstream(
+        &self,
+        mut parts: Parts,
+        body: OriginBody,
+        client: SocketAddr,
+        outcome: &mut Outcome,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let host = key::request_host(&parts);
+        origin::strip_hop_by_hop(&mut parts.headers);
+        origin::add_forwarding_headers(&mut parts.headers, parts.version, client, &host);
+        let version = parts.version;
+        let route = outcome.route.as_ref().map_or(UNROUTED, |r| r.name.as_str());
+        let started = Instant::now();
+        let result = self.origin.send(Request::from_parts(parts, body)).await;
+        let elapsed = started.elapsed();
+        outcome.origin_time = Some(elapsed);
+        let mut response = match result {
+            Ok(response) => response,
+            Err(error) => {
+                let kind = if error.is_timeout() {
+                    "timeout"
+                } else {
+                    "unreachable"
+                };
+                self.metrics.origin_error(route, kind);
+                return Err(error.into());
+            }
+        };
+        self.metrics.origin_duration(route, elapsed);
+        tracing::Span::current().record("origin_status", response.status().as_u16());
+        origin::strip_hop_by_hop(response.headers_mut());
+        origin::append_via(response.headers_mut(), version);
+        Ok(response)
+    }
+}
+
+fn record_cache_status(outcome: &mut Outcome, status: CacheStatus) {
+    tracing::Span::current().record("cache_status", status.as_str());
+    outcome.cache_status = Some(status);
+}
+
+/// A stored response as an answer: its headers with a fresh `Age`, and no body for HEAD.
+fn hit_response(entry: &Entry, head_only: bool, now: SystemTime) -> Response<ProxyBody> {
+    let body = if head_only {
+        Empty::new().map_err(|never| match never {}).boxed_unsync()
+    } else {
+        full_body(entry.body.clone())
+    };
+    let mut response = Response::new(body);
+    *response.status_mut() = entry.status;
+    *response.headers_mut() = entry.headers.clone();
+    response
+        .headers_mut()
+        .insert(header::AGE, HeaderValue::from(entry.age(now).as_secs()));
+    response
+}
+
+/// A response body of bytes already in hand.
+pub fn full_body(bytes: Bytes) -> ProxyBody {
+    Full::new(bytes)
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// Adds this cache's member to `Cache-Status`, after any an upstream cache wrote (RFC 9211 §2).
+fn append_cache_status(headers: &mut HeaderMap, status: CacheStatus) {
+    let ours = status.header_value();
+    let value = match headers.get("cache-status").map(HeaderValue::as_bytes) {
+        Some(earlier) => {
+            let mut joined = earlier.to_vec();
+            joined.extend_from_slice(b", ");
+            joined.extend_from_slice(ours.as_bytes());
+            HeaderValue::from_bytes(&joined).unwrap_or(ours)
+        }
+        None => ours,
+    };
+    headers.insert("cache-status", value);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn origin_timeouts_are_504_and_other_failures_502() {
+        let timeout = ProxyError::Origin(OriginError::Timeout(Duration::from_secs(1)));
+        assert_eq!(
+            error_response(&timeout).status(),
+            StatusCode::GATEWAY_TIMEOUT
+        );
+        assert_eq!(
+            timeout.to_string(),
+            "origin sent no response head within 1s"
+        );
+    }
+
+    #[test]
+    fn cache_status_is_appended_after_upstream_caches() {
+        let mut headers = HeaderMap::new();
+        append_cache_status(&mut headers, CacheStatus::Bypass);
+        assert_eq!(headers["cache-status"], "sidecache; fwd=bypass");
+        headers.insert("cache-status", HeaderValue::from_static("edge; hit"));
+        append_cache_status(&mut headers, CacheStatus::Bypass);
+        assert_eq!(headers["cache-status"], "edge; hit, sidecache; fwd=bypass");
+    }
+}

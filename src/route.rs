@@ -1,0 +1,110 @@
+//! Route table: the first route whose path pattern matches a request decides how it is cached.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use globset::GlobMatcher;
+use http::{HeaderName, Method};
+
+/// One `[[routes]]` entry after validation.
+#[derive(Debug)]
+pub struct Route {
+    /// Label in metrics and logs; defaults to the path pattern.
+    pub name: String,
+    /// The pattern as written in the config, for `--check` and logs.
+    pub path: String,
+    /// Compiled pattern: `*` stays within one path segment, `**` crosses them.
+    pub matcher: GlobMatcher,
+    /// Methods answered from and stored in the cache; other methods are forwarded.
+    pub methods: Vec<Method>,
+    /// Freshness for responses that carry none of their own; zero means only
+    /// the origin's own freshness counts.
+    pub ttl: Duration,
+    /// `false` turns the cache off for this route: every request is forwarded.
+    pub cache: bool,
+    /// Request headers whose values become part of the cache key (and are
+    /// forwarded on cacheable requests).
+    pub key_headers: Vec<HeaderName>,
+    /// Request headers forwarded on cacheable requests although they are not in
+    /// the key; the operator vouches that they do not change the response.
+    pub forward_headers: Vec<HeaderName>,
+}
+
+impl Route {
+    /// Whether a request with this method may be answered from the cache.
+    pub fn caches(&self, method: &Method) -> bool {
+        self.cache && self.methods.contains(method)
+    }
+
+    /// Whether a cacheable request forwards this header to the origin.
+    pub fn forwards(&self, name: &HeaderName) -> bool {
+        self.key_headers.contains(name) || self.forward_headers.contains(name)
+    }
+}
+
+/// The routes in config order.
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    routes: Vec<Arc<Route>>,
+}
+
+impl RouteTable {
+    pub fn new(routes: Vec<Route>) -> Self {
+        RouteTable {
+            routes: routes.into_iter().map(Arc::new).collect(),
+        }
+    }
+
+    /// The first route whose pattern matches `path` (a normalised path).
+    pub fn find(&self, path: &str) -> Option<&Arc<Route>> {
+        self.routes
+            .iter()
+            .find(|route| route.matcher.is_match(path))
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Route>> {
+        self.routes.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.routes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::compile_path;
+
+    fn route(name: &str, path: &str) -> Route {
+        Route {
+            name: name.into(),
+            path: path.into(),
+            matcher: compile_path(path).unwrap(),
+            methods: vec![Method::GET],
+            ttl: Duration::ZERO,
+            cache: true,
+            key_headers: vec![],
+            forward_headers: vec![],
+        }
+    }
+
+    #[test]
+    fn first_matching_route_wins() {
+        let table = RouteTable::new(vec![
+            route("one", "/users/admin"),
+            route("all-users", "/users/*"),
+            route("deep", "/static/**"),
+        ]);
+        let find = |path| table.find(path).map(|r| r.name.as_str());
+        assert_eq!(find("/users/admin"), Some("one"));
+        assert_eq!(find("/users/7"), Some("all-users"));
+        assert_eq!(find("/users/7/posts"), None, "* stays in one segment");
+        assert_eq!(find("/static/css/site.css"), Some("deep"));
+        assert_eq!(find("/other"), None);
+    }
+}
