@@ -523,7 +523,7 @@ impl RawRoute {
             parse_duration,
         );
         let name = self.name.unwrap_or_else(|| path.clone());
-        if name.is_empty() {
+        if name.is_empty() && !path.is_empty() {
             p.push(key("name"), "must not be empty");
         } else if let Some(other) = earlier.iter().position(|r| r.name == name) {
             p.push(
@@ -652,6 +652,14 @@ mod tests {
                 "[origin]\nurl = \"http://a:1/api\"",
                 "origin.url: \"http://a:1/api\": a path or query is not supported; the request's own path is sent",
             ),
+            (
+                "[origin]\nurl = \"http://a:1\"\ntimeout = \"0s\"",
+                "origin.timeout: must be greater than zero",
+            ),
+            (
+                "[origin]\nurl = \"http://a:1\"\nconnect_timeout = \"2 parsecs\"",
+                "origin.connect_timeout: invalid duration \"2 parsecs\" (unknown time unit \"parsecs\", supported units: ns, us/µs, ms, sec, min, hours, days, weeks, months, years (and few variations)); use e.g. \"250ms\", \"30s\", \"5m\"",
+            ),
         ];
         for (text, expected) in cases {
             assert_eq!(errors(text), vec![expected.to_string()], "for {text:?}");
@@ -676,14 +684,6 @@ mod tests {
             (
                 "[server]\nmax_connections = 0",
                 "server.max_connections: must be at least 1",
-            ),
-            (
-                "[origin]\nurl = \"http://a:1\"\ntimeout = \"0s\"",
-                "origin.timeout: must be greater than zero",
-            ),
-            (
-                "[origin]\nurl = \"http://a:1\"\nconnect_timeout = \"2 parsecs\"",
-                "origin.connect_timeout: invalid duration \"2 parsecs\" (unknown time unit \"parsecs\", supported units: ns, us/µs, ms, sec, min, hours, days, weeks, months, years (and few variations)); use e.g. \"250ms\", \"30s\", \"5m\"",
             ),
             (
                 "[cache]\nnamespace = \"\"",

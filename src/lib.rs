@@ -201,8 +201,8 @@ pub fn describe(config: &Config) -> String {
     }
     let _ = writeln!(
         out,
-        "{:<3} {:<20} {:<24} {:<10} {:<6} {}",
-        "#", "name", "path", "methods", "cache", "ttl"
+        "{:<3} {:<20} {:<24} {:<10} {:<6} ttl",
+        "#", "name", "path", "methods", "cache"
     );
     for (index, route) in config.routes.iter().enumerate() {
         let methods: Vec<&str> = route.methods.iter().map(|m| m.as_str()).collect();

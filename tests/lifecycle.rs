@@ -1,0 +1,206 @@
+//! Admin probes, metrics, graceful shutdown, the binary's `--check` and signals, and the shipped `proxy.toml`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use sidecache::config::Config;
+use support::{Origin, ProxyConfig, Reply};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_sidecache");
+
+#[tokio::test]
+async fn admin_port_serves_probes_and_metrics() {
+    let origin = Origin::start().await;
+    let proxy = ProxyConfig::new(&origin)
+        .with("[[routes]]\nname = \"users\"\npath = \"/users/*\"\nttl = \"60s\"\n")
+        .start()
+        .await;
+    assert_eq!(proxy.admin("/healthz").await.status, 200);
+    assert_eq!(proxy.admin("/readyz").await.status, 200);
+    assert_eq!(proxy.admin("/nope").await.status, 404);
+
+    proxy.get("/users/1").await;
+    proxy.get("/users/1").await;
+    proxy.get("/other").await;
+    let metrics = proxy.admin("/metrics").await;
+    assert!(
+        metrics
+            .header("content-type")
+            .starts_with("application/openmetrics-text")
+    );
+    let text = metrics.text();
+    for line in [
+        "sidecache_requests_total{route=\"users\",cache_status=\"miss\"} 1",
+        "sidecache_requests_total{route=\"users\",cache_status=\"hit\"} 1",
+        "sidecache_requests_total{route=\"unrouted\",cache_status=\"bypass\"} 1",
+        "sidecache_origin_duration_seconds_count{route=\"users\"} 1",
+        "sidecache_cache_memory_entries 1",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in\n{text}");
+    }
+    let bytes: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("sidecache_cache_memory_bytes "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(bytes > 0);
+}
+
+#[tokio::test]
+async fn shutdown_finishes_in_flight_requests_and_refuses_new_ones() {
+    let origin = Origin::start().await;
+    origin.on(
+        "/slow",
+        Reply::ok().body("done").delay(Duration::from_millis(800)),
+    );
+    let proxy = ProxyConfig::new(&origin).start().await;
+    let url = proxy.url("/slow");
+    let admin = proxy.admin_url("/readyz");
+    let in_flight = tokio::spawn(async move {
+        let response = support::client()
+            .request(http::Request::get(url).body(Default::default()).unwrap())
+            .await
+            .unwrap();
+        support::read(response).await
+    });
+    origin.wait_for_hits("/slow", 1).await;
+
+    let addr = proxy.running.addr();
+    let shutdown = tokio::spawn(proxy.running.shutdown());
+    // Not ready while draining, and no new connections.
+    let mut refused = false;
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(addr).await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(refused, "listener still accepting during shutdown");
+    let ready = support::read(
+        support::client()
+            .request(http::Request::get(admin).body(Default::default()).unwrap())
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(ready.status, 503);
+
+    let answer = in_flight.await.unwrap();
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.text(), "done");
+    tokio::time::timeout(Duration::from_secs(5), shutdown)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[test]
+fn shipped_proxy_toml_is_valid() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/proxy.toml");
+    let config = Config::load(std::path::Path::new(path)).unwrap();
+    assert_eq!(config.origin.url, "http://127.0.0.1:3000");
+    assert_eq!(config.server.listen.port(), 8080);
+    let route = config.routes.find("/users/1").unwrap();
+    assert_eq!(route.name, "users");
+    assert!(route.cache);
+}
+
+#[test]
+fn check_prints_the_route_table_and_exits_0() {
+    let output = Command::new(BINARY)
+        .args([
+            "--check",
+            "--config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/proxy.toml"),
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("/users/*"), "{stdout}");
+    assert!(stdout.contains("config OK"), "{stdout}");
+}
+
+#[test]
+fn check_prints_every_error_and_exits_64() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "[origin]\nurl = \"ftp://x\"\n[[routes]]\npath = \"/a\"\ntll = \"1s\"\n",
+    )
+    .unwrap();
+    let output = Command::new(BINARY)
+        .arg("--check")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("routes[0].tll: unknown key"), "{stderr}");
+
+    // Running (not only checking) refuses a bad config the same way, and a
+    // missing file is a config error too.
+    std::fs::write(&path, "[server]\nmax_connections = 0\n").unwrap();
+    let output = Command::new(BINARY)
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(64));
+    assert!(
+        stderr.contains("server.max_connections: must be at least 1"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("origin.url: missing"), "{stderr}");
+    let output = Command::new(BINARY)
+        .env("SIDECACHE_CONFIG", dir.path().join("absent.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("cannot read"));
+}
+
+#[test]
+fn sigterm_stops_the_binary_with_status_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("proxy.toml");
+    std::fs::write(
+        &path,
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n[origin]\nurl = \"http://127.0.0.1:9\"\n",
+    )
+    .unwrap();
+    let mut child = Command::new(BINARY)
+        .arg("--config")
+        .arg(&path)
+        .args(["--log-format", "json"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for the JSON "listening" line, so the signal handler is installed.
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let listening = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find(|l| l.contains("sidecache listening"));
+    assert!(
+        listening.is_some_and(|l| l.starts_with('{')),
+        "no JSON listening line"
+    );
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = child.wait().unwrap();
+    assert_eq!(exit.code(), Some(0));
+}

@@ -1,0 +1,425 @@
+//! Test harness: a real origin that counts hits and misbehaves on request, the real proxy on port 0, and a client.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body::{Body, Frame};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client as LegacyClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use sidecache::Running;
+use sidecache::config::Config;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+/// What the origin answers on one path.
+#[derive(Clone, Debug)]
+pub struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    /// `None`: the default body, "`path` #`hit`".
+    body: Option<Bytes>,
+    /// Wait before sending the response head.
+    head_delay: Duration,
+    /// Send the body in chunks of this size with this pause between them.
+    slow: Option<(usize, Duration)>,
+    /// Send only this many bytes, then break the connection.
+    truncate_after: Option<usize>,
+    /// Leave out Content-Length (chunked encoding).
+    chunked: bool,
+}
+
+impl Default for Reply {
+    fn default() -> Self {
+        Reply {
+            status: 200,
+            headers: vec![],
+            body: None,
+            head_delay: Duration::ZERO,
+            slow: None,
+            truncate_after: None,
+            chunked: false,
+        }
+    }
+}
+
+impl Reply {
+    pub fn ok() -> Reply {
+        Reply::default()
+    }
+    pub fn status(mut self, status: u16) -> Reply {
+        self.status = status;
+        self
+    }
+    pub fn header(mut self, name: &str, value: &str) -> Reply {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+    pub fn body(mut self, body: impl Into<Bytes>) -> Reply {
+        self.body = Some(body.into());
+        self
+    }
+    pub fn delay(mut self, delay: Duration) -> Reply {
+        self.head_delay = delay;
+        self
+    }
+    pub fn slow(mut self, chunk: usize, pause: Duration) -> Reply {
+        self.slow = Some((chunk, pause));
+        self
+    }
+    pub fn truncate_after(mut self, bytes: usize) -> Reply {
+        self.truncate_after = Some(bytes);
+        self
+    }
+    pub fn chunked(mut self) -> Reply {
+        self.chunked = true;
+        self
+    }
+}
+
+#[derive(Default)]
+struct OriginState {
+    replies: HashMap<String, Reply>,
+    hits: HashMap<String, usize>,
+    last_headers: HashMap<String, HeaderMap>,
+    /// Paths whose body has been sent to its end (or its break).
+    finished: HashMap<String, usize>,
+}
+
+/// A real HTTP origin on a loopback port that counts requests per path.
+#[derive(Clone)]
+pub struct Origin {
+    pub addr: SocketAddr,
+    state: Arc<Mutex<OriginState>>,
+}
+
+impl Origin {
+    pub async fn start() -> Origin {
+        init_logging();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(Mutex::new(OriginState::default()));
+        let origin = Origin { addr, state };
+        let server = origin.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let server = server.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |request| {
+                        let server = server.clone();
+                        async move { Ok::<_, Infallible>(server.respond(request).await) }
+                    });
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        origin
+    }
+
+    /// Answers `path` with `reply` from now on.
+    pub fn on(&self, path: &str, reply: Reply) {
+        self.state
+            .lock()
+            .unwrap()
+            .replies
+            .insert(path.into(), reply);
+    }
+
+    /// Requests the origin has seen for `path`.
+    pub fn hits(&self, path: &str) -> usize {
+        self.state
+            .lock()
+            .unwrap()
+            .hits
+            .get(path)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Headers of the last request for `path`.
+    pub fn last_headers(&self, path: &str) -> HeaderMap {
+        self.state
+            .lock()
+            .unwrap()
+            .last_headers
+            .get(path)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Bodies for `path` sent to their end.
+    pub fn finished(&self, path: &str) -> usize {
+        self.state
+            .lock()
+            .unwrap()
+            .finished
+            .get(path)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Waits (bounded) until the origin has seen `count` requests for `path`.
+    pub async fn wait_for_hits(&self, path: &str, count: usize) {
+        for _ in 0..500 {
+            if self.hits(path) >= count {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!(
+            "origin saw {} requests for {path}, expected {count}",
+            self.hits(path)
+        );
+    }
+
+    async fn respond(&self, request: Request<Incoming>) -> Response<ChannelBody> {
+        let path = request.uri().path().to_owned();
+        let (reply, hit) = {
+            let mut state = self.state.lock().unwrap();
+            let hit = {
+                let hits = state.hits.entry(path.clone()).or_default();
+                *hits += 1;
+                *hits
+            };
+            state
+                .last_headers
+                .insert(path.clone(), request.headers().clone());
+            (state.replies.get(&path).cloned().unwrap_or_default(), hit)
+        };
+        tokio::time::sleep(reply.head_delay).await;
+        let body = reply
+            .body
+            .clone()
+            .unwrap_or_else(|| Bytes::from(format!("{path} #{hit}")));
+        let mut response = Response::builder().status(reply.status);
+        for (name, value) in &reply.headers {
+            response = response.header(name, value);
+        }
+        if !reply.chunked {
+            response = response.header("content-length", body.len());
+        }
+        let (sender, receiver) = mpsc::channel(4);
+        let state = self.state.clone();
+        tokio::spawn(async move {
+            let end = reply.truncate_after.unwrap_or(body.len()).min(body.len());
+            let chunk = reply.slow.map_or(end.max(1), |(chunk, _)| chunk);
+            let mut sent = 0;
+            while sent < end {
+                if let Some((_, pause)) = reply.slow.filter(|_| sent > 0) {
+                    tokio::time::sleep(pause).await;
+                }
+                let next = (sent + chunk).min(end);
+                if sender
+                    .send(Ok(Frame::data(body.slice(sent..next))))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+                sent = next;
+            }
+            if reply.truncate_after.is_some() {
+                let _ = sender
+                    .send(Err(std::io::Error::other("truncated on purpose")))
+                    .await;
+            }
+            *state.lock().unwrap().finished.entry(path).or_default() += 1;
+        });
+        response.body(ChannelBody(receiver)).unwrap()
+    }
+}
+
+/// A response body fed from a channel, so the origin can pause or break it.
+pub struct ChannelBody(mpsc::Receiver<Result<Frame<Bytes>, std::io::Error>>);
+
+impl Body for ChannelBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        self.0.poll_recv(cx)
+    }
+}
+
+/// Config text for a proxy on loopback port 0 in front of `origin`.
+pub struct ProxyConfig {
+    origin_url: String,
+    origin_timeout: &'static str,
+    shutdown_grace: &'static str,
+    rest: String,
+}
+
+impl ProxyConfig {
+    pub fn new(origin: &Origin) -> ProxyConfig {
+        ProxyConfig::for_url(&format!("http://{}", origin.addr))
+    }
+    pub fn for_url(url: &str) -> ProxyConfig {
+        ProxyConfig {
+            origin_url: url.into(),
+            origin_timeout: "5s",
+            shutdown_grace: "10s",
+            rest: String::new(),
+        }
+    }
+    pub fn origin_timeout(mut self, timeout: &'static str) -> ProxyConfig {
+        self.origin_timeout = timeout;
+        self
+    }
+    pub fn shutdown_grace(mut self, grace: &'static str) -> ProxyConfig {
+        self.shutdown_grace = grace;
+        self
+    }
+    /// More TOML: `[cache]` settings and `[[routes]]`.
+    pub fn with(mut self, toml: &str) -> ProxyConfig {
+        self.rest.push_str(toml);
+        self.rest.push('\n');
+        self
+    }
+    pub fn toml(&self) -> String {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nshutdown_grace = \"{}\"\n\
+             [origin]\nurl = \"{}\"\nconnect_timeout = \"1s\"\ntimeout = \"{}\"\n{}",
+            self.shutdown_grace, self.origin_url, self.origin_timeout, self.rest
+        )
+    }
+    pub async fn start(self) -> Proxy {
+        let config =
+            Config::from_toml(&self.toml()).unwrap_or_else(|e| panic!("{e}\n{}", self.toml()));
+        Proxy {
+            running: sidecache::start(config).await.unwrap(),
+            client: client(),
+        }
+    }
+}
+
+/// A running proxy and a client for it.
+pub struct Proxy {
+    pub running: Running,
+    client: LegacyClient<HttpConnector, Full<Bytes>>,
+}
+
+/// A fully read response.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Answer {
+    pub fn header(&self, name: &str) -> &str {
+        self.headers.get(name).map_or("", |v| v.to_str().unwrap())
+    }
+    pub fn cache_status(&self) -> &str {
+        self.header("cache-status")
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+pub fn client() -> LegacyClient<HttpConnector, Full<Bytes>> {
+    LegacyClient::builder(TokioExecutor::new()).build_http()
+}
+
+impl Proxy {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.running.addr())
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.running.admin_addr())
+    }
+
+    /// Sends a request through the proxy and reads the whole answer.
+    pub async fn send(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> Answer {
+        let mut request = Request::builder().method(method).uri(self.url(path));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        read(
+            self.client
+                .request(request.body(Full::default()).unwrap())
+                .await
+                .unwrap(),
+        )
+        .await
+    }
+
+    pub async fn get(&self, path: &str) -> Answer {
+        self.send("GET", path, &[]).await
+    }
+
+    /// Sends a request and returns the response with its body still streaming.
+    pub async fn open(&self, path: &str) -> Response<Incoming> {
+        self.try_open(path).await.unwrap()
+    }
+
+    /// Like `open`, but a connection the proxy broke is an `Err`.
+    pub async fn try_open(
+        &self,
+        path: &str,
+    ) -> Result<Response<Incoming>, hyper_util::client::legacy::Error> {
+        self.client
+            .request(Request::get(self.url(path)).body(Full::default()).unwrap())
+            .await
+    }
+
+    pub async fn admin(&self, path: &str) -> Answer {
+        let request = Request::get(self.admin_url(path))
+            .body(Full::default())
+            .unwrap();
+        read(self.client.request(request).await.unwrap()).await
+    }
+}
+
+pub async fn read(response: Response<Incoming>) -> Answer {
+    let (parts, body) = response.into_parts();
+    Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body: body.collect().await.unwrap().to_bytes(),
+    }
+}
+
+/// An HTTP/2 (h2c, prior knowledge) GET through the proxy.
+pub async fn get_h2(proxy: &Proxy, path: &str) -> Answer {
+    let client: LegacyClient<HttpConnector, Empty<Bytes>> =
+        LegacyClient::builder(TokioExecutor::new())
+            .http2_only(true)
+            .build_http();
+    let response = client
+        .request(Request::get(proxy.url(path)).body(Empty::new()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    read(response).await
+}
+
+/// Logs to the test's output (shown on failure); `RUST_LOG` filters.
+pub fn init_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
