@@ -133,8 +133,15 @@ impl Config {
 
     /// Parses and validates config text.
     pub fn from_toml(text: &str) -> Result<Config, LoadError> {
-        let raw = parse(text).map_err(LoadError::Invalid)?;
-        raw.validate().map_err(LoadError::Invalid)
+        let (raw, mut errors) = parse(text).map_err(LoadError::Invalid)?;
+        match raw.validate() {
+            Ok(config) if errors.is_empty() => Ok(config),
+            Ok(_) => Err(LoadError::Invalid(errors)),
+            Err(invalid) => {
+                errors.extend(invalid);
+                Err(LoadError::Invalid(errors))
+            }
+        }
     }
 }
 
@@ -195,8 +202,9 @@ struct RawRoute {
     forward_headers: Vec<String>,
 }
 
-/// TOML text to raw structs; syntax errors, type errors and unknown keys.
-fn parse(text: &str) -> Result<RawConfig, Vec<ConfigError>> {
+/// TOML text to raw structs plus the unknown keys found on the way; syntax
+/// and type errors stop parsing.
+fn parse(text: &str) -> Result<(RawConfig, Vec<ConfigError>), Vec<ConfigError>> {
     let document = toml::Deserializer::parse(text).map_err(|e| {
         vec![ConfigError {
             key: "toml".into(),
@@ -217,8 +225,7 @@ fn parse(text: &str) -> Result<RawConfig, Vec<ConfigError>> {
         vec![ConfigError { key, message }]
     });
     match raw {
-        Ok(raw) if unknown.is_empty() => Ok(raw),
-        Ok(_) => Err(unknown),
+        Ok(raw) => Ok((raw, unknown)),
         Err(mut errors) => {
             errors.extend(unknown);
             Err(errors)
@@ -753,6 +760,19 @@ mod tests {
                 "for {text:?}"
             );
         }
+    }
+
+    #[test]
+    fn unknown_keys_and_invalid_values_are_reported_together() {
+        assert_eq!(
+            errors(
+                "[origin]\nurl = \"http://a:1\"\ntimeout = \"0s\"\n[[routes]]\npath = \"/a\"\ntll = \"1s\"\n"
+            ),
+            vec![
+                "routes[0].tll: unknown key",
+                "origin.timeout: must be greater than zero"
+            ]
+        );
     }
 
     #[test]

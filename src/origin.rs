@@ -189,8 +189,10 @@ pub fn add_forwarding_headers(
         if !headers.contains_key("x-forwarded-host") {
             headers.insert("x-forwarded-host", value.clone());
         }
-        // HTTP/2 clients send the authority instead of a Host header.
-        headers.entry(header::HOST).or_insert(value);
+        // The host the key was built from: HTTP/2 sends `:authority` instead
+        // of `Host`, and an absolute-form target overrides `Host` (RFC 9112
+        // §3.2.2), so the origin must see the same host the entry is keyed by.
+        headers.insert(header::HOST, value);
     }
 }
 

@@ -363,3 +363,23 @@ async fn upstream_cache_status_is_kept_before_ours() {
             .starts_with("app-cache; hit, sidecache; hit")
     );
 }
+
+#[tokio::test]
+async fn absolute_form_target_wins_over_the_host_header() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let origin = Origin::start().await;
+    let proxy = ProxyConfig::new(&origin).with(USERS_ROUTE).start().await;
+    // RFC 9112 §3.2.2: the URI's authority is the host; the origin must see
+    // the host the entry is keyed by, or one host could fill another's entry.
+    let mut stream = tokio::net::TcpStream::connect(proxy.running.addr())
+        .await
+        .unwrap();
+    stream
+        .write_all(b"GET http://shop.example/users/abs HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(origin.last_headers("/users/abs")["host"], "shop.example");
+}
