@@ -7,7 +7,8 @@
 //! - [`route`]: the first route whose path pattern matches decides caching.
 //! - [`cache::policy`]: RFC 9111 decisions (lookup? store? how fresh? how old?), pure.
 //! - [`cache::key`]: canonical, length-prefixed, hashed cache keys.
-//! - [`cache`]: the tiers facade; [`cache::memory`] is L1, [`cache::fill`]
+//! - [`cache`]: the tiers facade; [`cache::memory`] is L1, [`cache::redis`]
+//!   is the shared L2 (fred, deadlines, circuit breaker), [`cache::fill`]
 //!   stores a streamed body once it is complete, [`cache::entry`] is what is stored.
 //! - [`origin`]: pooled upstream client, deadlines, hop-by-hop and forwarding headers.
 //! - [`cache::status`]: the RFC 9211 `Cache-Status` header.
@@ -39,6 +40,7 @@ use tokio::task::JoinHandle;
 
 use crate::admin::Admin;
 use crate::cache::Cache;
+use crate::cache::redis::RedisTier;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::origin::Origin;
@@ -60,6 +62,8 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot set up the Redis client")]
+    Redis(#[source] fred::error::Error),
 }
 
 /// A started proxy: its bound addresses and the handle to stop it.
@@ -111,6 +115,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         server,
         origin,
         cache: cache_config,
+        redis,
         routes,
     } = config;
     let bind = |key, addr| async move {
@@ -129,7 +134,11 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let admin_addr = local(&admin_listener, "server.admin_listen", server.admin_listen)?;
 
     let metrics = Arc::new(Metrics::new());
-    let cache = Cache::new(&cache_config);
+    let redis = match &redis {
+        Some(redis) => Some(RedisTier::start(redis, metrics.clone()).map_err(StartError::Redis)?),
+        None => None,
+    };
+    let cache = Cache::new(&cache_config, redis);
     let proxy = Arc::new(Proxy::new(
         routes,
         Origin::new(&origin),

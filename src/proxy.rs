@@ -190,10 +190,10 @@ impl Proxy {
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let key = CacheKey::for_request(&self.namespace, route, &parts);
         let now = SystemTime::now();
-        if let Some(entry) = self.cache.lookup(&key)
+        if let Some((entry, tier)) = self.cache.lookup(&key, now).await
             && let Some(ttl) = entry.remaining_freshness(now)
         {
-            record_cache_status(outcome, CacheStatus::Hit { ttl });
+            record_cache_status(outcome, CacheStatus::Hit { ttl, tier });
             return Ok(hit_response(&entry, parts.method == Method::HEAD, now));
         }
 

@@ -75,22 +75,28 @@ impl RouteTable {
     }
 }
 
+/// A caching GET/HEAD route for unit tests.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+pub(crate) fn test_route(name: &str, path: &str, key_headers: &[&str]) -> Route {
+    Route {
+        name: name.into(),
+        path: path.into(),
+        matcher: crate::config::compile_path(path).unwrap(),
+        methods: vec![Method::GET, Method::HEAD],
+        ttl: Duration::ZERO,
+        cache: true,
+        key_headers: key_headers.iter().map(|h| h.parse().unwrap()).collect(),
+        forward_headers: vec![],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::compile_path;
 
     fn route(name: &str, path: &str) -> Route {
-        Route {
-            name: name.into(),
-            path: path.into(),
-            matcher: compile_path(path).unwrap(),
-            methods: vec![Method::GET],
-            ttl: Duration::ZERO,
-            cache: true,
-            key_headers: vec![],
-            forward_headers: vec![],
-        }
+        test_route(name, path, &[])
     }
 
     #[test]

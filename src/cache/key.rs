@@ -188,20 +188,9 @@ fn pair_name(pair: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::compile_path;
-    use std::time::Duration;
 
     fn route(key_headers: &[&str]) -> Route {
-        Route {
-            name: "r".into(),
-            path: "/**".into(),
-            matcher: compile_path("/**").unwrap(),
-            methods: vec![Method::GET, Method::HEAD],
-            ttl: Duration::ZERO,
-            cache: true,
-            key_headers: key_headers.iter().map(|h| h.parse().unwrap()).collect(),
-            forward_headers: vec![],
-        }
+        crate::route::test_route("r", "/**", key_headers)
     }
 
     fn key_with(route: &Route, method: &str, uri: &str, headers: &[(&str, &str)]) -> CacheKey {

@@ -12,7 +12,8 @@ use super::key::CacheKey;
 /// The in-memory tier.
 #[derive(Clone)]
 pub struct MemoryTier {
-    entries: Cache<[u8; 32], Stored>,
+    /// `None` when configured with zero capacity: the tier is off.
+    entries: Option<Cache<[u8; 32], Stored>>,
 }
 
 /// An entry and how long the tier keeps it.
@@ -37,8 +38,11 @@ impl Expiry<[u8; 32], Stored> for KeepFor {
 }
 
 impl MemoryTier {
-    /// A tier holding at most `capacity` bytes of entries.
+    /// A tier holding at most `capacity` bytes of entries; zero turns it off.
     pub fn new(capacity: u64) -> MemoryTier {
+        if capacity == 0 {
+            return MemoryTier { entries: None };
+        }
         let entries = Cache::builder()
             .max_capacity(capacity)
             .weigher(|_key, stored: &Stored| {
@@ -46,12 +50,14 @@ impl MemoryTier {
             })
             .expire_after(KeepFor)
             .build();
-        MemoryTier { entries }
+        MemoryTier {
+            entries: Some(entries),
+        }
     }
 
     /// The entry stored under `key`, if its canonical key matches too.
     pub fn get(&self, key: &CacheKey) -> Option<Arc<Entry>> {
-        let stored = self.entries.get(key.hash())?;
+        let stored = self.entries.as_ref()?.get(key.hash())?;
         if stored.entry.key.canonical() == key.canonical() {
             Some(stored.entry)
         } else {
@@ -61,19 +67,24 @@ impl MemoryTier {
 
     /// Stores `entry` for `keep_for`, replacing any entry under the same key.
     pub fn insert(&self, entry: Arc<Entry>, keep_for: Duration) {
-        let hash = *entry.key.hash();
-        self.entries.insert(hash, Stored { entry, keep_for });
+        if let Some(entries) = &self.entries {
+            entries.insert(*entry.key.hash(), Stored { entry, keep_for });
+        }
     }
 
     /// Bytes held now, as weighed; pending evictions are applied first.
     pub fn bytes(&self) -> u64 {
-        self.entries.run_pending_tasks();
-        self.entries.weighted_size()
+        self.entries.as_ref().map_or(0, |entries| {
+            entries.run_pending_tasks();
+            entries.weighted_size()
+        })
     }
 
     /// Entries held now.
     pub fn entries(&self) -> u64 {
-        self.entries.run_pending_tasks();
-        self.entries.entry_count()
+        self.entries.as_ref().map_or(0, |entries| {
+            entries.run_pending_tasks();
+            entries.entry_count()
+        })
     }
 }

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use http::HeaderValue;
 
+use super::Tier;
 use super::policy::NoCacheReason;
 
 /// The cache's name in `Cache-Status`.
@@ -13,7 +14,7 @@ const CACHE_NAME: &str = "sidecache";
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CacheStatus {
     /// Answered from a fresh stored response with `ttl` left.
-    Hit { ttl: Duration },
+    Hit { ttl: Duration, tier: Tier },
     /// Nothing usable was stored; forwarded, and stored unless a reason says why not.
     Miss { not_stored: Option<NoCacheReason> },
     /// The configuration keeps the cache out of this request.
@@ -36,7 +37,20 @@ impl CacheStatus {
     /// The `Cache-Status` header value.
     pub fn header_value(&self) -> HeaderValue {
         let text = match self {
-            CacheStatus::Hit { ttl } => format!("{CACHE_NAME}; hit; ttl={}", ttl.as_secs()),
+            CacheStatus::Hit {
+                ttl,
+                tier: Tier::Memory,
+            } => {
+                format!("{CACHE_NAME}; hit; ttl={}", ttl.as_secs())
+            }
+            // Which tier answered helps when reading a fleet's behaviour.
+            CacheStatus::Hit { ttl, tier } => {
+                format!(
+                    "{CACHE_NAME}; hit; ttl={}; detail={}",
+                    ttl.as_secs(),
+                    tier.as_str()
+                )
+            }
             CacheStatus::Miss { not_stored: None } => format!("{CACHE_NAME}; fwd=miss; stored"),
             CacheStatus::Miss {
                 not_stored: Some(reason),
@@ -59,11 +73,20 @@ mod tests {
     #[test]
     fn header_values_follow_rfc_9211() {
         let value = |s: CacheStatus| s.header_value().to_str().unwrap().to_owned();
+        let ttl = Duration::from_millis(59_900);
         assert_eq!(
             value(CacheStatus::Hit {
-                ttl: Duration::from_millis(59_900)
+                ttl,
+                tier: Tier::Memory
             }),
             "sidecache; hit; ttl=59"
+        );
+        assert_eq!(
+            value(CacheStatus::Hit {
+                ttl,
+                tier: Tier::Redis
+            }),
+            "sidecache; hit; ttl=59; detail=l2"
         );
         assert_eq!(
             value(CacheStatus::Miss { not_stored: None }),

@@ -1,6 +1,8 @@
 //! Test harness: a real origin that counts hits and misbehaves on request, the real proxy on port 0, and a client.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod redis;
+
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -422,4 +424,21 @@ pub fn init_logging() {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init();
+}
+
+impl Proxy {
+    /// Waits (bounded) until the proxy's Redis client reports its connections up.
+    pub async fn wait_redis_connected(&self) {
+        for _ in 0..300 {
+            let metrics = self.admin("/metrics").await.text();
+            if metrics
+                .lines()
+                .any(|line| line == "sidecache_redis_connected 1")
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("proxy never connected to Redis");
+    }
 }

@@ -1,0 +1,386 @@
+//! L2: the shared Redis tier through fred; every call has a deadline, a circuit breaker skips Redis while it is down, and any trouble is a miss.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use fred::prelude::{ClientLike, Expiration, KeysInterface, ReconnectPolicy, TcpConfig};
+use fred::types::Builder;
+use fred::types::config::UnresponsiveConfig;
+use tokio::sync::mpsc;
+
+use super::entry::Entry;
+use super::key::CacheKey;
+use crate::config::RedisConfig;
+use crate::metrics::Metrics;
+
+/// Consecutive failed calls that open the breaker.
+const BREAKER_THRESHOLD: u32 = 5;
+/// How long an open breaker skips Redis before letting one probe call through.
+const BREAKER_COOLDOWN: Duration = Duration::from_millis(500);
+/// Pause between reconnect attempts; attempts never stop, because a client
+/// that gives up stays dead even after Redis is back.
+const RECONNECT_DELAY_MS: u32 = 100;
+/// Commands fred may hold while reconnecting; beyond it they fail at once
+/// instead of piling up (fred's default is unbounded).
+const COMMAND_BUFFER: usize = 1024;
+/// How often fred checks connections for unanswered commands.
+const UNRESPONSIVE_INTERVAL: Duration = Duration::from_millis(100);
+
+/// A pending write to L2.
+struct Write {
+    key: String,
+    value: Bytes,
+    keep_for: Duration,
+}
+
+/// The shared Redis tier.
+pub struct RedisTier {
+    client: fred::prelude::Client,
+    /// Deadline for every call.
+    timeout: Duration,
+    breaker: Arc<Breaker>,
+    /// Writes happen off the response path, in order, through this queue.
+    writes: mpsc::Sender<Write>,
+    metrics: Arc<Metrics>,
+}
+
+impl RedisTier {
+    /// Creates the client and starts connecting in the background: the proxy
+    /// serves (without L2) while Redis is unreachable and picks it up when it appears.
+    pub fn start(
+        config: &RedisConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<RedisTier, fred::error::Error> {
+        let mut client_config = config.client.clone();
+        // Keep retrying the first connection too, instead of failing start-up.
+        client_config.fail_fast = false;
+        let client = Builder::from_config(client_config)
+            .with_performance_config(|perf| perf.default_command_timeout = config.command_timeout)
+            .with_connection_config(|conn| {
+                conn.connection_timeout = config.connect_timeout;
+                conn.internal_command_timeout = config.connect_timeout;
+                // A failed call is a miss; retrying only adds latency.
+                conn.max_command_attempts = 1;
+                conn.max_command_buffer_len = COMMAND_BUFFER;
+                conn.unresponsive = UnresponsiveConfig {
+                    max_timeout: Some(config.connect_timeout),
+                    interval: UNRESPONSIVE_INTERVAL,
+                };
+                conn.tcp = TcpConfig {
+                    nodelay: Some(true),
+                    ..TcpConfig::default()
+                };
+            })
+            .set_policy(ReconnectPolicy::new_constant(0, RECONNECT_DELAY_MS))
+            .build()?;
+        // The connection task runs for the client's lifetime; its handle is
+        // not needed because the client reconnects on its own.
+        drop(client.connect());
+        let breaker = Arc::new(Breaker::default());
+        let (writes, queue) = mpsc::channel(config.write_queue);
+        tokio::spawn(write_loop(
+            queue,
+            client.clone(),
+            config.command_timeout,
+            breaker.clone(),
+            metrics.clone(),
+        ));
+        Ok(RedisTier {
+            client,
+            timeout: config.command_timeout,
+            breaker,
+            writes,
+            metrics,
+        })
+    }
+
+    /// Looks `key` up; any error, timeout, or undecodable value is a miss.
+    pub async fn get(&self, key: &CacheKey) -> Option<Entry> {
+        if !self.breaker.allow(Instant::now()) {
+            self.metrics.redis_call("get", "skipped");
+            return None;
+        }
+        let redis_key = redis_key(key);
+        let started = Instant::now();
+        let result = tokio::time::timeout(
+            self.timeout,
+            self.client.get::<Option<Bytes>, _>(&redis_key),
+        )
+        .await;
+        self.metrics.redis_duration("get", started.elapsed());
+        let value = match result {
+            Ok(Ok(value)) => {
+                self.breaker.success();
+                value
+            }
+            Ok(Err(error)) => {
+                self.failed("get", "error", &error.to_string());
+                return None;
+            }
+            Err(_) => {
+                self.failed("get", "timeout", "deadline passed");
+                return None;
+            }
+        };
+        let Some(value) = value else {
+            self.metrics.redis_call("get", "miss");
+            return None;
+        };
+        match Entry::decode(value) {
+            Ok((canonical, entry)) if canonical == key.canonical() => {
+                self.metrics.redis_call("get", "hit");
+                Some(entry.with_key(key.clone()))
+            }
+            Ok(_) => {
+                tracing::warn!(key = %redis_key, "L2 entry belongs to another key (hash collision); removed");
+                self.remove(redis_key);
+                self.metrics.redis_call("get", "corrupt");
+                None
+            }
+            Err(error) => {
+                tracing::warn!(key = %redis_key, %error, "undecodable L2 entry; removed");
+                self.remove(redis_key);
+                self.metrics.redis_call("get", "corrupt");
+                None
+            }
+        }
+    }
+
+    /// Queues `entry` to be written with a lifetime of `keep_for`; a full
+    /// queue drops the write rather than delay anyone.
+    pub fn store(&self, entry: &Entry, keep_for: Duration) {
+        let write = Write {
+            key: redis_key(&entry.key),
+            value: entry.encode(),
+            keep_for,
+        };
+        if self.writes.try_send(write).is_err() {
+            self.metrics.redis_call("set", "dropped");
+        }
+    }
+
+    /// Whether the breaker is letting calls through.
+    pub fn breaker_open(&self) -> bool {
+        self.breaker.is_open()
+    }
+
+    /// Whether fred has its connections up.
+    pub fn connected(&self) -> bool {
+        self.client.is_connected()
+    }
+
+    fn failed(&self, op: &'static str, outcome: &'static str, error: &str) {
+        self.metrics.redis_call(op, outcome);
+        tracing::debug!(op, error, "redis call failed");
+        self.breaker.failure(Instant::now());
+    }
+
+    /// Deletes a bad value in the background, within the deadline.
+    fn remove(&self, redis_key: String) {
+        let client = self.client.clone();
+        let timeout = self.timeout;
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(timeout, client.del::<i64, _>(redis_key)).await;
+        });
+    }
+}
+
+/// Sends queued writes one after another, each within the deadline.
+async fn write_loop(
+    mut queue: mpsc::Receiver<Write>,
+    client: fred::prelude::Client,
+    timeout: Duration,
+    breaker: Arc<Breaker>,
+    metrics: Arc<Metrics>,
+) {
+    while let Some(write) = queue.recv().await {
+        if !breaker.allow(Instant::now()) {
+            metrics.redis_call("set", "skipped");
+            continue;
+        }
+        let px = i64::try_from(write.keep_for.as_millis())
+            .unwrap_or(i64::MAX)
+            .max(1);
+        let started = Instant::now();
+        let result = tokio::time::timeout(
+            timeout,
+            client.set::<(), _, _>(
+                write.key,
+                write.value,
+                Some(Expiration::PX(px)),
+                None,
+                false,
+            ),
+        )
+        .await;
+        metrics.redis_duration("set", started.elapsed());
+        match result {
+            Ok(Ok(())) => {
+                breaker.success();
+                metrics.redis_call("set", "stored");
+            }
+            Ok(Err(error)) => {
+                tracing::debug!(%error, "redis write failed");
+                metrics.redis_call("set", "error");
+                breaker.failure(Instant::now());
+            }
+            Err(_) => {
+                metrics.redis_call("set", "timeout");
+                breaker.failure(Instant::now());
+            }
+        }
+    }
+}
+
+/// `sidecache:{hash}`: the braces make the hash the cluster hash tag, so any
+/// future per-object keys land in the object's slot while objects spread
+/// over all slots.
+fn redis_key(key: &CacheKey) -> String {
+    format!("sidecache:{{{}}}", key.hex())
+}
+
+/// Circuit breaker: after enough consecutive failures, calls skip Redis for
+/// a cooldown instead of each paying the deadline; then one probe call goes
+/// through, and its result closes or reopens the breaker.
+///
+/// Hand-written because it is a dozen lines of state that must fit the
+/// fail-open rules here (a probe that is cancelled must not wedge it).
+#[derive(Debug, Default)]
+struct Breaker {
+    state: Mutex<BreakerState>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum BreakerState {
+    #[default]
+    Closed,
+    /// Counting consecutive failures.
+    Failing(u32),
+    /// Skipping Redis until the instant, then probing.
+    Open { until: Instant },
+    /// One probe is out; another may go if it has not reported by `until`.
+    Probing { until: Instant },
+}
+
+impl Breaker {
+    fn allow(&self, now: Instant) -> bool {
+        let Ok(mut state) = self.state.lock() else {
+            return true;
+        };
+        match *state {
+            BreakerState::Closed | BreakerState::Failing(_) => true,
+            BreakerState::Open { until } | BreakerState::Probing { until } if now >= until => {
+                *state = BreakerState::Probing {
+                    until: now + BREAKER_COOLDOWN,
+                };
+                true
+            }
+            BreakerState::Open { .. } | BreakerState::Probing { .. } => false,
+        }
+    }
+
+    fn success(&self) {
+        let Ok(mut state) = self.state.lock() else {
+            return;
+        };
+        if matches!(
+            *state,
+            BreakerState::Open { .. } | BreakerState::Probing { .. }
+        ) {
+            tracing::info!("redis is answering again; L2 back in use");
+        }
+        *state = BreakerState::Closed;
+    }
+
+    fn failure(&self, now: Instant) {
+        let Ok(mut state) = self.state.lock() else {
+            return;
+        };
+        let failures = match *state {
+            BreakerState::Closed => 1,
+            BreakerState::Failing(n) => n + 1,
+            BreakerState::Open { .. } => return,
+            BreakerState::Probing { .. } => BREAKER_THRESHOLD,
+        };
+        if failures >= BREAKER_THRESHOLD {
+            if !matches!(*state, BreakerState::Probing { .. }) {
+                tracing::warn!(
+                    failures,
+                    cooldown = ?BREAKER_COOLDOWN,
+                    "redis failing; skipping L2 (serving from memory and origin)"
+                );
+            }
+            *state = BreakerState::Open {
+                until: now + BREAKER_COOLDOWN,
+            };
+        } else {
+            *state = BreakerState::Failing(failures);
+        }
+    }
+
+    fn is_open(&self) -> bool {
+        self.state
+            .lock()
+            .map(|s| matches!(*s, BreakerState::Open { .. } | BreakerState::Probing { .. }))
+            .unwrap_or(false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn breaker_opens_after_consecutive_failures_and_probes_after_the_cooldown() {
+        let breaker = Breaker::default();
+        let t0 = Instant::now();
+        for _ in 0..BREAKER_THRESHOLD - 1 {
+            breaker.failure(t0);
+            assert!(breaker.allow(t0));
+        }
+        // A success in between resets the count.
+        breaker.success();
+        for _ in 0..BREAKER_THRESHOLD {
+            assert!(breaker.allow(t0));
+            breaker.failure(t0);
+        }
+        assert!(breaker.is_open());
+        assert!(!breaker.allow(t0 + BREAKER_COOLDOWN / 2));
+
+        // After the cooldown exactly one probe goes through.
+        let t1 = t0 + BREAKER_COOLDOWN;
+        assert!(breaker.allow(t1));
+        assert!(!breaker.allow(t1));
+        // A failed probe reopens; a later successful one closes.
+        breaker.failure(t1);
+        assert!(!breaker.allow(t1));
+        let t2 = t1 + BREAKER_COOLDOWN;
+        assert!(breaker.allow(t2));
+        breaker.success();
+        assert!(!breaker.is_open());
+        assert!(breaker.allow(t2));
+    }
+
+    #[test]
+    fn a_probe_that_never_reports_does_not_wedge_the_breaker() {
+        let breaker = Breaker::default();
+        let t0 = Instant::now();
+        for _ in 0..BREAKER_THRESHOLD {
+            breaker.failure(t0);
+        }
+        let t1 = t0 + BREAKER_COOLDOWN;
+        assert!(breaker.allow(t1), "probe");
+        // The probe's caller was cancelled: no success, no failure.
+        assert!(!breaker.allow(t1 + BREAKER_COOLDOWN / 2));
+        assert!(breaker.allow(t1 + BREAKER_COOLDOWN), "next probe");
+    }
+
+    #[test]
+    fn redis_keys_carry_the_object_hash_as_hash_tag() {
+        let (parts, ()) = http::Request::get("/x").body(()).unwrap().into_parts();
+        let route = crate::route::test_route("r", "/**", &[]);
+        let key = CacheKey::for_request("ns", &route, &parts);
+        assert_eq!(redis_key(&key), format!("sidecache:{{{}}}", key.hex()));
+    }
+}

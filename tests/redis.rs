@@ -1,0 +1,399 @@
+//! The shared Redis tier against real Redis: a 3+3 cluster (or one standalone server) started by the harness.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use support::redis::{RedisCluster, RedisStandalone, cli, seeds};
+use support::{Origin, Proxy, ProxyConfig};
+
+const ROUTE: &str = "[[routes]]\npath = \"/r/**\"\nttl = \"60s\"\n";
+
+fn redis_toml(nodes: &str) -> String {
+    format!("[redis]\nnodes = {nodes}\ncommand_timeout = \"50ms\"\nconnect_timeout = \"300ms\"\n")
+}
+
+async fn proxy_on(origin: &Origin, nodes: &str, extra: &str) -> Proxy {
+    ProxyConfig::new(origin)
+        .with(extra)
+        .with(&redis_toml(nodes))
+        .with(ROUTE)
+        .start()
+        .await
+}
+
+/// The Host every pod is reached by (a Service name), so all pods build the
+/// same keys; each test proxy listens on its own port, which a client's Host
+/// would otherwise carry.
+const HOST: &str = "app.example";
+
+async fn get(proxy: &Proxy, path: &str) -> support::Answer {
+    proxy.send("GET", path, &[("host", HOST)]).await
+}
+
+/// Runs blocking harness work (redis-cli, process control) off the runtime's threads.
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(work).await.unwrap()
+}
+
+/// Polls `done` (bounded) while the proxies keep running.
+async fn eventually(what: &str, limit: Duration, mut done: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if done().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_fetched_through_one_pod_is_a_hit_for_another() {
+    let cluster = Arc::new(blocking(RedisCluster::start).await);
+    let origin = Origin::start().await;
+    let a = proxy_on(&origin, &cluster.seeds(), "").await;
+    let b = proxy_on(&origin, &cluster.seeds(), "").await;
+    a.wait_redis_connected().await;
+    b.wait_redis_connected().await;
+
+    assert_eq!(
+        get(&a, "/r/shared").await.cache_status(),
+        "sidecache; fwd=miss; stored"
+    );
+    let c = cluster.clone();
+    eventually("the L2 write", Duration::from_secs(5), async || {
+        let c = c.clone();
+        blocking(move || c.total_keys()).await == 1
+    })
+    .await;
+    let from_b = get(&b, "/r/shared").await;
+    assert!(
+        from_b.cache_status().starts_with("sidecache; hit; ttl="),
+        "{}",
+        from_b.cache_status()
+    );
+    assert!(
+        from_b.cache_status().ends_with("; detail=l2"),
+        "{}",
+        from_b.cache_status()
+    );
+    assert_eq!(from_b.text(), "/r/shared #1");
+    assert_eq!(origin.hits("/r/shared"), 1);
+    // B copied it into its own memory tier.
+    assert!(
+        !get(&b, "/r/shared")
+            .await
+            .cache_status()
+            .contains("detail=l2")
+    );
+
+    let metrics = b.admin("/metrics").await.text();
+    assert!(
+        metrics.contains("sidecache_redis_calls_total{op=\"get\",outcome=\"hit\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_spread_over_all_three_masters() {
+    let cluster = Arc::new(blocking(RedisCluster::start).await);
+    let origin = Origin::start().await;
+    let proxy = proxy_on(&origin, &cluster.seeds(), "").await;
+    proxy.wait_redis_connected().await;
+    for i in 0..30 {
+        get(&proxy, &format!("/r/spread/{i}")).await;
+    }
+    let c = cluster.clone();
+    eventually(
+        "30 keys in the cluster",
+        Duration::from_secs(5),
+        async || {
+            let c = c.clone();
+            blocking(move || c.total_keys()).await == 30
+        },
+    )
+    .await;
+    let c = cluster.clone();
+    let per_master = blocking(move || {
+        let masters = c.master_ports();
+        masters
+            .iter()
+            .map(|&port| (port, c.dbsize(port)))
+            .collect::<Vec<_>>()
+    })
+    .await;
+    assert_eq!(per_master.len(), 3);
+    for (port, keys) in &per_master {
+        assert!(*keys > 0, "master {port} holds no entries: {per_master:?}");
+    }
+    // Keys carry their own hash as the hash tag, so their slots differ.
+    let port = per_master[0].0;
+    let key = blocking(move || cli(port, &["randomkey"]).unwrap()).await;
+    assert!(
+        key.starts_with("sidecache:{") && key.ends_with('}'),
+        "{key}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_all_of_redis_down_requests_succeed_and_l2_resumes_after_restart() {
+    let mut cluster = blocking(RedisCluster::start).await;
+    let origin = Origin::start().await;
+    let a = proxy_on(&origin, &cluster.seeds(), "").await;
+    let b = proxy_on(&origin, &cluster.seeds(), "").await;
+    a.wait_redis_connected().await;
+    b.wait_redis_connected().await;
+    get(&a, "/r/warm").await;
+
+    let cluster_down = blocking(move || {
+        for node in &mut cluster.nodes {
+            node.kill();
+        }
+        cluster
+    })
+    .await;
+    // Every request still succeeds from the origin, none waits on Redis for
+    // long: the deadline is 50 ms, and the breaker soon skips Redis entirely.
+    let mut slowest = Duration::ZERO;
+    for i in 0..20 {
+        let started = Instant::now();
+        let answer = get(&b, &format!("/r/down/{i}")).await;
+        slowest = slowest.max(started.elapsed());
+        assert_eq!(answer.status, 200);
+        assert!(
+            answer.cache_status().contains("fwd=miss"),
+            "{}",
+            answer.cache_status()
+        );
+    }
+    assert!(
+        slowest < Duration::from_millis(1000),
+        "slowest request took {slowest:?}"
+    );
+    eprintln!("with Redis down, slowest of 20 requests: {slowest:?}");
+    assert_eq!(get(&b, "/r/warm").await.status, 200);
+    assert_eq!(b.admin("/readyz").await.status, 200, "ready without Redis");
+    let metrics = b.admin("/metrics").await.text();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "sidecache_redis_breaker_open 1"),
+        "{metrics}"
+    );
+
+    // Same ports, same cluster config: the proxies find it again by themselves.
+    let cluster = Arc::new(
+        blocking(move || {
+            let mut cluster = cluster_down;
+            for node in &mut cluster.nodes {
+                node.restart();
+            }
+            cluster.wait_ok(Duration::from_secs(30));
+            cluster
+        })
+        .await,
+    );
+    let mut round = 0;
+    eventually(
+        "L2 hits after the restart",
+        Duration::from_secs(30),
+        async || {
+            round += 1;
+            let path = format!("/r/back/{round}");
+            get(&a, &path).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            get(&b, &path).await.cache_status().contains("detail=l2")
+        },
+    )
+    .await;
+    drop(cluster);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_killed_under_load_fails_no_request() {
+    let cluster = blocking(RedisCluster::start).await;
+    let origin = Origin::start().await;
+    let filler = proxy_on(&origin, &cluster.seeds(), "").await;
+    // No memory tier: every request of this proxy goes to L2.
+    let reader = Arc::new(
+        proxy_on(
+            &origin,
+            &cluster.seeds(),
+            "[cache.memory]\ncapacity = \"0\"\n",
+        )
+        .await,
+    );
+    filler.wait_redis_connected().await;
+    reader.wait_redis_connected().await;
+    const URLS: usize = 60;
+    for i in 0..URLS {
+        get(&filler, &format!("/r/load/{i}")).await;
+    }
+    let cluster = Arc::new(std::sync::Mutex::new(cluster));
+    let c = cluster.clone();
+    eventually("the fill", Duration::from_secs(5), async || {
+        let c = c.clone();
+        blocking(move || c.lock().unwrap().total_keys()).await == URLS as u64
+    })
+    .await;
+    let origin_before = (0..URLS)
+        .map(|i| origin.hits(&format!("/r/load/{i}")))
+        .sum::<usize>();
+
+    // Four clients, 8 s of steady load; one master dies after 1 s.
+    let started = Instant::now();
+    let run_for = Duration::from_secs(8);
+    let mut clients = Vec::new();
+    for client in 0..4 {
+        let reader = reader.clone();
+        clients.push(tokio::spawn(async move {
+            let mut seen = Vec::new();
+            let mut i = client;
+            while started.elapsed() < run_for {
+                let answer = get(&reader, &format!("/r/load/{}", i % URLS)).await;
+                seen.push((
+                    started.elapsed(),
+                    answer.status.as_u16(),
+                    answer.cache_status().contains("hit"),
+                ));
+                i += 4;
+            }
+            seen
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let c = cluster.clone();
+    let killed_at = started.elapsed();
+    let victim = blocking(move || {
+        let mut cluster = c.lock().unwrap();
+        let victim = cluster.master_ports()[0];
+        cluster.node(victim).kill();
+        victim
+    })
+    .await;
+    let mut results = Vec::new();
+    for client in clients {
+        results.extend(client.await.unwrap());
+    }
+    let failed = results
+        .iter()
+        .filter(|(_, status, _)| *status != 200)
+        .count();
+    let misses: Vec<Duration> = results
+        .iter()
+        .filter(|(t, _, hit)| !hit && *t >= killed_at)
+        .map(|(t, ..)| *t)
+        .collect();
+    let window = misses
+        .last()
+        .map_or(Duration::ZERO, |last| *last - killed_at);
+    let origin_during = (0..URLS)
+        .map(|i| origin.hits(&format!("/r/load/{i}")))
+        .sum::<usize>()
+        - origin_before;
+    eprintln!(
+        "failover: killed master {victim} at {killed_at:?}; {} requests, {failed} failed, {} misses after the kill, \
+         L2 hits lost for {window:?}, origin saw {origin_during} requests",
+        results.len(),
+        misses.len()
+    );
+    assert_eq!(failed, 0, "no client request may fail");
+    assert!(results.len() > 100, "the load ran: {}", results.len());
+    // However long the failover took on this machine, L2 serves again after it.
+    let c = cluster.clone();
+    blocking(move || c.lock().unwrap().wait_ok(Duration::from_secs(30))).await;
+    eventually(
+        "L2 hits after the failover",
+        Duration::from_secs(30),
+        async || {
+            get(&reader, "/r/load/0")
+                .await
+                .cache_status()
+                .contains("hit")
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_started_before_redis_picks_it_up_when_it_appears() {
+    let ports = RedisCluster::reserve_ports();
+    let origin = Origin::start().await;
+    let proxy = proxy_on(&origin, &seeds(&ports), "").await;
+    for i in 0..3 {
+        let answer = get(&proxy, &format!("/r/early/{i}")).await;
+        assert_eq!(answer.status, 200);
+    }
+    let cluster = Arc::new(blocking(move || RedisCluster::start_on(&ports)).await);
+    let mut round = 0;
+    let c = cluster.clone();
+    eventually("the first L2 write", Duration::from_secs(30), async || {
+        round += 1;
+        get(&proxy, &format!("/r/late/{round}")).await;
+        let c = c.clone();
+        blocking(move || c.total_keys()).await > 0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_mode_shares_entries_and_a_corrupt_value_is_a_miss() {
+    let redis = Arc::new(blocking(RedisStandalone::start).await);
+    let origin = Origin::start().await;
+    let node = format!("[\"127.0.0.1:{}\"]", redis.node.port);
+    let standalone =
+        format!("[redis]\nmode = \"standalone\"\nnodes = {node}\ncommand_timeout = \"50ms\"\n");
+    let start = || {
+        ProxyConfig::new(&origin)
+            .with(&standalone)
+            .with(ROUTE)
+            .start()
+    };
+    let a = start().await;
+    let b = start().await;
+    a.wait_redis_connected().await;
+    b.wait_redis_connected().await;
+
+    get(&a, "/r/doc").await;
+    let r = redis.clone();
+    eventually("the L2 write", Duration::from_secs(5), async || {
+        let r = r.clone();
+        blocking(move || r.cli(&["dbsize"])).await.as_deref() == Some("1")
+    })
+    .await;
+    assert!(get(&b, "/r/doc").await.cache_status().contains("detail=l2"));
+
+    // Overwrite the stored value with garbage: a third pod reads it as a miss
+    // (and removes it), never as an error.
+    let r = redis.clone();
+    let key = blocking(move || {
+        let key = r.cli(&["randomkey"]).unwrap();
+        assert_eq!(
+            r.cli(&["set", &key, "not an entry", "px", "60000"])
+                .as_deref(),
+            Some("OK")
+        );
+        key
+    })
+    .await;
+    let c = start().await;
+    c.wait_redis_connected().await;
+    let answer = get(&c, "/r/doc").await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.cache_status(), "sidecache; fwd=miss; stored");
+    assert_eq!(answer.text(), "/r/doc #2");
+    let metrics = c.admin("/metrics").await.text();
+    assert!(metrics.contains("outcome=\"corrupt\"} 1"), "{metrics}");
+    // The garbage is gone: removed, then replaced by the new fill.
+    let r = redis.clone();
+    eventually("the garbage replaced", Duration::from_secs(5), async || {
+        let (r, key) = (r.clone(), key.clone());
+        blocking(move || r.cli(&["get", &key]))
+            .await
+            .is_some_and(|v| v != "not an entry")
+    })
+    .await;
+}
