@@ -201,6 +201,20 @@ pub fn describe(config: &Config) -> String {
         "listen {}  admin {}  origin {}",
         config.server.listen, config.server.admin_listen, config.origin.url
     );
+    let _ = match &config.redis {
+        None => writeln!(
+            out,
+            "cache: memory {} bytes, no Redis (memory tier only)",
+            config.cache.memory.capacity
+        ),
+        Some(redis) => writeln!(
+            out,
+            "cache: memory {} bytes, Redis {}, command timeout {:?}",
+            config.cache.memory.capacity,
+            describe_redis(&redis.client.server),
+            redis.command_timeout
+        ),
+    };
     if config.routes.is_empty() {
         let _ = writeln!(
             out,
@@ -227,4 +241,25 @@ pub fn describe(config: &Config) -> String {
         );
     }
     out
+}
+
+fn describe_redis(servers: &fred::prelude::ServerConfig) -> String {
+    use fred::prelude::ServerConfig as S;
+    let list = |hosts: &[fred::prelude::Server]| {
+        hosts
+            .iter()
+            .map(|h| format!("{}:{}", h.host, h.port))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    match servers {
+        S::Centralized { server } => format!("standalone {}:{}", server.host, server.port),
+        S::Clustered { hosts, .. } => format!("cluster {}", list(hosts)),
+        S::Sentinel {
+            hosts,
+            service_name,
+            ..
+        } => format!("sentinel {} ({service_name})", list(hosts)),
+        other => format!("{other:?}"),
+    }
 }

@@ -112,6 +112,25 @@ fn shipped_proxy_toml_is_valid() {
 }
 
 #[test]
+fn shipped_redis_example_is_valid_when_uncommented() {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/proxy.toml")).unwrap();
+    // Example settings are commented out as "#key"; prose as "# text".
+    let uncommented: String = text
+        .lines()
+        .map(|line| match line.strip_prefix('#') {
+            Some(rest) if rest.starts_with(|c: char| c == '[' || c.is_ascii_lowercase()) => rest,
+            _ => line,
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(uncommented.contains("\n[redis]\n"));
+    let config = Config::from_toml(&uncommented).unwrap();
+    let redis = config.redis.unwrap();
+    assert_eq!(redis.command_timeout, Duration::from_millis(50));
+    assert_eq!(redis.write_queue, 1024);
+}
+
+#[test]
 fn check_prints_the_route_table_and_exits_0() {
     let output = Command::new(BINARY)
         .args([

@@ -294,9 +294,15 @@ async fn a_master_killed_under_load_fails_no_request() {
         .map(|i| origin.hits(&format!("/r/load/{i}")))
         .sum::<usize>()
         - origin_before;
+    let in_window = results
+        .iter()
+        .filter(|(t, ..)| *t >= killed_at && *t <= killed_at + window);
+    let (window_hits, window_total) =
+        in_window.fold((0, 0), |(h, n), (_, _, hit)| (h + usize::from(*hit), n + 1));
     eprintln!(
         "failover: killed master {victim} at {killed_at:?}; {} requests, {failed} failed, {} misses after the kill, \
-         L2 hits lost for {window:?}, origin saw {origin_during} requests",
+         L2 hits lost for {window:?} (in that window {window_hits} of {window_total} requests were still L2 hits), \
+         origin saw {origin_during} requests",
         results.len(),
         misses.len()
     );
