@@ -70,10 +70,11 @@ impl Cache {
         let Some(keep_for) = entry.remaining_freshness(now) else {
             return;
         };
+        let entry = Arc::new(entry);
         if let Some(redis) = &self.redis {
-            redis.store(&entry, keep_for);
+            redis.store(entry.clone(), keep_for);
         }
-        self.memory.insert(Arc::new(entry), keep_for);
+        self.memory.insert(entry, keep_for);
     }
 
     /// The in-memory tier, for its gauges.

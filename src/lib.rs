@@ -260,6 +260,5 @@ fn describe_redis(servers: &fred::prelude::ServerConfig) -> String {
             service_name,
             ..
         } => format!("sentinel {} ({service_name})", list(hosts)),
-        other => format!("{other:?}"),
     }
 }

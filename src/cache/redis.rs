@@ -27,10 +27,9 @@ const COMMAND_BUFFER: usize = 1024;
 /// How often fred checks connections for unanswered commands.
 const UNRESPONSIVE_INTERVAL: Duration = Duration::from_millis(100);
 
-/// A pending write to L2.
+/// A pending write to L2; encoded by the writer, off the response path.
 struct Write {
-    key: String,
-    value: Bytes,
+    entry: Arc<Entry>,
     keep_for: Duration,
 }
 
@@ -149,13 +148,8 @@ impl RedisTier {
 
     /// Queues `entry` to be written with a lifetime of `keep_for`; a full
     /// queue drops the write rather than delay anyone.
-    pub fn store(&self, entry: &Entry, keep_for: Duration) {
-        let write = Write {
-            key: redis_key(&entry.key),
-            value: entry.encode(),
-            keep_for,
-        };
-        if self.writes.try_send(write).is_err() {
+    pub fn store(&self, entry: Arc<Entry>, keep_for: Duration) {
+        if self.writes.try_send(Write { entry, keep_for }).is_err() {
             self.metrics.redis_call("set", "dropped");
         }
     }
@@ -206,8 +200,8 @@ async fn write_loop(
         let result = tokio::time::timeout(
             timeout,
             client.set::<(), _, _>(
-                write.key,
-                write.value,
+                redis_key(&write.entry.key),
+                write.entry.encode(),
                 Some(Expiration::PX(px)),
                 None,
                 false,
