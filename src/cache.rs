@@ -7,9 +7,10 @@ pub mod memory;
 pub mod policy;
 pub mod redis;
 pub mod status;
+pub mod validation;
 
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use crate::config::CacheConfig;
 use entry::Entry;
@@ -39,6 +40,8 @@ pub struct Cache {
     memory: MemoryTier,
     /// The shared tier; `None` in memory-only mode.
     redis: Option<Arc<RedisTier>>,
+    /// How long entries are kept once stale.
+    keep_stale: Duration,
 }
 
 impl Cache {
@@ -46,28 +49,46 @@ impl Cache {
         Cache {
             memory: MemoryTier::new(config.memory.capacity),
             redis: redis.map(Arc::new),
+            keep_stale: config.keep_stale,
         }
     }
 
-    /// A fresh stored response for `key`, and the tier it came from. An L2
-    /// hit is copied into L1 for the freshness it has left.
+    /// The stored response for `key` and the tier it came from, fresh or
+    /// not: the caller decides how it may be used. A stale L1 entry is
+    /// looked up in L2 too, where another pod may have refreshed it; an L2
+    /// hit is copied into L1 for as long as it is worth keeping.
     pub async fn lookup(&self, key: &CacheKey, now: SystemTime) -> Option<(Arc<Entry>, Tier)> {
-        if let Some(entry) = self.memory.get(key)
-            && entry.remaining_freshness(now).is_some()
+        let local = self.memory.get(key);
+        if let Some(entry) = local
+            .as_ref()
+            .filter(|e| e.remaining_freshness(now).is_some())
         {
-            return Some((entry, Tier::Memory));
+            return Some((entry.clone(), Tier::Memory));
         }
-        let entry = self.redis.as_ref()?.get(key).await?;
-        let keep_for = entry.remaining_freshness(now)?;
-        let entry = Arc::new(entry);
-        self.memory.insert(entry.clone(), keep_for);
-        Some((entry, Tier::Redis))
+        let shared = match &self.redis {
+            Some(redis) => redis.get(key).await,
+            None => None,
+        };
+        match (shared, local) {
+            (Some(shared), local)
+                if local
+                    .as_ref()
+                    .is_none_or(|local| shared.response_time >= local.response_time) =>
+            {
+                let shared = Arc::new(shared);
+                if let Some(keep_for) = shared.retention(now, self.keep_stale) {
+                    self.memory.insert(shared.clone(), keep_for);
+                }
+                Some((shared, Tier::Redis))
+            }
+            (_, local) => local.map(|entry| (entry, Tier::Memory)),
+        }
     }
 
-    /// Stores a complete response in every tier for as long as it stays
-    /// fresh; the L2 write is queued, never awaited.
+    /// Stores a complete response in every tier for as long as it is worth
+    /// keeping; the L2 write is queued, never awaited.
     pub fn store(&self, entry: Entry, now: SystemTime) {
-        let Some(keep_for) = entry.remaining_freshness(now) else {
+        let Some(keep_for) = entry.retention(now, self.keep_stale) else {
             return;
         };
         let entry = Arc::new(entry);
@@ -75,6 +96,15 @@ impl Cache {
             redis.store(entry.clone(), keep_for);
         }
         self.memory.insert(entry, keep_for);
+    }
+
+    /// Removes what is stored under `key` from every tier (the L2 delete is
+    /// queued behind any pending write of the same key).
+    pub fn remove(&self, key: &CacheKey) {
+        self.memory.remove(key);
+        if let Some(redis) = &self.redis {
+            redis.remove(key);
+        }
     }
 
     /// The in-memory tier, for its gauges.

@@ -34,6 +34,8 @@ pub const DEFAULT_ORIGIN_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_NAMESPACE: &str = "default";
 /// Default largest body that is stored; larger ones are streamed only.
 pub const DEFAULT_MAX_OBJECT_SIZE: u64 = 8 * 1024 * 1024;
+/// Default time entries are kept once stale, for revalidation.
+pub const DEFAULT_KEEP_STALE: Duration = Duration::from_secs(600);
 /// Default byte budget of the in-memory tier.
 pub const DEFAULT_MEMORY_CAPACITY: u64 = 256 * 1024 * 1024;
 /// Largest storable object: the in-memory tier weighs entries in `u32`.
@@ -96,6 +98,10 @@ pub struct CacheConfig {
     pub namespace: String,
     /// Bodies larger than this are streamed to the client but never stored.
     pub max_object_size: u64,
+    /// How long an entry is kept once stale: to be revalidated with a
+    /// conditional request instead of fetched again, or served stale where a
+    /// request allows it.
+    pub keep_stale: Duration,
     pub memory: MemoryConfig,
 }
 
@@ -217,6 +223,7 @@ struct RawOrigin {
 struct RawCache {
     namespace: Option<String>,
     max_object_size: Option<String>,
+    keep_stale: Option<String>,
     #[serde(default)]
     memory: RawMemory,
 }
@@ -233,6 +240,8 @@ struct RawRoute {
     methods: Option<Vec<String>>,
     ttl: Option<String>,
     cache: Option<bool>,
+    cache_status: Option<Vec<u16>>,
+    heuristic_freshness: Option<bool>,
     #[serde(default)]
     key_headers: Vec<String>,
     #[serde(default)]
@@ -449,6 +458,12 @@ impl RawConfig {
                 self.cache.max_object_size.as_deref(),
                 DEFAULT_MAX_OBJECT_SIZE,
                 parse_size,
+            ),
+            keep_stale: p.parse(
+                "cache.keep_stale",
+                self.cache.keep_stale.as_deref(),
+                DEFAULT_KEEP_STALE,
+                parse_duration,
             ),
             memory: MemoryConfig {
                 capacity: p.parse(
@@ -737,6 +752,32 @@ impl RawRoute {
                 format!("{name:?} is already the name of routes[{other}]; names label metrics and must be unique"),
             );
         }
+        let statuses = match self.cache_status {
+            None => crate::cache::policy::DEFAULT_CACHE_STATUSES.to_vec(),
+            Some(list) if list.is_empty() => {
+                p.push(
+                    key("cache_status"),
+                    "must not be empty; use cache = false to store nothing",
+                );
+                vec![]
+            }
+            Some(list) => {
+                for status in &list {
+                    match status {
+                        206 => p.push(
+                            key("cache_status"),
+                            "206 cannot be listed: partial responses are never stored as complete",
+                        ),
+                        200..=599 => {}
+                        other => p.push(
+                            key("cache_status"),
+                            format!("{other} is not a final status (200-599)"),
+                        ),
+                    }
+                }
+                list
+            }
+        };
         let key_headers = parse_header_names(p, &key("key_headers"), &self.key_headers);
         let forward_headers = parse_header_names(p, &key("forward_headers"), &self.forward_headers);
         Some(Route {
@@ -746,6 +787,8 @@ impl RawRoute {
             methods,
             ttl,
             cache: self.cache.unwrap_or(true),
+            statuses,
+            heuristic_freshness: self.heuristic_freshness.unwrap_or(false),
             key_headers,
             forward_headers,
         })
@@ -942,6 +985,18 @@ mod tests {
             (
                 "[[routes]]\npath = \"/a\"\nname = \"\"",
                 "routes[0].name: must not be empty",
+            ),
+            (
+                "[[routes]]\npath = \"/a\"\ncache_status = []",
+                "routes[0].cache_status: must not be empty; use cache = false to store nothing",
+            ),
+            (
+                "[[routes]]\npath = \"/a\"\ncache_status = [200, 206]",
+                "routes[0].cache_status: 206 cannot be listed: partial responses are never stored as complete",
+            ),
+            (
+                "[[routes]]\npath = \"/a\"\ncache_status = [200, 100]",
+                "routes[0].cache_status: 100 is not a final status (200-599)",
             ),
             (
                 "[[routes]]\npath = \"/a\"\nkey_headers = [\"bad header\"]",

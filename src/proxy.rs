@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::request::Parts;
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
@@ -17,8 +17,11 @@ use crate::cache::Cache;
 use crate::cache::entry::Entry;
 use crate::cache::fill::{Fill, StoringBody};
 use crate::cache::key::{self, CacheKey};
-use crate::cache::policy::{self, CacheControl, NoCacheReason, RequestPolicy};
+use crate::cache::policy::{
+    self, CacheControl, NoCacheReason, RequestFacts, RequestPolicy, Usability,
+};
 use crate::cache::status::CacheStatus;
+use crate::cache::validation;
 use crate::config::CacheConfig;
 use crate::metrics::{Metrics, UNROUTED};
 use crate::origin::{self, Origin, OriginBody, OriginError};
@@ -34,6 +37,9 @@ pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
 pub enum ProxyError {
     #[error(transparent)]
     Origin(#[from] OriginError),
+    /// `only-if-cached` and nothing usable is stored (RFC 9111 §5.2.1.7).
+    #[error("only-if-cached: no usable stored response")]
+    NotCached,
 }
 
 impl ProxyError {
@@ -41,6 +47,7 @@ impl ProxyError {
         match self {
             ProxyError::Origin(e) if e.is_timeout() => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Origin(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::NotCached => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 }
@@ -121,7 +128,9 @@ impl Proxy {
             let mut response = match self.serve(request, client, &mut outcome).await {
                 Ok(response) => response,
                 Err(error) => {
-                    tracing::warn!(error = %error, cause = ?std::error::Error::source(&error), "origin failed");
+                    if let ProxyError::Origin(_) = error {
+                        tracing::warn!(error = %error, cause = ?std::error::Error::source(&error), "origin failed");
+                    }
                     error_response(&error)
                 }
             };
@@ -180,7 +189,8 @@ impl Proxy {
         }
     }
 
-    /// A GET or HEAD on a caching route: answer from the cache, or fetch and store.
+    /// A GET or HEAD on a caching route: answer from the cache, revalidate a
+    /// stored response, or fetch and store (RFC 9111 §4).
     async fn serve_cacheable(
         &self,
         mut parts: Parts,
@@ -190,66 +200,154 @@ impl Proxy {
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let key = CacheKey::for_request(&self.namespace, route, &parts);
         let now = SystemTime::now();
-        if let Some((entry, tier)) = self.cache.lookup(&key, now).await
-            && let Some(ttl) = entry.remaining_freshness(now)
-        {
-            record_cache_status(outcome, CacheStatus::Hit { ttl, tier });
-            return Ok(hit_response(&entry, parts.method == Method::HEAD, now));
+        let request_cc = CacheControl::parse_request(&parts.headers);
+        let authorization = parts.headers.contains_key(header::AUTHORIZATION);
+        let head_only = parts.method == Method::HEAD;
+
+        let mut stale = None;
+        if let Some((entry, tier)) = self.cache.lookup(&key, now).await {
+            let stored_cc = CacheControl::parse(&entry.headers);
+            // §3.5: credentials may only be answered by a shareable response.
+            if !authorization || stored_cc.shareable_with_authorization() {
+                let age = entry.age(now);
+                match policy::usability(&stored_cc, entry.freshness_lifetime, age, &request_cc) {
+                    Usability::Fresh { ttl } => {
+                        record_cache_status(
+                            outcome,
+                            CacheStatus::Hit {
+                                ttl: seconds(ttl),
+                                tier,
+                            },
+                        );
+                        return Ok(answer(&entry, &parts.headers, head_only, now));
+                    }
+                    Usability::Stale { stale_for } => {
+                        let ttl = -seconds(stale_for);
+                        record_cache_status(outcome, CacheStatus::Hit { ttl, tier });
+                        return Ok(answer(&entry, &parts.headers, head_only, now));
+                    }
+                    Usability::Revalidate => stale = Some(entry),
+                }
+            }
+        }
+        if request_cc.only_if_cached {
+            let reason = Some(NoCacheReason::OnlyIfCached);
+            record_cache_status(outcome, CacheStatus::Miss { not_stored: reason });
+            return Err(ProxyError::NotCached);
         }
 
+        // The client's own conditions are judged here, against what comes
+        // back; the origin gets an unconditional request (or the stored
+        // response's validators), so that its answer can fill the cache.
+        let client_headers = parts.headers.clone();
         // Only keyed or allow-listed headers reach the origin, so nothing the
         // key does not capture can change what is stored for everyone.
         origin::retain_headers(&mut parts.headers, |name| {
-            name == header::HOST || route.forwards(name)
+            name == header::HOST
+                || route.forwards(name)
+                || (name == header::AUTHORIZATION && authorization)
         });
-        let is_head = parts.method == Method::HEAD;
+        let stale = stale.filter(|entry| policy::has_validators(&entry.headers));
+        if let Some(entry) = &stale {
+            validation::add_validators(&mut parts.headers, &entry.headers);
+        }
         let request_time = SystemTime::now();
         let empty = Empty::new().map_err(|never| match never {}).boxed_unsync();
         let response = self.send_upstream(parts, empty, client, outcome).await?;
         let response_time = SystemTime::now();
-
         let (head, body) = response.into_parts();
-        let decision = if is_head {
+        let facts = RequestFacts {
+            cc: &request_cc,
+            authorization,
+        };
+
+        if let Some(entry) = stale
+            .as_ref()
+            .filter(|_| head.status == StatusCode::NOT_MODIFIED)
+        {
+            let refreshed = refresh(entry, &head.headers, route, request_time, response_time);
+            let cc = CacheControl::parse(&refreshed.headers);
+            let rules = route.store_rules();
+            let stored = policy::storability(
+                refreshed.status,
+                &refreshed.headers,
+                &cc,
+                facts,
+                rules,
+                response_time,
+            );
+            if stored.is_ok() {
+                self.cache.store(refreshed.clone(), response_time);
+            }
+            record_cache_status(
+                outcome,
+                CacheStatus::Revalidated {
+                    fwd_status: head.status,
+                    not_stored: stored.err(),
+                },
+            );
+            return Ok(answer(
+                &refreshed,
+                &client_headers,
+                head_only,
+                response_time,
+            ));
+        }
+
+        let decision = if head_only {
             Err(NoCacheReason::Head)
         } else {
             let cc = CacheControl::parse(&head.headers);
-            policy::storability(head.status, &head.headers, &cc, route.ttl, response_time)
-                .and_then(|lifetime| self.fits(&head.headers).map(|()| lifetime))
+            policy::storability(
+                head.status,
+                &head.headers,
+                &cc,
+                facts,
+                route.store_rules(),
+                response_time,
+            )
+            .and_then(|lifetime| self.fits(&head.headers).map(|()| lifetime))
         };
-        let body = match decision {
-            Ok(freshness_lifetime) => {
-                record_cache_status(outcome, CacheStatus::Miss { not_stored: None });
-                let mut headers = head.headers.clone();
-                headers.remove(header::AGE);
-                let entry = Entry {
-                    key,
-                    status: head.status,
-                    headers,
-                    body: Bytes::new(),
-                    response_time,
-                    initial_age: policy::corrected_initial_age(
-                        &head.headers,
-                        request_time,
-                        response_time,
-                    ),
-                    freshness_lifetime,
-                };
-                let fill = Fill::new(self.cache.clone(), entry, self.max_object_size);
-                StoringBody::new(body, fill)
-                    .map_err(BoxError::from)
-                    .boxed_unsync()
-            }
-            Err(reason) => {
-                record_cache_status(
-                    outcome,
-                    CacheStatus::Miss {
-                        not_stored: Some(reason),
-                    },
-                );
-                body.map_err(BoxError::from).boxed_unsync()
-            }
+        let not_stored = decision.err();
+        record_cache_status(
+            outcome,
+            match stale {
+                Some(_) => CacheStatus::Revalidated {
+                    fwd_status: head.status,
+                    not_stored,
+                },
+                None => CacheStatus::Miss { not_stored },
+            },
+        );
+        let Ok(freshness_lifetime) = decision else {
+            return Ok(Response::from_parts(
+                head,
+                body.map_err(BoxError::from).boxed_unsync(),
+            ));
         };
-        Ok(Response::from_parts(head, body))
+        let entry = Entry {
+            key,
+            status: head.status,
+            headers: storable_headers(&head.headers),
+            body: Bytes::new(),
+            response_time,
+            initial_age: policy::corrected_initial_age(&head.headers, request_time, response_time),
+            freshness_lifetime,
+        };
+        let fill = Fill::new(self.cache.clone(), entry, self.max_object_size);
+        let body = StoringBody::new(body, fill);
+        if validation::not_modified(&client_headers, &head.headers, response_time) {
+            // The client's condition holds: it gets a 304, and the body is
+            // still read to the end in the background to fill the cache.
+            tokio::spawn(async move {
+                let _ = body.collect().await;
+            });
+            return Ok(not_modified(&head.headers));
+        }
+        Ok(Response::from_parts(
+            head,
+            body.map_err(BoxError::from).boxed_unsync(),
+        ))
     }
 
     /// Whether a declared body length fits in the cache; unknown lengths are checked while streaming.
@@ -274,10 +372,30 @@ impl Proxy {
         outcome: &mut Outcome,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         record_cache_status(outcome, cache_status);
+        let unsafe_request = !parts.method.is_safe();
+        let (host, uri) = (key::request_host(&parts), parts.uri.clone());
         let response = self
             .send_upstream(parts, body.boxed_unsync(), client, outcome)
             .await?;
+        let status = response.status();
+        if unsafe_request && (status.is_success() || status.is_redirection()) {
+            self.invalidate(&host, &uri, response.headers());
+        }
         Ok(response.map(|body| body.map_err(BoxError::from).boxed_unsync()))
+    }
+
+    /// After a non-error response to an unsafe request, drops what is stored
+    /// for its URL and for the same-host `Location` and `Content-Location`
+    /// (RFC 9111 §4.4), whatever route they fall under.
+    fn invalidate(&self, host: &str, uri: &Uri, response: &HeaderMap) {
+        let linked = [header::LOCATION, header::CONTENT_LOCATION]
+            .into_iter()
+            .filter_map(|name| response.get(name)?.to_str().ok())
+            .filter_map(|value| key::same_host_target(value, host));
+        for target in std::iter::once(uri.clone()).chain(linked) {
+            self.cache
+                .remove(&CacheKey::for_url(&self.namespace, host, &target));
+        }
     }
 
     /// Sends a request to the origin with hop-by-hop headers removed and
@@ -323,20 +441,85 @@ fn record_cache_status(outcome: &mut Outcome, status: CacheStatus) {
     outcome.cache_status = Some(status);
 }
 
-/// A stored response as an answer: its headers with a fresh `Age`, and no body for HEAD.
-fn hit_response(entry: &Entry, head_only: bool, now: SystemTime) -> Response<ProxyBody> {
-    let body = if head_only {
-        Empty::new().map_err(|never| match never {}).boxed_unsync()
+/// A stored response as the answer to a request: a 304 when the client's
+/// own conditions hold, no body for HEAD, and a fresh `Age` either way.
+fn answer(
+    entry: &Entry,
+    request: &HeaderMap,
+    head_only: bool,
+    now: SystemTime,
+) -> Response<ProxyBody> {
+    let mut response = if validation::not_modified(request, &entry.headers, entry.response_time) {
+        not_modified(&entry.headers)
     } else {
-        full_body(entry.body.clone())
+        let body = if head_only {
+            Empty::new().map_err(|never| match never {}).boxed_unsync()
+        } else {
+            full_body(entry.body.clone())
+        };
+        let mut response = Response::new(body);
+        *response.status_mut() = entry.status;
+        *response.headers_mut() = entry.headers.clone();
+        response
     };
-    let mut response = Response::new(body);
-    *response.status_mut() = entry.status;
-    *response.headers_mut() = entry.headers.clone();
     response
         .headers_mut()
         .insert(header::AGE, HeaderValue::from(entry.age(now).as_secs()));
     response
+}
+
+/// A 304 for a client whose condition matched a full response with `headers`.
+fn not_modified(headers: &HeaderMap) -> Response<ProxyBody> {
+    let mut response = Response::new(Empty::new().map_err(|never| match never {}).boxed_unsync());
+    *response.status_mut() = StatusCode::NOT_MODIFIED;
+    *response.headers_mut() = validation::not_modified_headers(headers);
+    response
+}
+
+/// A stored response refreshed by a 304 (RFC 9111 §4.3.4): merged headers,
+/// the stored body, and age and freshness counted from the 304.
+fn refresh(
+    stored: &Entry,
+    update: &HeaderMap,
+    route: &Route,
+    request_time: SystemTime,
+    response_time: SystemTime,
+) -> Entry {
+    let headers = storable_headers(&validation::merge_not_modified(&stored.headers, update));
+    let cc = CacheControl::parse(&headers);
+    let freshness_lifetime = policy::freshness_lifetime(
+        stored.status,
+        &headers,
+        &cc,
+        route.store_rules(),
+        response_time,
+    )
+    .unwrap_or(Duration::ZERO);
+    Entry {
+        key: stored.key.clone(),
+        status: stored.status,
+        headers,
+        body: stored.body.clone(),
+        response_time,
+        initial_age: policy::corrected_initial_age(update, request_time, response_time),
+        freshness_lifetime,
+    }
+}
+
+/// The response fields that go into the store: not `Age` (recomputed on
+/// every answer), nor fields named by `private="..."` or `no-cache="..."`
+/// (RFC 9111 §5.2.2.4, §5.2.2.7).
+fn storable_headers(headers: &HeaderMap) -> HeaderMap {
+    let mut stored = headers.clone();
+    stored.remove(header::AGE);
+    let cc = CacheControl::parse(headers);
+    validation::strip_fields(&mut stored, &cc.private_fields);
+    validation::strip_fields(&mut stored, &cc.no_cache_fields);
+    stored
+}
+
+fn seconds(duration: Duration) -> i64 {
+    i64::try_from(duration.as_secs()).unwrap_or(i64::MAX)
 }
 
 /// A response body of bytes already in hand.

@@ -22,6 +22,11 @@ pub struct Route {
     pub ttl: Duration,
     /// `false` turns the cache off for this route: every request is forwarded.
     pub cache: bool,
+    /// Response statuses that may be stored.
+    pub statuses: Vec<u16>,
+    /// Whether responses without explicit freshness may get heuristic
+    /// freshness from `Last-Modified` (RFC 9111 §4.2.2) when `ttl` is zero.
+    pub heuristic_freshness: bool,
     /// Request headers whose values become part of the cache key (and are
     /// forwarded on cacheable requests).
     pub key_headers: Vec<HeaderName>,
@@ -34,6 +39,15 @@ impl Route {
     /// Whether a request with this method may be answered from the cache.
     pub fn caches(&self, method: &Method) -> bool {
         self.cache && self.methods.contains(method)
+    }
+
+    /// What this route says about storing responses.
+    pub fn store_rules(&self) -> crate::cache::policy::StoreRules<'_> {
+        crate::cache::policy::StoreRules {
+            ttl: self.ttl,
+            statuses: &self.statuses,
+            heuristic: self.heuristic_freshness,
+        }
     }
 
     /// Whether a cacheable request forwards this header to the origin.
@@ -86,6 +100,8 @@ pub(crate) fn test_route(name: &str, path: &str, key_headers: &[&str]) -> Route 
         methods: vec![Method::GET, Method::HEAD],
         ttl: Duration::ZERO,
         cache: true,
+        statuses: crate::cache::policy::DEFAULT_CACHE_STATUSES.to_vec(),
+        heuristic_freshness: false,
         key_headers: key_headers.iter().map(|h| h.parse().unwrap()).collect(),
         forward_headers: vec![],
     }

@@ -188,7 +188,10 @@ async fn responses_a_shared_cache_must_not_keep_are_not_stored() {
     );
     origin.on("/p/cookie", Reply::ok().header("set-cookie", "session=abc"));
     origin.on("/p/error", Reply::ok().status(500));
-    origin.on("/p/missing", Reply::ok().status(404));
+    origin.on(
+        "/p/redirect",
+        Reply::ok().status(307).header("location", "/x"),
+    );
     let proxy = ProxyConfig::new(&origin)
         .with("[[routes]]\npath = \"/p/*\"\nttl = \"60s\"\n")
         .start()
@@ -198,7 +201,7 @@ async fn responses_a_shared_cache_must_not_keep_are_not_stored() {
         ("/p/private", "private"),
         ("/p/cookie", "set-cookie"),
         ("/p/error", "status"),
-        ("/p/missing", "status"),
+        ("/p/redirect", "status"),
     ] {
         for round in 1..=2 {
             let answer = proxy.get(path).await;
@@ -219,7 +222,7 @@ async fn responses_a_shared_cache_must_not_keep_are_not_stored() {
 }
 
 #[tokio::test]
-async fn requests_with_authorization_never_use_the_cache() {
+async fn requests_with_authorization_use_only_shareable_responses_rfc9111_3_5() {
     let origin = Origin::start().await;
     let proxy = ProxyConfig::new(&origin)
         .with("[[routes]]\npath = \"/a/*\"\nttl = \"60s\"\n")
@@ -228,20 +231,40 @@ async fn requests_with_authorization_never_use_the_cache() {
     // A stored entry exists...
     proxy.get("/a/doc").await;
     assert!(proxy.get("/a/doc").await.cache_status().contains("hit"));
-    // ...but a request with credentials goes to the origin, with them.
+    // ...but without `public` (or s-maxage, must-revalidate) a request with
+    // credentials goes to the origin, with them, and its answer is not stored.
     for _ in 0..2 {
         let answer = proxy
             .send("GET", "/a/doc", &[("authorization", "Bearer t")])
             .await;
         assert_eq!(
             answer.cache_status(),
-            "sidecache; fwd=request; detail=authorization"
+            "sidecache; fwd=miss; detail=authorization"
         );
         assert_eq!(origin.last_headers("/a/doc")["authorization"], "Bearer t");
     }
     assert_eq!(origin.hits("/a/doc"), 3);
     // And its answer did not replace the shared one.
     assert_eq!(proxy.get("/a/doc").await.text(), "/a/doc #1");
+
+    // A public response is shared with requests that carry credentials too.
+    origin.on(
+        "/a/public",
+        Reply::ok().header("cache-control", "public, max-age=60"),
+    );
+    let first = proxy
+        .send("GET", "/a/public", &[("authorization", "Bearer t")])
+        .await;
+    assert_eq!(first.cache_status(), "sidecache; fwd=miss; stored");
+    let again = proxy
+        .send("GET", "/a/public", &[("authorization", "Bearer u")])
+        .await;
+    assert!(
+        again.cache_status().contains("hit"),
+        "{}",
+        again.cache_status()
+    );
+    assert_eq!(origin.hits("/a/public"), 1);
 }
 
 #[tokio::test]

@@ -39,6 +39,14 @@ impl Entry {
             .filter(|left| !left.is_zero())
     }
 
+    /// How long a tier should keep this entry from `now`: while fresh, plus
+    /// `keep_stale` so that it can still be revalidated, or served stale
+    /// where a request allows it. `None`: not worth keeping.
+    pub fn retention(&self, now: SystemTime, keep_stale: Duration) -> Option<Duration> {
+        let keep = self.freshness_lifetime.saturating_sub(self.age(now)) + keep_stale;
+        (!keep.is_zero()).then_some(keep)
+    }
+
     /// Bytes this entry holds, for the memory tier's budget.
     pub fn weight(&self) -> u64 {
         let headers: usize = self

@@ -9,7 +9,7 @@ use std::borrow::Cow;
 
 use bytes::Bytes;
 use http::request::Parts;
-use http::{HeaderMap, Method};
+use http::{HeaderMap, Method, Uri};
 
 use crate::route::Route;
 
@@ -30,19 +30,23 @@ pub struct CacheKey {
 impl CacheKey {
     /// The key for a request on a caching route.
     pub fn for_request(namespace: &str, route: &Route, request: &Parts) -> CacheKey {
-        let mut key = KeyWriter::default();
-        key.part(KEY_VERSION.as_bytes());
-        key.part(namespace.as_bytes());
-        key.part(b"http");
-        key.part(request_host(request).as_bytes());
-        key.part(method_class(&request.method).as_bytes());
-        key.part(normalise_path(request.uri.path()).as_bytes());
-        key.part(canonical_query(request.uri.query().unwrap_or("")).as_bytes());
+        let mut key = KeyWriter::url(
+            namespace,
+            &request_host(request),
+            &request.method,
+            &request.uri,
+        );
         for name in &route.key_headers {
             key.part(name.as_str().as_bytes());
             key.optional_part(joined_values(&request.headers, name).as_deref());
         }
         key.finish()
+    }
+
+    /// The key a GET of `uri` on `host` is stored under when no key headers
+    /// are involved: what an unsafe request to that URL invalidates.
+    pub fn for_url(namespace: &str, host: &str, uri: &Uri) -> CacheKey {
+        KeyWriter::url(namespace, host, &Method::GET, uri).finish()
     }
 
     /// BLAKE3 of the canonical key: what the tiers index by.
@@ -65,6 +69,20 @@ impl CacheKey {
 struct KeyWriter(Vec<u8>);
 
 impl KeyWriter {
+    /// The parts every key starts with: version, namespace, scheme, host,
+    /// method class, path and query.
+    fn url(namespace: &str, host: &str, method: &Method, uri: &Uri) -> KeyWriter {
+        let mut key = KeyWriter::default();
+        key.part(KEY_VERSION.as_bytes());
+        key.part(namespace.as_bytes());
+        key.part(b"http");
+        key.part(host.as_bytes());
+        key.part(method_class(method).as_bytes());
+        key.part(normalise_path(uri.path()).as_bytes());
+        key.part(canonical_query(uri.query().unwrap_or("")).as_bytes());
+        key
+    }
+
     fn part(&mut self, bytes: &[u8]) {
         // Parts are request fields bounded by hyper's head limits, far below 4 GiB.
         let len = u32::try_from(bytes.len()).unwrap_or(ABSENT - 1);
@@ -99,13 +117,16 @@ fn method_class(method: &Method) -> &str {
 /// The request's host, lowercased, without the default port: from the URI
 /// (HTTP/2 and absolute-form) or else the `Host` header.
 pub fn request_host(request: &Parts) -> String {
-    let raw = request
-        .uri
+    host_of(&request.uri, &request.headers)
+}
+
+/// The host of a target URI, else of a `Host` header, lowercased, without the default port.
+fn host_of(uri: &Uri, headers: &HeaderMap) -> String {
+    let raw = uri
         .authority()
         .map(|a| a.as_str())
         .or_else(|| {
-            request
-                .headers
+            headers
                 .get(http::header::HOST)
                 .and_then(|h| h.to_str().ok())
         })
@@ -185,6 +206,18 @@ fn pair_name(pair: &str) -> &str {
     pair.split_once('=').map_or(pair, |(name, _)| name)
 }
 
+/// The same-host target a `Location` or `Content-Location` value points at
+/// (RFC 9111 §4.4 invalidates only those), as a URI with path and query.
+pub fn same_host_target(value: &str, host: &str) -> Option<Uri> {
+    let uri: Uri = value.trim().parse().ok()?;
+    if uri.authority().is_some() && host_of(&uri, &HeaderMap::new()) != host {
+        return None;
+    }
+    uri.path_and_query()
+        .filter(|p| p.as_str().starts_with('/'))
+        .and_then(|p| Uri::try_from(p.as_str()).ok())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -250,6 +283,24 @@ mod tests {
         assert_ne!(absent, empty);
         assert_ne!(empty, en);
         assert_eq!(en, key_with(&r, "GET", "/a", &[("accept-language", "en")]));
+    }
+
+    #[test]
+    fn invalidation_targets_are_same_host_only_rfc9111_4_4() {
+        let target = |v| same_host_target(v, "shop.example").map(|u| u.to_string());
+        assert_eq!(target("/items/1?x=1").as_deref(), Some("/items/1?x=1"));
+        assert_eq!(
+            target("http://shop.example/items/2").as_deref(),
+            Some("/items/2")
+        );
+        assert_eq!(
+            target("http://Shop.Example:80/items/3").as_deref(),
+            Some("/items/3")
+        );
+        assert_eq!(target("http://other.example/items/4"), None);
+        assert_eq!(target("items/5"), None);
+        let uri: Uri = "/a?b=1".parse().unwrap();
+        assert_eq!(CacheKey::for_url("ns", "example.com", &uri), key("/a?b=1"));
     }
 
     #[test]

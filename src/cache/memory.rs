@@ -72,6 +72,13 @@ impl MemoryTier {
         }
     }
 
+    /// Drops the entry stored under `key`, if any.
+    pub fn remove(&self, key: &CacheKey) {
+        if let Some(entries) = &self.entries {
+            entries.invalidate(key.hash());
+        }
+    }
+
     /// Bytes held now, as weighed; pending evictions are applied first.
     pub fn bytes(&self) -> u64 {
         self.entries.as_ref().map_or(0, |entries| {

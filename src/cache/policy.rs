@@ -5,12 +5,25 @@
 
 use std::time::{Duration, SystemTime};
 
-use http::{HeaderMap, Method, StatusCode, header};
+use http::{HeaderMap, HeaderName, Method, StatusCode, header};
 
 use crate::route::Route;
 
 /// Largest delta-seconds honoured (RFC 9111 §1.2.2): 2^31 seconds.
 const MAX_DELTA_SECONDS: u64 = 1 << 31;
+
+/// Statuses that RFC 9110 §15.1 calls heuristically cacheable: they may be
+/// stored without explicit freshness. (501 is one too, but no 5xx is stored
+/// unless a route lists it.)
+pub const HEURISTIC_STATUSES: [u16; 11] = [200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501];
+
+/// Statuses stored when a route does not say `cache_status`.
+pub const DEFAULT_CACHE_STATUSES: [u16; 10] = [200, 203, 204, 300, 301, 308, 404, 405, 410, 414];
+
+/// Share of the time since `Last-Modified` taken as heuristic freshness (§4.2.2).
+const HEURISTIC_FRACTION: u32 = 10;
+/// Cap on heuristic freshness: one day, as common practice has it.
+const HEURISTIC_MAX: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// What the proxy does with a request before looking at any stored response.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -20,7 +33,8 @@ pub enum RequestPolicy {
     /// The configuration says not to cache: no route, `cache = false`, or a
     /// method the route does not list.
     Bypass,
-    /// The request itself rules out a shared answer (e.g. `Authorization`).
+    /// The request itself rules out the cache: conditions only the origin
+    /// can evaluate (`If-Match`, `If-Unmodified-Since`, RFC 9111 §4.3.2).
     Forward(NoCacheReason),
 }
 
@@ -28,32 +42,41 @@ pub enum RequestPolicy {
 /// `as_str` is the RFC 9211 `detail` value and the metrics label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NoCacheReason {
-    /// The request carries credentials (RFC 9111 §3.5).
+    /// The request carries credentials and the response does not allow
+    /// sharing it (RFC 9111 §3.5).
     Authorization,
+    /// The request has preconditions only the origin can evaluate.
+    Precondition,
+    /// The request said `no-store` (§5.2.1.5).
+    RequestNoStore,
     /// HEAD misses are forwarded as HEAD and carry no body to store.
     Head,
-    /// Only 200 responses are stored.
+    /// The status is not one the route stores, or it needs explicit freshness.
     Status,
     NoStore,
     Private,
-    /// `no-cache` would need revalidation on every use.
+    /// `no-cache` with nothing to revalidate with (no `ETag` or `Last-Modified`).
     NoCache,
     /// A response that sets cookies is somebody's own.
     SetCookie,
-    /// Variants per `Vary` are not stored.
+    /// Variants per `Vary` are not stored yet.
     Vary,
-    /// Neither the response nor the route gives it any freshness.
+    /// No freshness and nothing to revalidate with.
     NoFreshness,
     /// The body is larger than `cache.max_object_size`.
     TooLarge,
     /// The origin or the client cut the body short.
     Incomplete,
+    /// `only-if-cached` and nothing usable is stored (§5.2.1.7).
+    OnlyIfCached,
 }
 
 impl NoCacheReason {
     pub fn as_str(self) -> &'static str {
         match self {
             NoCacheReason::Authorization => "authorization",
+            NoCacheReason::Precondition => "precondition",
+            NoCacheReason::RequestNoStore => "request-no-store",
             NoCacheReason::Head => "head",
             NoCacheReason::Status => "status",
             NoCacheReason::NoStore => "no-store",
@@ -64,6 +87,7 @@ impl NoCacheReason {
             NoCacheReason::NoFreshness => "no-freshness",
             NoCacheReason::TooLarge => "too-large",
             NoCacheReason::Incomplete => "incomplete",
+            NoCacheReason::OnlyIfCached => "only-if-cached",
         }
     }
 }
@@ -76,8 +100,11 @@ pub fn request_policy(
 ) -> RequestPolicy {
     match route {
         Some(route) if route.caches(method) => {
-            if headers.contains_key(header::AUTHORIZATION) {
-                RequestPolicy::Forward(NoCacheReason::Authorization)
+            if headers.contains_key(header::IF_MATCH)
+                || headers.contains_key(header::IF_UNMODIFIED_SINCE)
+                || headers.contains_key(header::RANGE)
+            {
+                RequestPolicy::Forward(NoCacheReason::Precondition)
             } else {
                 RequestPolicy::Lookup
             }
@@ -86,18 +113,38 @@ pub fn request_policy(
     }
 }
 
-/// The `Cache-Control` directives a shared cache acts on.
+/// `max-stale` in a request: any staleness, or up to so many seconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MaxStale {
+    Any,
+    Seconds(u64),
+}
+
+/// The `Cache-Control` directives a shared cache acts on, from a request or a response.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CacheControl {
     pub no_store: bool,
+    /// Unqualified `no-cache`: every use needs revalidation.
     pub no_cache: bool,
+    /// `no-cache="field, ..."`: these fields need revalidation; the rest may be used.
+    pub no_cache_fields: Vec<HeaderName>,
+    /// Unqualified `private`: not for a shared cache.
     pub private: bool,
+    /// `private="field, ..."`: these fields are not stored.
+    pub private_fields: Vec<HeaderName>,
     pub public: bool,
     pub must_revalidate: bool,
     pub proxy_revalidate: bool,
+    pub immutable: bool,
     /// Seconds; an invalid value reads as 0, so the response is stale (§4.2.1).
     pub max_age: Option<u64>,
     pub s_maxage: Option<u64>,
+    /// Request only.
+    pub max_stale: Option<MaxStale>,
+    /// Request only.
+    pub min_fresh: Option<u64>,
+    /// Request only.
+    pub only_if_cached: bool,
 }
 
 impl CacheControl {
@@ -113,19 +160,66 @@ impl CacheControl {
                 };
                 match name.to_ascii_lowercase().as_str() {
                     "no-store" => cc.no_store = true,
-                    "no-cache" => cc.no_cache = true,
-                    "private" => cc.private = true,
+                    "no-cache" => match value {
+                        Some(fields) => cc.no_cache_fields.extend(field_names(fields)),
+                        None => cc.no_cache = true,
+                    },
+                    "private" => match value {
+                        Some(fields) => cc.private_fields.extend(field_names(fields)),
+                        None => cc.private = true,
+                    },
                     "public" => cc.public = true,
                     "must-revalidate" => cc.must_revalidate = true,
                     "proxy-revalidate" => cc.proxy_revalidate = true,
+                    "immutable" => cc.immutable = true,
+                    "only-if-cached" => cc.only_if_cached = true,
                     "max-age" => cc.max_age = cc.max_age.or(Some(delta_seconds(value))),
                     "s-maxage" => cc.s_maxage = cc.s_maxage.or(Some(delta_seconds(value))),
+                    "min-fresh" => cc.min_fresh = cc.min_fresh.or(Some(delta_seconds(value))),
+                    "max-stale" => {
+                        let max_stale = match value {
+                            None => MaxStale::Any,
+                            Some(_) => MaxStale::Seconds(delta_seconds(value)),
+                        };
+                        cc.max_stale = cc.max_stale.or(Some(max_stale));
+                    }
                     _ => {}
                 }
             }
         }
         cc
     }
+
+    /// Request directives, with `Pragma: no-cache` read as `no-cache` when
+    /// there is no `Cache-Control` (RFC 9111 §5.4).
+    pub fn parse_request(headers: &HeaderMap) -> CacheControl {
+        let mut cc = CacheControl::parse(headers);
+        if !headers.contains_key(header::CACHE_CONTROL) {
+            cc.no_cache = headers
+                .get_all(header::PRAGMA)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .any(|v| split_directives(v).any(|d| d.eq_ignore_ascii_case("no-cache")));
+        }
+        cc
+    }
+
+    /// Whether a stale response must not be served without revalidation
+    /// (§5.2.2.2, §5.2.2.8; `s-maxage` implies `proxy-revalidate`, §5.2.2.10).
+    pub fn forbids_stale(&self) -> bool {
+        self.must_revalidate || self.proxy_revalidate || self.s_maxage.is_some()
+    }
+
+    /// Whether a response to a request with `Authorization` may be stored and
+    /// reused by a shared cache (§3.5).
+    pub fn shareable_with_authorization(&self) -> bool {
+        self.public || self.must_revalidate || self.s_maxage.is_some()
+    }
+}
+
+fn field_names(list: &str) -> impl Iterator<Item = HeaderName> + '_ {
+    list.split(',')
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
 }
 
 /// Splits on commas outside quoted strings (`no-cache="a, b"` is one directive).
@@ -154,16 +248,37 @@ fn delta_seconds(value: Option<&str>) -> u64 {
     }
 }
 
-/// Whether a response may be stored; `Ok` carries its freshness lifetime.
+/// What a route says about storing responses.
+#[derive(Clone, Copy, Debug)]
+pub struct StoreRules<'a> {
+    /// Freshness for heuristically cacheable responses that carry none.
+    pub ttl: Duration,
+    /// Statuses that may be stored.
+    pub statuses: &'a [u16],
+    /// Whether heuristic freshness from `Last-Modified` is allowed (§4.2.2).
+    pub heuristic: bool,
+}
+
+/// The request facts that storing depends on.
+#[derive(Clone, Copy, Debug)]
+pub struct RequestFacts<'a> {
+    pub cc: &'a CacheControl,
+    pub authorization: bool,
+}
+
+/// Whether a response may be stored (RFC 9111 §3); `Ok` carries its
+/// freshness lifetime, which is zero for a response stored only to be
+/// revalidated on every use.
 pub fn storability(
     status: StatusCode,
     headers: &HeaderMap,
     cc: &CacheControl,
-    route_ttl: Duration,
+    request: RequestFacts<'_>,
+    rules: StoreRules<'_>,
     response_time: SystemTime,
 ) -> Result<Duration, NoCacheReason> {
-    if status != StatusCode::OK {
-        return Err(NoCacheReason::Status);
+    if request.cc.no_store {
+        return Err(NoCacheReason::RequestNoStore);
     }
     if cc.no_store {
         return Err(NoCacheReason::NoStore);
@@ -171,41 +286,125 @@ pub fn storability(
     if cc.private {
         return Err(NoCacheReason::Private);
     }
-    if cc.no_cache {
-        return Err(NoCacheReason::NoCache);
+    if request.authorization && !cc.shareable_with_authorization() {
+        return Err(NoCacheReason::Authorization);
     }
-    if headers.contains_key(header::SET_COOKIE) {
+    if !rules.statuses.contains(&status.as_u16()) {
+        return Err(NoCacheReason::Status);
+    }
+    // A cookie is somebody's own, unless the origin names it as a field the
+    // stored copy leaves out (`private="set-cookie"`, `no-cache="set-cookie"`).
+    let cookie_left_out = cc.private_fields.contains(&header::SET_COOKIE)
+        || cc.no_cache_fields.contains(&header::SET_COOKIE);
+    if headers.contains_key(header::SET_COOKIE) && !cookie_left_out {
         return Err(NoCacheReason::SetCookie);
     }
     if headers.contains_key(header::VARY) {
         return Err(NoCacheReason::Vary);
     }
-    match freshness_lifetime(headers, cc, route_ttl, response_time) {
-        Duration::ZERO => Err(NoCacheReason::NoFreshness),
-        lifetime => Ok(lifetime),
+    let validators = has_validators(headers);
+    if cc.no_cache && !validators {
+        return Err(NoCacheReason::NoCache);
+    }
+    match freshness_lifetime(status, headers, cc, rules, response_time) {
+        // Needs explicit freshness and has none.
+        None => Err(NoCacheReason::Status),
+        Some(Duration::ZERO) if !validators => Err(NoCacheReason::NoFreshness),
+        Some(lifetime) => Ok(lifetime),
     }
 }
 
+/// Whether a response can be revalidated: it has an `ETag` or a `Last-Modified`.
+pub fn has_validators(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::ETAG) || headers.contains_key(header::LAST_MODIFIED)
+}
+
 /// Freshness lifetime (RFC 9111 §4.2.1): `s-maxage`, then `max-age`, then
-/// `Expires` − `Date`, then the route's `ttl`.
+/// `Expires` − `Date`; failing those, for heuristically cacheable statuses
+/// only, the route's `ttl`, then (if the route allows) a tenth of the time
+/// since `Last-Modified` (§4.2.2). `None`: the status needs explicit
+/// freshness and has none.
 pub fn freshness_lifetime(
+    status: StatusCode,
     headers: &HeaderMap,
     cc: &CacheControl,
-    route_ttl: Duration,
+    rules: StoreRules<'_>,
     response_time: SystemTime,
-) -> Duration {
+) -> Option<Duration> {
     if let Some(seconds) = cc.s_maxage.or(cc.max_age) {
-        return Duration::from_secs(seconds);
+        return Some(Duration::from_secs(seconds));
     }
+    let date = http_date(headers.get(header::DATE)).unwrap_or(response_time);
     if let Some(expires) = headers.get(header::EXPIRES) {
         // An invalid Expires (e.g. "0") means already expired (§5.3).
-        let Some(expires) = http_date(Some(expires)) else {
-            return Duration::ZERO;
-        };
-        let date = http_date(headers.get(header::DATE)).unwrap_or(response_time);
-        return expires.duration_since(date).unwrap_or(Duration::ZERO);
+        return Some(
+            http_date(Some(expires))
+                .and_then(|expires| expires.duration_since(date).ok())
+                .unwrap_or(Duration::ZERO),
+        );
     }
-    route_ttl
+    if !HEURISTIC_STATUSES.contains(&status.as_u16()) {
+        return None;
+    }
+    if !rules.ttl.is_zero() {
+        return Some(rules.ttl);
+    }
+    let heuristic = http_date(headers.get(header::LAST_MODIFIED))
+        .filter(|_| rules.heuristic)
+        .and_then(|modified| date.duration_since(modified).ok())
+        .map_or(Duration::ZERO, |since| {
+            (since / HEURISTIC_FRACTION).min(HEURISTIC_MAX)
+        });
+    Some(heuristic)
+}
+
+/// How a stored response may be used for a request (RFC 9111 §4.2, §5.2.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Usability {
+    /// Fresh enough for this request; `ttl` is the freshness left.
+    Fresh { ttl: Duration },
+    /// Stale, but the request accepts it (`max-stale`); `stale_for` is how long.
+    Stale { stale_for: Duration },
+    /// Must be validated with the origin first.
+    Revalidate,
+}
+
+/// Decides whether a stored response with these directives, lifetime and
+/// current age may answer a request with `request` directives.
+pub fn usability(
+    stored: &CacheControl,
+    lifetime: Duration,
+    age: Duration,
+    request: &CacheControl,
+) -> Usability {
+    if stored.no_cache || request.no_cache {
+        return Usability::Revalidate;
+    }
+    if request
+        .max_age
+        .is_some_and(|max| age > Duration::from_secs(max))
+    {
+        return Usability::Revalidate;
+    }
+    let left = lifetime.saturating_sub(age);
+    if request
+        .min_fresh
+        .is_some_and(|min| left < Duration::from_secs(min))
+    {
+        return Usability::Revalidate;
+    }
+    if !left.is_zero() {
+        return Usability::Fresh { ttl: left };
+    }
+    let stale_for = age - lifetime;
+    match request.max_stale {
+        _ if stored.forbids_stale() => Usability::Revalidate,
+        Some(MaxStale::Any) => Usability::Stale { stale_for },
+        Some(MaxStale::Seconds(max)) if stale_for <= Duration::from_secs(max) => {
+            Usability::Stale { stale_for }
+        }
+        _ => Usability::Revalidate,
+    }
 }
 
 /// Age of the response when it arrived (RFC 9111 §4.2.3): the larger of the
@@ -269,18 +468,43 @@ mod tests {
     }
 
     #[test]
-    fn cache_control_directives_are_parsed() {
+    fn cache_control_directives_are_parsed_rfc9111_5_2() {
         let cc = CacheControl::parse(&headers(&[
-            ("cache-control", "Public, max-age=60"),
+            ("cache-control", "Public, max-age=60, immutable"),
             (
                 "cache-control",
-                "s-maxage=\"30\", no-cache=\"set-cookie, x\", must-revalidate",
+                "s-maxage=\"30\", no-cache=\"set-cookie, x-a\", private=\"x-b\", must-revalidate",
             ),
         ]));
-        assert!(cc.public && cc.no_cache && cc.must_revalidate);
-        assert!(!cc.no_store && !cc.private && !cc.proxy_revalidate);
+        assert!(cc.public && cc.must_revalidate && cc.immutable);
+        assert!(!cc.no_store && !cc.private && !cc.no_cache && !cc.proxy_revalidate);
+        assert_eq!(
+            cc.no_cache_fields,
+            vec![header::SET_COOKIE, HeaderName::from_static("x-a")]
+        );
+        assert_eq!(cc.private_fields, vec![HeaderName::from_static("x-b")]);
         assert_eq!(cc.max_age, Some(60));
         assert_eq!(cc.s_maxage, Some(30));
+        let request = CacheControl::parse_request(&headers(&[(
+            "cache-control",
+            "max-stale, min-fresh=5, only-if-cached, no-cache",
+        )]));
+        assert_eq!(request.max_stale, Some(MaxStale::Any));
+        assert_eq!(request.min_fresh, Some(5));
+        assert!(request.only_if_cached && request.no_cache);
+        let bounded = CacheControl::parse_request(&headers(&[("cache-control", "max-stale=7")]));
+        assert_eq!(bounded.max_stale, Some(MaxStale::Seconds(7)));
+    }
+
+    #[test]
+    fn pragma_no_cache_counts_only_without_cache_control_rfc9111_5_4() {
+        let pragma = CacheControl::parse_request(&headers(&[("pragma", "no-cache")]));
+        assert!(pragma.no_cache);
+        let both = CacheControl::parse_request(&headers(&[
+            ("pragma", "no-cache"),
+            ("cache-control", "max-age=5"),
+        ]));
+        assert!(!both.no_cache);
     }
 
     #[test]
@@ -301,80 +525,248 @@ mod tests {
         assert_eq!(max_age("no-store"), None);
     }
 
-    #[test]
-    fn freshness_prefers_s_maxage_then_max_age_then_expires_then_ttl() {
-        let ttl = Duration::from_secs(5);
-        let life = |pairs: &[(&str, &str)]| {
-            let h = headers(pairs);
-            freshness_lifetime(&h, &CacheControl::parse(&h), ttl, at(0))
-        };
-        let (d0, e100) = (date(0), date(100));
-        assert_eq!(
-            life(&[("cache-control", "max-age=60, s-maxage=30")]),
-            Duration::from_secs(30)
-        );
-        assert_eq!(
-            life(&[("cache-control", "max-age=60"), ("expires", &e100)]),
-            Duration::from_secs(60)
-        );
-        assert_eq!(
-            life(&[("date", &d0), ("expires", &e100)]),
-            Duration::from_secs(100)
-        );
-        assert_eq!(
-            life(&[("expires", &e100)]),
-            Duration::from_secs(100),
-            "no Date: response time"
-        );
-        assert_eq!(
-            life(&[("expires", "0")]),
-            Duration::ZERO,
-            "invalid Expires is expired"
-        );
-        assert_eq!(life(&[("date", &e100), ("expires", &d0)]), Duration::ZERO);
-        assert_eq!(life(&[]), ttl);
+    const TTL: Duration = Duration::from_secs(5);
+
+    /// Response header fields of one table row.
+    type Pairs<'a> = &'a [(&'a str, &'a str)];
+
+    fn rules(ttl: Duration, heuristic: bool) -> StoreRules<'static> {
+        StoreRules {
+            ttl,
+            statuses: &DEFAULT_CACHE_STATUSES,
+            heuristic,
+        }
+    }
+
+    fn lifetime(status: u16, pairs: &[(&str, &str)], rules: StoreRules<'_>) -> Option<Duration> {
+        let h = headers(pairs);
+        let status = StatusCode::from_u16(status).unwrap();
+        freshness_lifetime(status, &h, &CacheControl::parse(&h), rules, at(1000))
     }
 
     #[test]
-    fn storability_refuses_what_a_shared_cache_must_not_keep() {
-        let ttl = Duration::from_secs(60);
-        let check = |status: u16, pairs: &[(&str, &str)]| {
-            let h = headers(pairs);
-            storability(
-                StatusCode::from_u16(status).unwrap(),
-                &h,
-                &CacheControl::parse(&h),
-                ttl,
-                at(0),
-            )
+    fn freshness_lifetime_rfc9111_4_2_1() {
+        let r = rules(TTL, false);
+        let secs = |s| Some(Duration::from_secs(s));
+        let (d0, e100) = (date(0), date(100));
+        let cases: &[(Pairs, Option<Duration>)] = &[
+            (&[("cache-control", "max-age=60, s-maxage=30")], secs(30)),
+            (
+                &[("cache-control", "max-age=60"), ("expires", &e100)],
+                secs(60),
+            ),
+            (&[("date", &d0), ("expires", &e100)], secs(100)),
+            (&[("expires", "0")], secs(0)),
+            (&[("date", &e100), ("expires", &d0)], secs(0)),
+            (&[], Some(TTL)),
+        ];
+        for (pairs, expected) in cases {
+            assert_eq!(lifetime(200, pairs, r), *expected, "{pairs:?}");
+        }
+        // No Date: Expires counts from the response time.
+        assert_eq!(lifetime(200, &[("expires", &date(1100))], r), secs(100));
+    }
+
+    #[test]
+    fn route_ttl_and_heuristics_only_for_heuristically_cacheable_statuses_rfc9111_4_2_2() {
+        let modified = date(0);
+        let lm: &[(&str, &str)] = &[("last-modified", &modified)];
+        // A tenth of the 1000 s since Last-Modified, when the route allows it.
+        assert_eq!(
+            lifetime(200, lm, rules(Duration::ZERO, true)),
+            Some(Duration::from_secs(100))
+        );
+        assert_eq!(
+            lifetime(200, lm, rules(Duration::ZERO, false)),
+            Some(Duration::ZERO)
+        );
+        // The route's ttl comes before heuristics.
+        assert_eq!(lifetime(200, lm, rules(TTL, true)), Some(TTL));
+        assert_eq!(lifetime(404, &[], rules(TTL, false)), Some(TTL));
+        // 302 and 307 are not heuristically cacheable: explicit freshness only.
+        assert_eq!(lifetime(302, &[], rules(TTL, true)), None);
+        assert_eq!(
+            lifetime(307, &[("cache-control", "max-age=9")], rules(TTL, true)),
+            Some(Duration::from_secs(9))
+        );
+    }
+
+    #[test]
+    fn storability_rfc9111_3() {
+        let no_cc = CacheControl::default();
+        let no_store_request = CacheControl {
+            no_store: true,
+            ..CacheControl::default()
         };
-        assert_eq!(check(200, &[]), Ok(ttl));
+        let store =
+            |status: u16, pairs: &[(&str, &str)], request: &CacheControl, authorization: bool| {
+                let h = headers(pairs);
+                let widened = [200, 302];
+                let rules = StoreRules {
+                    ttl: Duration::from_secs(60),
+                    statuses: if status == 302 {
+                        &widened
+                    } else {
+                        &DEFAULT_CACHE_STATUSES
+                    },
+                    heuristic: false,
+                };
+                let facts = RequestFacts {
+                    cc: request,
+                    authorization,
+                };
+                storability(
+                    StatusCode::from_u16(status).unwrap(),
+                    &h,
+                    &CacheControl::parse(&h),
+                    facts,
+                    rules,
+                    at(0),
+                )
+            };
+        let ok = |s| Ok(Duration::from_secs(s));
+        let cases: &[(u16, Pairs, Result<Duration, NoCacheReason>)] = &[
+            (200, &[], ok(60)),
+            (200, &[("cache-control", "max-age=7")], ok(7)),
+            (404, &[], ok(60)),
+            (410, &[], ok(60)),
+            (500, &[], Err(NoCacheReason::Status)),
+            (
+                501,
+                &[("cache-control", "max-age=60")],
+                Err(NoCacheReason::Status),
+            ),
+            (302, &[], Err(NoCacheReason::Status)),
+            (302, &[("cache-control", "max-age=9")], ok(9)),
+            (
+                200,
+                &[("cache-control", "no-store")],
+                Err(NoCacheReason::NoStore),
+            ),
+            (
+                200,
+                &[("cache-control", "private, max-age=60")],
+                Err(NoCacheReason::Private),
+            ),
+            (200, &[("cache-control", "private=\"x-user\"")], ok(60)),
+            (
+                200,
+                &[("cache-control", "no-cache")],
+                Err(NoCacheReason::NoCache),
+            ),
+            (
+                200,
+                &[("cache-control", "no-cache"), ("etag", "\"a\"")],
+                ok(60),
+            ),
+            (200, &[("set-cookie", "a=b")], Err(NoCacheReason::SetCookie)),
+            (
+                200,
+                &[
+                    ("set-cookie", "a=b"),
+                    ("cache-control", "private=\"set-cookie\""),
+                ],
+                ok(60),
+            ),
+            (200, &[("vary", "accept")], Err(NoCacheReason::Vary)),
+            (
+                200,
+                &[("cache-control", "max-age=0")],
+                Err(NoCacheReason::NoFreshness),
+            ),
+            (
+                200,
+                &[("cache-control", "max-age=0"), ("etag", "\"a\"")],
+                ok(0),
+            ),
+        ];
+        for (status, pairs, expected) in cases {
+            assert_eq!(
+                store(*status, pairs, &no_cc, false),
+                *expected,
+                "{status} {pairs:?}"
+            );
+        }
+        // §5.2.1.5: the request's no-store.
         assert_eq!(
-            check(200, &[("cache-control", "max-age=7")]),
-            Ok(Duration::from_secs(7))
+            store(200, &[], &no_store_request, false),
+            Err(NoCacheReason::RequestNoStore)
         );
-        assert_eq!(check(404, &[]), Err(NoCacheReason::Status));
-        assert_eq!(check(500, &[]), Err(NoCacheReason::Status));
+        // §3.5: with Authorization only public, s-maxage or must-revalidate allow storing.
         assert_eq!(
-            check(200, &[("cache-control", "no-store")]),
-            Err(NoCacheReason::NoStore)
+            store(200, &[], &no_cc, true),
+            Err(NoCacheReason::Authorization)
+        );
+        for allowed in ["public", "s-maxage=60", "must-revalidate"] {
+            assert_eq!(
+                store(200, &[("cache-control", allowed)], &no_cc, true),
+                ok(60),
+                "{allowed}"
+            );
+        }
+    }
+
+    #[test]
+    fn usability_rfc9111_4_2_and_5_2_1() {
+        let secs = Duration::from_secs;
+        let req = |v: &str| CacheControl::parse_request(&headers(&[("cache-control", v)]));
+        let stored = |v: &str| CacheControl::parse(&headers(&[("cache-control", v)]));
+        let none = CacheControl::default();
+        // Fresh: lifetime 60, age 10.
+        assert_eq!(
+            usability(&none, secs(60), secs(10), &none),
+            Usability::Fresh { ttl: secs(50) }
+        );
+        // Stale without request leeway: revalidate.
+        assert_eq!(
+            usability(&none, secs(60), secs(70), &none),
+            Usability::Revalidate
+        );
+        // max-stale accepts staleness, bounded or not.
+        assert_eq!(
+            usability(&none, secs(60), secs(70), &req("max-stale")),
+            Usability::Stale {
+                stale_for: secs(10)
+            }
         );
         assert_eq!(
-            check(200, &[("cache-control", "private, max-age=60")]),
-            Err(NoCacheReason::Private)
+            usability(&none, secs(60), secs(70), &req("max-stale=10")),
+            Usability::Stale {
+                stale_for: secs(10)
+            }
         );
         assert_eq!(
-            check(200, &[("cache-control", "no-cache")]),
-            Err(NoCacheReason::NoCache)
+            usability(&none, secs(60), secs(70), &req("max-stale=9")),
+            Usability::Revalidate
+        );
+        // ...unless the response forbids serving it stale (§4.2.4).
+        for forbid in ["must-revalidate", "proxy-revalidate", "s-maxage=60"] {
+            assert_eq!(
+                usability(&stored(forbid), secs(60), secs(70), &req("max-stale")),
+                Usability::Revalidate
+            );
+        }
+        // Request max-age and min-fresh tighten freshness.
+        assert_eq!(
+            usability(&none, secs(60), secs(10), &req("max-age=5")),
+            Usability::Revalidate
         );
         assert_eq!(
-            check(200, &[("set-cookie", "a=b")]),
-            Err(NoCacheReason::SetCookie)
+            usability(&none, secs(60), secs(10), &req("max-age=10")),
+            Usability::Fresh { ttl: secs(50) }
         );
-        assert_eq!(check(200, &[("vary", "accept")]), Err(NoCacheReason::Vary));
         assert_eq!(
-            check(200, &[("cache-control", "max-age=0")]),
-            Err(NoCacheReason::NoFreshness)
+            usability(&none, secs(60), secs(10), &req("min-fresh=51")),
+            Usability::Revalidate
+        );
+        // no-cache on either side: always revalidate.
+        assert_eq!(
+            usability(&stored("no-cache"), secs(60), secs(0), &none),
+            Usability::Revalidate
+        );
+        assert_eq!(
+            usability(&none, secs(60), secs(0), &req("no-cache")),
+            Usability::Revalidate
         );
     }
 

@@ -27,10 +27,15 @@ const COMMAND_BUFFER: usize = 1024;
 /// How often fred checks connections for unanswered commands.
 const UNRESPONSIVE_INTERVAL: Duration = Duration::from_millis(100);
 
-/// A pending write to L2; encoded by the writer, off the response path.
-struct Write {
-    entry: Arc<Entry>,
-    keep_for: Duration,
+/// A pending write to L2, done by the writer task, off the response path.
+enum Write {
+    /// Encode and store the entry for `keep_for`.
+    Set {
+        entry: Arc<Entry>,
+        keep_for: Duration,
+    },
+    /// Delete the object (an invalidation or purge).
+    Delete { key: String },
 }
 
 /// The shared Redis tier.
@@ -133,13 +138,13 @@ impl RedisTier {
             }
             Ok(_) => {
                 tracing::warn!(key = %redis_key, "L2 entry belongs to another key (hash collision); removed");
-                self.remove(redis_key);
+                self.delete_now(redis_key);
                 self.metrics.redis_call("get", "corrupt");
                 None
             }
             Err(error) => {
                 tracing::warn!(key = %redis_key, %error, "undecodable L2 entry; removed");
-                self.remove(redis_key);
+                self.delete_now(redis_key);
                 self.metrics.redis_call("get", "corrupt");
                 None
             }
@@ -149,8 +154,22 @@ impl RedisTier {
     /// Queues `entry` to be written with a lifetime of `keep_for`; a full
     /// queue drops the write rather than delay anyone.
     pub fn store(&self, entry: Arc<Entry>, keep_for: Duration) {
-        if self.writes.try_send(Write { entry, keep_for }).is_err() {
+        if self
+            .writes
+            .try_send(Write::Set { entry, keep_for })
+            .is_err()
+        {
             self.metrics.redis_call("set", "dropped");
+        }
+    }
+
+    /// Queues the deletion of `key`, after any write of it already queued.
+    pub fn remove(&self, key: &CacheKey) {
+        let write = Write::Delete {
+            key: redis_key(key),
+        };
+        if self.writes.try_send(write).is_err() {
+            self.metrics.redis_call("del", "dropped");
         }
     }
 
@@ -171,7 +190,7 @@ impl RedisTier {
     }
 
     /// Deletes a bad value in the background, within the deadline.
-    fn remove(&self, redis_key: String) {
+    fn delete_now(&self, redis_key: String) {
         let client = self.client.clone();
         let timeout = self.timeout;
         tokio::spawn(async move {
@@ -189,38 +208,47 @@ async fn write_loop(
     metrics: Arc<Metrics>,
 ) {
     while let Some(write) = queue.recv().await {
+        let op = match write {
+            Write::Set { .. } => "set",
+            Write::Delete { .. } => "del",
+        };
         if !breaker.allow(Instant::now()) {
-            metrics.redis_call("set", "skipped");
+            metrics.redis_call(op, "skipped");
             continue;
         }
-        let px = i64::try_from(write.keep_for.as_millis())
-            .unwrap_or(i64::MAX)
-            .max(1);
         let started = Instant::now();
-        let result = tokio::time::timeout(
-            timeout,
-            client.set::<(), _, _>(
-                redis_key(&write.entry.key),
-                write.entry.encode(),
-                Some(Expiration::PX(px)),
-                None,
-                false,
-            ),
-        )
-        .await;
-        metrics.redis_duration("set", started.elapsed());
+        let result = match write {
+            Write::Set { entry, keep_for } => {
+                let px = i64::try_from(keep_for.as_millis())
+                    .unwrap_or(i64::MAX)
+                    .max(1);
+                let set = client.set::<(), _, _>(
+                    redis_key(&entry.key),
+                    entry.encode(),
+                    Some(Expiration::PX(px)),
+                    None,
+                    false,
+                );
+                tokio::time::timeout(timeout, set).await
+            }
+            Write::Delete { key } => {
+                tokio::time::timeout(timeout, async { client.del::<i64, _>(key).await.map(drop) })
+                    .await
+            }
+        };
+        metrics.redis_duration(op, started.elapsed());
         match result {
             Ok(Ok(())) => {
                 breaker.success();
-                metrics.redis_call("set", "stored");
+                metrics.redis_call(op, "done");
             }
             Ok(Err(error)) => {
-                tracing::debug!(%error, "redis write failed");
-                metrics.redis_call("set", "error");
+                tracing::debug!(op, %error, "redis write failed");
+                metrics.redis_call(op, "error");
                 breaker.failure(Instant::now());
             }
             Err(_) => {
-                metrics.redis_call("set", "timeout");
+                metrics.redis_call(op, "timeout");
                 breaker.failure(Instant::now());
             }
         }

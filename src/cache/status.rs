@@ -1,8 +1,6 @@
 //! The RFC 9211 `Cache-Status` value for each way a request can be answered.
 
-use std::time::Duration;
-
-use http::HeaderValue;
+use http::{HeaderValue, StatusCode};
 
 use super::Tier;
 use super::policy::NoCacheReason;
@@ -13,10 +11,17 @@ const CACHE_NAME: &str = "sidecache";
 /// How the cache took part in answering one request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CacheStatus {
-    /// Answered from a fresh stored response with `ttl` left.
-    Hit { ttl: Duration, tier: Tier },
+    /// Answered from a stored response with `ttl` seconds of freshness left
+    /// (negative: served stale, as the request allowed).
+    Hit { ttl: i64, tier: Tier },
     /// Nothing usable was stored; forwarded, and stored unless a reason says why not.
     Miss { not_stored: Option<NoCacheReason> },
+    /// A stale stored response was validated with the origin, which answered
+    /// `fwd_status` (304: the stored one was refreshed and served).
+    Revalidated {
+        fwd_status: StatusCode,
+        not_stored: Option<NoCacheReason>,
+    },
     /// The configuration keeps the cache out of this request.
     Bypass,
     /// The request itself rules out a shared answer.
@@ -29,39 +34,48 @@ impl CacheStatus {
         match self {
             CacheStatus::Hit { .. } => "hit",
             CacheStatus::Miss { .. } => "miss",
+            CacheStatus::Revalidated { .. } => "stale",
             CacheStatus::Bypass => "bypass",
             CacheStatus::Request(_) => "request",
         }
     }
 
-    /// The `Cache-Status` header value.
+    /// The `Cache-Status` header value: the cache's name, then its parameters.
     pub fn header_value(&self) -> HeaderValue {
-        let text = match self {
-            CacheStatus::Hit {
-                ttl,
-                tier: Tier::Memory,
-            } => {
-                format!("{CACHE_NAME}; hit; ttl={}", ttl.as_secs())
-            }
-            // Which tier answered helps when reading a fleet's behaviour.
+        let mut params: Vec<String> = Vec::with_capacity(3);
+        let stored_or_why =
+            |params: &mut Vec<String>, not_stored: &Option<NoCacheReason>| match not_stored {
+                None => params.push("stored".into()),
+                Some(reason) => params.push(format!("detail={}", reason.as_str())),
+            };
+        match self {
             CacheStatus::Hit { ttl, tier } => {
-                format!(
-                    "{CACHE_NAME}; hit; ttl={}; detail={}",
-                    ttl.as_secs(),
-                    tier.as_str()
-                )
+                params.push("hit".into());
+                params.push(format!("ttl={ttl}"));
+                // Which tier answered helps when reading a fleet's behaviour.
+                if *tier == Tier::Redis {
+                    params.push(format!("detail={}", tier.as_str()));
+                }
             }
-            CacheStatus::Miss { not_stored: None } => format!("{CACHE_NAME}; fwd=miss; stored"),
-            CacheStatus::Miss {
-                not_stored: Some(reason),
+            CacheStatus::Miss { not_stored } => {
+                params.push("fwd=miss".into());
+                stored_or_why(&mut params, not_stored);
+            }
+            CacheStatus::Revalidated {
+                fwd_status,
+                not_stored,
             } => {
-                format!("{CACHE_NAME}; fwd=miss; detail={}", reason.as_str())
+                params.push("fwd=stale".into());
+                params.push(format!("fwd-status={}", fwd_status.as_u16()));
+                stored_or_why(&mut params, not_stored);
             }
-            CacheStatus::Bypass => format!("{CACHE_NAME}; fwd=bypass"),
+            CacheStatus::Bypass => params.push("fwd=bypass".into()),
             CacheStatus::Request(reason) => {
-                format!("{CACHE_NAME}; fwd=request; detail={}", reason.as_str())
+                params.push("fwd=request".into());
+                params.push(format!("detail={}", reason.as_str()));
             }
-        };
+        }
+        let text = format!("{CACHE_NAME}; {}", params.join("; "));
         HeaderValue::try_from(text).unwrap_or_else(|_| HeaderValue::from_static(CACHE_NAME))
     }
 }
@@ -73,35 +87,53 @@ mod tests {
     #[test]
     fn header_values_follow_rfc_9211() {
         let value = |s: CacheStatus| s.header_value().to_str().unwrap().to_owned();
-        let ttl = Duration::from_millis(59_900);
-        assert_eq!(
-            value(CacheStatus::Hit {
-                ttl,
-                tier: Tier::Memory
-            }),
-            "sidecache; hit; ttl=59"
-        );
-        assert_eq!(
-            value(CacheStatus::Hit {
-                ttl,
-                tier: Tier::Redis
-            }),
-            "sidecache; hit; ttl=59; detail=l2"
-        );
-        assert_eq!(
-            value(CacheStatus::Miss { not_stored: None }),
-            "sidecache; fwd=miss; stored"
-        );
-        assert_eq!(
-            value(CacheStatus::Miss {
-                not_stored: Some(NoCacheReason::NoStore)
-            }),
-            "sidecache; fwd=miss; detail=no-store"
-        );
-        assert_eq!(value(CacheStatus::Bypass), "sidecache; fwd=bypass");
-        assert_eq!(
-            value(CacheStatus::Request(NoCacheReason::Authorization)),
-            "sidecache; fwd=request; detail=authorization"
-        );
+        let cases = [
+            (
+                CacheStatus::Hit {
+                    ttl: 59,
+                    tier: Tier::Memory,
+                },
+                "sidecache; hit; ttl=59",
+            ),
+            (
+                CacheStatus::Hit {
+                    ttl: 59,
+                    tier: Tier::Redis,
+                },
+                "sidecache; hit; ttl=59; detail=l2",
+            ),
+            (
+                CacheStatus::Hit {
+                    ttl: -3,
+                    tier: Tier::Memory,
+                },
+                "sidecache; hit; ttl=-3",
+            ),
+            (
+                CacheStatus::Miss { not_stored: None },
+                "sidecache; fwd=miss; stored",
+            ),
+            (
+                CacheStatus::Miss {
+                    not_stored: Some(NoCacheReason::NoStore),
+                },
+                "sidecache; fwd=miss; detail=no-store",
+            ),
+            (
+                CacheStatus::Revalidated {
+                    fwd_status: StatusCode::NOT_MODIFIED,
+                    not_stored: None,
+                },
+                "sidecache; fwd=stale; fwd-status=304; stored",
+            ),
+            (CacheStatus::Bypass, "sidecache; fwd=bypass"),
+            (
+                CacheStatus::Request(NoCacheReason::Precondition),
+                "sidecache; fwd=request; detail=precondition",
+            ),
+        ];
+        for (status, expected) in cases {
+            assert_eq!(value(status), expected);
+        }
     }
 }

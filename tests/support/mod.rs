@@ -41,6 +41,8 @@ pub struct Reply {
     truncate_after: Option<usize>,
     /// Leave out Content-Length (chunked encoding).
     chunked: bool,
+    /// Send this `ETag` and answer a matching `If-None-Match` with 304.
+    etag: Option<String>,
 }
 
 impl Default for Reply {
@@ -53,6 +55,7 @@ impl Default for Reply {
             slow: None,
             truncate_after: None,
             chunked: false,
+            etag: None,
         }
     }
 }
@@ -89,6 +92,11 @@ impl Reply {
         self.chunked = true;
         self
     }
+    /// Validates with this entity tag (give it quoted: "\"v1\"").
+    pub fn etag(mut self, tag: &str) -> Reply {
+        self.etag = Some(tag.into());
+        self
+    }
 }
 
 #[derive(Default)]
@@ -98,6 +106,8 @@ struct OriginState {
     last_headers: HashMap<String, HeaderMap>,
     /// Paths whose body has been sent to its end (or its break).
     finished: HashMap<String, usize>,
+    /// 304 answers per path.
+    not_modified: HashMap<String, usize>,
 }
 
 /// A real HTTP origin on a loopback port that counts requests per path.
@@ -166,6 +176,17 @@ impl Origin {
             .unwrap_or_default()
     }
 
+    /// Requests for `path` answered with 304 Not Modified.
+    pub fn not_modified(&self, path: &str) -> usize {
+        self.state
+            .lock()
+            .unwrap()
+            .not_modified
+            .get(path)
+            .copied()
+            .unwrap_or(0)
+    }
+
     /// Bodies for `path` sent to their end.
     pub fn finished(&self, path: &str) -> usize {
         self.state
@@ -206,6 +227,27 @@ impl Origin {
             (state.replies.get(&path).cloned().unwrap_or_default(), hit)
         };
         tokio::time::sleep(reply.head_delay).await;
+        if let Some(etag) = &reply.etag {
+            let matches = request
+                .headers()
+                .get("if-none-match")
+                .is_some_and(|v| v.to_str().unwrap().split(',').any(|t| t.trim() == etag));
+            if matches {
+                *self
+                    .state
+                    .lock()
+                    .unwrap()
+                    .not_modified
+                    .entry(path.clone())
+                    .or_default() += 1;
+                let mut response = Response::builder().status(304).header("etag", etag);
+                for (name, value) in &reply.headers {
+                    response = response.header(name, value);
+                }
+                let (_, receiver) = mpsc::channel(1);
+                return response.body(ChannelBody(receiver)).unwrap();
+            }
+        }
         let body = reply
             .body
             .clone()
@@ -216,6 +258,9 @@ impl Origin {
         }
         if !reply.chunked {
             response = response.header("content-length", body.len());
+        }
+        if let Some(etag) = &reply.etag {
+            response = response.header("etag", etag);
         }
         let (sender, receiver) = mpsc::channel(4);
         let state = self.state.clone();

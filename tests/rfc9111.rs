@@ -1,0 +1,420 @@
+//! HTTP caching semantics through the running proxy: freshness, validation, request directives, invalidation (RFC 9111, RFC 9110 §13).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use support::{Origin, Proxy, ProxyConfig, Reply};
+
+async fn proxy(origin: &Origin, route_extra: &str) -> Proxy {
+    ProxyConfig::new(origin)
+        .with(&format!(
+            "[[routes]]\npath = \"/**\"\nttl = \"60s\"\n{route_extra}"
+        ))
+        .start()
+        .await
+}
+
+fn ttl_of(cache_status: &str) -> i64 {
+    let ttl = cache_status
+        .split("; ")
+        .find_map(|p| p.strip_prefix("ttl="))
+        .unwrap();
+    ttl.parse().unwrap()
+}
+
+#[tokio::test]
+async fn no_cache_response_is_stored_and_revalidated_on_every_use_rfc9111_5_2_2_4() {
+    let origin = Origin::start().await;
+    origin.on(
+        "/nc",
+        Reply::ok()
+            .body("body v1")
+            .header("cache-control", "no-cache")
+            .etag("\"v1\""),
+    );
+    let proxy = proxy(&origin, "").await;
+    assert_eq!(
+        proxy.get("/nc").await.cache_status(),
+        "sidecache; fwd=miss; stored"
+    );
+    for round in 1..=2 {
+        let answer = proxy.get("/nc").await;
+        assert_eq!(answer.status, 200);
+        assert_eq!(answer.text(), "body v1", "the stored body, after a 304");
+        assert_eq!(
+            answer.cache_status(),
+            "sidecache; fwd=stale; fwd-status=304; stored"
+        );
+        assert_eq!(origin.last_headers("/nc")["if-none-match"], "\"v1\"");
+        assert_eq!(origin.not_modified("/nc"), round);
+    }
+    assert_eq!(
+        origin.hits("/nc") - origin.not_modified("/nc"),
+        1,
+        "one full body"
+    );
+}
+
+#[tokio::test]
+async fn stale_entry_is_refreshed_by_304_and_replaced_by_200_rfc9111_4_3_4() {
+    let origin = Origin::start().await;
+    origin.on(
+        "/v",
+        Reply::ok()
+            .body("old")
+            .header("cache-control", "max-age=1")
+            .etag("\"a\""),
+    );
+    let proxy = proxy(&origin, "").await;
+    proxy.get("/v").await;
+    // Freshness is the subject: the entry must really age past max-age=1.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let refreshed = proxy.get("/v").await;
+    assert_eq!(
+        refreshed.cache_status(),
+        "sidecache; fwd=stale; fwd-status=304; stored"
+    );
+    assert_eq!(refreshed.text(), "old");
+    // The 304 restarted its freshness: a plain hit now.
+    assert!(proxy.get("/v").await.cache_status().contains("hit"));
+
+    // The origin has a new version: its 200 replaces the stored one.
+    origin.on(
+        "/v",
+        Reply::ok()
+            .body("new")
+            .header("cache-control", "max-age=60")
+            .etag("\"b\""),
+    );
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let replaced = proxy.get("/v").await;
+    assert_eq!(
+        replaced.cache_status(),
+        "sidecache; fwd=stale; fwd-status=200; stored"
+    );
+    assert_eq!(replaced.text(), "new");
+    let hit = proxy.get("/v").await;
+    assert!(hit.cache_status().contains("hit"));
+    assert_eq!(hit.text(), "new");
+}
+
+#[tokio::test]
+async fn client_conditionals_are_answered_from_a_fresh_entry_rfc9111_4_3_2() {
+    let origin = Origin::start().await;
+    origin.on(
+        "/c",
+        Reply::ok()
+            .body("content")
+            .etag("W/\"e1\"")
+            .header("cache-control", "max-age=60"),
+    );
+    let proxy = proxy(&origin, "").await;
+    proxy.get("/c").await;
+    // Weak comparison: "e1" matches W/"e1".
+    let not_modified = proxy
+        .send("GET", "/c", &[("if-none-match", "\"e1\"")])
+        .await;
+    assert_eq!(not_modified.status, 304);
+    assert!(not_modified.body.is_empty());
+    assert_eq!(not_modified.header("etag"), "W/\"e1\"");
+    assert!(
+        !not_modified.header("age").is_empty(),
+        "Age on every cached answer"
+    );
+    assert!(not_modified.cache_status().contains("hit"));
+    let changed = proxy
+        .send("GET", "/c", &[("if-none-match", "\"e0\"")])
+        .await;
+    assert_eq!(changed.status, 200);
+    assert_eq!(changed.text(), "content");
+    assert_eq!(origin.hits("/c"), 1);
+}
+
+#[tokio::test]
+async fn a_conditional_miss_still_fills_the_cache_rfc9111_4_3_2() {
+    let origin = Origin::start().await;
+    origin.on("/cm", Reply::ok().body("filled").etag("\"z\""));
+    let proxy = proxy(&origin, "").await;
+    let first = proxy
+        .send("GET", "/cm", &[("if-none-match", "\"z\"")])
+        .await;
+    assert_eq!(first.status, 304, "answered per the client's condition");
+    assert!(
+        !origin.last_headers("/cm").contains_key("if-none-match"),
+        "fetched unconditionally"
+    );
+    assert_eq!(first.cache_status(), "sidecache; fwd=miss; stored");
+    // The body was read to the end in the background and stored.
+    let mut hit = proxy.get("/cm").await;
+    for _ in 0..50 {
+        if hit.cache_status().contains("hit") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        hit = proxy.get("/cm").await;
+    }
+    assert!(hit.cache_status().contains("hit"), "{}", hit.cache_status());
+    assert_eq!(hit.text(), "filled");
+}
+
+#[tokio::test]
+async fn request_directives_rfc9111_5_2_1() {
+    let origin = Origin::start().await;
+    origin.on("/r", Reply::ok().etag("\"r\""));
+    let proxy = proxy(&origin, "").await;
+    // only-if-cached with nothing stored: 504, and the origin is not asked (§5.2.1.7).
+    let not_cached = proxy
+        .send("GET", "/r", &[("cache-control", "only-if-cached")])
+        .await;
+    assert_eq!(not_cached.status, 504);
+    assert_eq!(origin.hits("/r"), 0);
+    proxy.get("/r").await;
+    assert_eq!(
+        proxy
+            .send("GET", "/r", &[("cache-control", "only-if-cached")])
+            .await
+            .status,
+        200
+    );
+    // no-cache, max-age=0 and Pragma: no-cache all make the cache revalidate (§5.2.1.4, §5.2.1.1, §5.4).
+    for directive in [
+        ("cache-control", "no-cache"),
+        ("cache-control", "max-age=0"),
+        ("pragma", "no-cache"),
+    ] {
+        let before = origin.not_modified("/r");
+        let answer = proxy.send("GET", "/r", &[directive]).await;
+        assert_eq!(
+            answer.cache_status(),
+            "sidecache; fwd=stale; fwd-status=304; stored",
+            "{directive:?}"
+        );
+        assert_eq!(origin.not_modified("/r"), before + 1);
+    }
+    // min-fresh beyond what is left: revalidate (§5.2.1.3).
+    let answer = proxy
+        .send("GET", "/r", &[("cache-control", "min-fresh=3600")])
+        .await;
+    assert!(
+        answer.cache_status().contains("fwd=stale"),
+        "{}",
+        answer.cache_status()
+    );
+    // no-store: answered, not stored (§5.2.1.5).
+    let answer = proxy
+        .send("GET", "/r-ns", &[("cache-control", "no-store")])
+        .await;
+    assert_eq!(
+        answer.cache_status(),
+        "sidecache; fwd=miss; detail=request-no-store"
+    );
+    assert!(proxy.get("/r-ns").await.cache_status().contains("fwd=miss"));
+}
+
+#[tokio::test]
+async fn max_stale_serves_stale_unless_the_response_forbids_it_rfc9111_5_2_1_2() {
+    let origin = Origin::start().await;
+    origin.on("/ms", Reply::ok().header("cache-control", "max-age=1"));
+    origin.on(
+        "/mr",
+        Reply::ok().header("cache-control", "max-age=1, must-revalidate"),
+    );
+    let proxy = proxy(&origin, "").await;
+    proxy.get("/ms").await;
+    proxy.get("/mr").await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let stale = proxy
+        .send("GET", "/ms", &[("cache-control", "max-stale=60")])
+        .await;
+    assert!(
+        stale.cache_status().contains("hit"),
+        "{}",
+        stale.cache_status()
+    );
+    assert!(
+        ttl_of(stale.cache_status()) < 0,
+        "negative ttl when stale: {}",
+        stale.cache_status()
+    );
+    assert_eq!(origin.hits("/ms"), 1);
+    let must = proxy
+        .send("GET", "/mr", &[("cache-control", "max-stale=60")])
+        .await;
+    assert!(
+        must.cache_status().contains("fwd="),
+        "{}",
+        must.cache_status()
+    );
+    assert_eq!(origin.hits("/mr"), 2);
+}
+
+#[tokio::test]
+async fn unsafe_requests_invalidate_the_url_and_its_locations_rfc9111_4_4() {
+    let origin = Origin::start().await;
+    origin.on(
+        "/items",
+        Reply::ok().status(201).header("location", "/items/7"),
+    );
+    origin.on("/items/8", Reply::ok().status(500));
+    // Unsafe requests pass through whatever the route caches.
+    let proxy = proxy(&origin, "methods = [\"GET\"]\n").await;
+    for path in ["/items", "/items/7", "/items/8"] {
+        origin.on(path, Reply::ok());
+    }
+    for path in ["/items", "/items/7", "/items/8"] {
+        proxy.get(path).await;
+        assert!(
+            proxy.get(path).await.cache_status().contains("hit"),
+            "{path}"
+        );
+    }
+    origin.on(
+        "/items",
+        Reply::ok().status(201).header("location", "/items/7"),
+    );
+    origin.on("/items/8", Reply::ok().status(500));
+    assert_eq!(proxy.send("POST", "/items", &[]).await.status, 201);
+    // An error response invalidates nothing.
+    assert_eq!(proxy.send("DELETE", "/items/8", &[]).await.status, 500);
+    origin.on("/items", Reply::ok());
+    assert!(
+        proxy
+            .get("/items")
+            .await
+            .cache_status()
+            .contains("fwd=miss")
+    );
+    assert!(
+        proxy
+            .get("/items/7")
+            .await
+            .cache_status()
+            .contains("fwd=miss")
+    );
+    assert!(proxy.get("/items/8").await.cache_status().contains("hit"));
+}
+
+#[tokio::test]
+async fn route_cache_status_widens_and_narrows_what_is_stored_rfc9110_15_1() {
+    let origin = Origin::start().await;
+    origin.on("/s/404", Reply::ok().status(404));
+    origin.on(
+        "/s/302",
+        Reply::ok()
+            .status(302)
+            .header("location", "/x")
+            .header("cache-control", "max-age=60"),
+    );
+    origin.on(
+        "/s/500",
+        Reply::ok()
+            .status(500)
+            .header("cache-control", "max-age=60"),
+    );
+    origin.on("/n/404", Reply::ok().status(404));
+    let proxy = ProxyConfig::new(&origin)
+        .with("[[routes]]\npath = \"/s/*\"\nttl = \"60s\"\ncache_status = [200, 302, 404]\n")
+        .with("[[routes]]\npath = \"/n/*\"\nttl = \"60s\"\ncache_status = [200]\n")
+        .start()
+        .await;
+    for path in ["/s/404", "/s/302"] {
+        assert_eq!(
+            proxy.get(path).await.cache_status(),
+            "sidecache; fwd=miss; stored",
+            "{path}"
+        );
+        assert!(
+            proxy.get(path).await.cache_status().contains("hit"),
+            "{path}"
+        );
+    }
+    for path in ["/s/500", "/n/404"] {
+        assert_eq!(
+            proxy.get(path).await.cache_status(),
+            "sidecache; fwd=miss; detail=status",
+            "{path}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn heuristic_freshness_only_where_the_route_allows_it_rfc9111_4_2_2() {
+    let origin = Origin::start().await;
+    let long_ago =
+        httpdate::fmt_http_date(std::time::SystemTime::now() - Duration::from_secs(10 * 86_400));
+    for path in ["/h/doc", "/x/doc"] {
+        origin.on(path, Reply::ok().header("last-modified", &long_ago));
+    }
+    let proxy = ProxyConfig::new(&origin)
+        .with("[[routes]]\npath = \"/h/*\"\nheuristic_freshness = true\n")
+        .with("[[routes]]\npath = \"/x/*\"\n")
+        .start()
+        .await;
+    proxy.get("/h/doc").await;
+    let hit = proxy.get("/h/doc").await;
+    // A tenth of ten days, capped at one day.
+    assert!(
+        ttl_of(hit.cache_status()) > 86_000,
+        "{}",
+        hit.cache_status()
+    );
+    // ttl = "0s" and no heuristics: only the origin's freshness counts; with
+    // a validator the response is kept, but every use revalidates.
+    proxy.get("/x/doc").await;
+    let again = proxy.get("/x/doc").await;
+    assert!(
+        again.cache_status().contains("fwd="),
+        "{}",
+        again.cache_status()
+    );
+    assert_eq!(origin.hits("/x/doc"), 2);
+}
+
+#[tokio::test]
+async fn private_and_no_cache_field_names_are_not_stored_rfc9111_5_2_2_7() {
+    let origin = Origin::start().await;
+    origin.on(
+        "/f",
+        Reply::ok()
+            .header(
+                "cache-control",
+                "max-age=60, private=\"x-user\", no-cache=\"set-cookie\"",
+            )
+            .header("x-user", "alice")
+            .header("set-cookie", "s=1")
+            .header("x-shared", "yes"),
+    );
+    let proxy = proxy(&origin, "").await;
+    let first = proxy.get("/f").await;
+    assert_eq!(
+        first.header("x-user"),
+        "alice",
+        "the requester gets everything"
+    );
+    assert_eq!(first.cache_status(), "sidecache; fwd=miss; stored");
+    let hit = proxy.get("/f").await;
+    assert!(hit.cache_status().contains("hit"));
+    assert_eq!(hit.header("x-shared"), "yes");
+    assert!(!hit.headers.contains_key("x-user"));
+    assert!(!hit.headers.contains_key("set-cookie"));
+}
+
+#[tokio::test]
+async fn origin_age_counts_toward_the_age_of_hits_rfc9111_4_2_3() {
+    let origin = Origin::start().await;
+    origin.on(
+        "/age",
+        Reply::ok()
+            .header("cache-control", "max-age=100")
+            .header("age", "30"),
+    );
+    let proxy = proxy(&origin, "").await;
+    proxy.get("/age").await;
+    let hit = proxy.get("/age").await;
+    let age: u64 = hit.header("age").parse().unwrap();
+    assert!((30..=32).contains(&age), "age {age}");
+    let ttl = ttl_of(hit.cache_status());
+    assert!((68..=70).contains(&ttl), "ttl {ttl}");
+}
