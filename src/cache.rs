@@ -13,7 +13,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::config::CacheConfig;
-use entry::Entry;
+use entry::{Entry, Stored, Variants};
+use http::HeaderMap;
 use key::CacheKey;
 use memory::MemoryTier;
 use redis::RedisTier;
@@ -32,6 +33,15 @@ impl Tier {
             Tier::Redis => "l2",
         }
     }
+}
+
+/// What a lookup found for a request.
+#[derive(Default)]
+pub struct Lookup {
+    /// The response the request selects, and the tier it came from.
+    pub found: Option<(Arc<Entry>, Tier)>,
+    /// The URL's variant index, if its responses vary.
+    pub variants: Option<Arc<Variants>>,
 }
 
 /// The tiers, in lookup order. Cheap to clone: tiers share their storage.
@@ -53,53 +63,93 @@ impl Cache {
         }
     }
 
-    /// The stored response for `key` and the tier it came from, fresh or
-    /// not: the caller decides how it may be used. A stale L1 entry is
-    /// looked up in L2 too, where another pod may have refreshed it; an L2
-    /// hit is copied into L1 for as long as it is worth keeping.
-    pub async fn lookup(&self, key: &CacheKey, now: SystemTime) -> Option<(Arc<Entry>, Tier)> {
+    /// What is stored for a request's URL `key`: the response it selects
+    /// (fresh or not: the caller decides how to use it) and, if the URL has
+    /// variants, their index. `request` holds the request headers as the
+    /// origin would see them, which select the variant. At most two objects
+    /// are looked up: the URL's, then the variant's.
+    pub async fn lookup(&self, key: &CacheKey, request: &HeaderMap, now: SystemTime) -> Lookup {
+        match self.get(key, now).await {
+            None => Lookup::default(),
+            Some((Stored::Response(entry), tier)) => Lookup {
+                found: Some((entry, tier)),
+                variants: None,
+            },
+            Some((Stored::Variants(variants), _)) => {
+                let found = match self.get(&variants.key_for(request), now).await {
+                    Some((Stored::Response(entry), tier)) => Some((entry, tier)),
+                    _ => None,
+                };
+                Lookup {
+                    found,
+                    variants: Some(variants),
+                }
+            }
+        }
+    }
+
+    /// One object from the tiers. A fresh L1 response (or any L1 index)
+    /// answers at once; otherwise L2 is asked too, where another pod may
+    /// have stored a newer copy, and its object is copied into L1.
+    async fn get(&self, key: &CacheKey, now: SystemTime) -> Option<(Stored, Tier)> {
         let local = self.memory.get(key);
-        if let Some(entry) = local
-            .as_ref()
-            .filter(|e| e.remaining_freshness(now).is_some())
-        {
-            return Some((entry.clone(), Tier::Memory));
+        let settled = match &local {
+            Some(Stored::Response(entry)) => entry.remaining_freshness(now).is_some(),
+            Some(Stored::Variants(_)) => true,
+            None => false,
+        };
+        if settled {
+            return local.map(|object| (object, Tier::Memory));
         }
         let shared = match &self.redis {
             Some(redis) => redis.get(key).await,
             None => None,
         };
-        match (shared, local) {
-            (Some(shared), local)
-                if local
-                    .as_ref()
-                    .is_none_or(|local| shared.response_time >= local.response_time) =>
-            {
-                let shared = Arc::new(shared);
-                if let Some(keep_for) = shared.retention(now, self.keep_stale) {
+        let newer = match (&shared, &local) {
+            (Some(Stored::Response(shared)), Some(Stored::Response(local))) => {
+                shared.response_time >= local.response_time
+            }
+            (Some(_), _) => true,
+            (None, _) => false,
+        };
+        match shared {
+            Some(shared) if newer => {
+                let keep_for = match &shared {
+                    Stored::Response(entry) => entry.retention(now, self.keep_stale),
+                    Stored::Variants(_) => Some(self.keep_stale),
+                };
+                if let Some(keep_for) = keep_for {
                     self.memory.insert(shared.clone(), keep_for);
                 }
                 Some((shared, Tier::Redis))
             }
-            (_, local) => local.map(|entry| (entry, Tier::Memory)),
+            _ => local.map(|object| (object, Tier::Memory)),
         }
     }
 
     /// Stores a complete response in every tier for as long as it is worth
-    /// keeping; the L2 write is queued, never awaited.
-    pub fn store(&self, entry: Entry, now: SystemTime) {
+    /// keeping, with the index of its URL's variants if it is one of them;
+    /// the L2 writes are queued, never awaited.
+    pub fn store(&self, entry: Entry, variants: Option<Arc<Variants>>, now: SystemTime) {
         let Some(keep_for) = entry.retention(now, self.keep_stale) else {
             return;
         };
-        let entry = Arc::new(entry);
-        if let Some(redis) = &self.redis {
-            redis.store(entry.clone(), keep_for);
+        // The index lives as long as its latest variant.
+        let objects = variants
+            .map(Stored::Variants)
+            .into_iter()
+            .chain([Stored::Response(Arc::new(entry))]);
+        for object in objects {
+            if let Some(redis) = &self.redis {
+                redis.store(object.clone(), keep_for);
+            }
+            self.memory.insert(object, keep_for);
         }
-        self.memory.insert(entry, keep_for);
     }
 
-    /// Removes what is stored under `key` from every tier (the L2 delete is
-    /// queued behind any pending write of the same key).
+    /// Removes what is stored under a URL's `key` from every tier: its
+    /// response, or its variant index, which orphans all its variants (the
+    /// L2 delete is queued behind any pending write of the same key).
     pub fn remove(&self, key: &CacheKey) {
         self.memory.remove(key);
         if let Some(redis) = &self.redis {

@@ -14,7 +14,7 @@ use hyper::body::Incoming;
 use tracing::{Instrument, field};
 
 use crate::cache::Cache;
-use crate::cache::entry::Entry;
+use crate::cache::entry::{Entry, Variants};
 use crate::cache::fill::{Fill, StoringBody};
 use crate::cache::key::{self, CacheKey};
 use crate::cache::policy::{
@@ -198,14 +198,29 @@ impl Proxy {
         client: SocketAddr,
         outcome: &mut Outcome,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        let key = CacheKey::for_request(&self.namespace, route, &parts);
+        let url_key = CacheKey::for_request(&self.namespace, &parts);
         let now = SystemTime::now();
         let request_cc = CacheControl::parse_request(&parts.headers);
         let authorization = parts.headers.contains_key(header::AUTHORIZATION);
         let head_only = parts.method == Method::HEAD;
+        // The client's own conditions are judged here, against what is
+        // stored or comes back; the origin gets an unconditional request (or
+        // the stored response's validators), so that its answer can fill the cache.
+        let client_headers = parts.headers.clone();
+        // Only keyed or allow-listed headers reach the origin, so nothing the
+        // key does not capture can change what is stored for everyone. These
+        // are also the headers that select among variants: the origin saw
+        // nothing else.
+        origin::retain_headers(&mut parts.headers, |name| {
+            name == header::HOST
+                || route.forwards(name)
+                || (name == header::AUTHORIZATION && authorization)
+        });
+        let forwarded = parts.headers.clone();
 
+        let lookup = self.cache.lookup(&url_key, &forwarded, now).await;
         let mut stale = None;
-        if let Some((entry, tier)) = self.cache.lookup(&key, now).await {
+        if let Some((entry, tier)) = lookup.found {
             let stored_cc = CacheControl::parse(&entry.headers);
             // §3.5: credentials may only be answered by a shareable response.
             if !authorization || stored_cc.shareable_with_authorization() {
@@ -219,12 +234,12 @@ impl Proxy {
                                 tier,
                             },
                         );
-                        return Ok(answer(&entry, &parts.headers, head_only, now));
+                        return Ok(answer(&entry, &client_headers, head_only, now));
                     }
                     Usability::Stale { stale_for } => {
                         let ttl = -seconds(stale_for);
                         record_cache_status(outcome, CacheStatus::Hit { ttl, tier });
-                        return Ok(answer(&entry, &parts.headers, head_only, now));
+                        return Ok(answer(&entry, &client_headers, head_only, now));
                     }
                     Usability::Revalidate => stale = Some(entry),
                 }
@@ -236,17 +251,6 @@ impl Proxy {
             return Err(ProxyError::NotCached);
         }
 
-        // The client's own conditions are judged here, against what comes
-        // back; the origin gets an unconditional request (or the stored
-        // response's validators), so that its answer can fill the cache.
-        let client_headers = parts.headers.clone();
-        // Only keyed or allow-listed headers reach the origin, so nothing the
-        // key does not capture can change what is stored for everyone.
-        origin::retain_headers(&mut parts.headers, |name| {
-            name == header::HOST
-                || route.forwards(name)
-                || (name == header::AUTHORIZATION && authorization)
-        });
         let stale = stale.filter(|entry| policy::has_validators(&entry.headers));
         if let Some(entry) = &stale {
             validation::add_validators(&mut parts.headers, &entry.headers);
@@ -277,7 +281,8 @@ impl Proxy {
                 response_time,
             );
             if stored.is_ok() {
-                self.cache.store(refreshed.clone(), response_time);
+                self.cache
+                    .store(refreshed.clone(), lookup.variants.clone(), response_time);
             }
             record_cache_status(
                 outcome,
@@ -316,6 +321,7 @@ impl Proxy {
                     fwd_status: head.status,
                     not_stored,
                 },
+                None if lookup.variants.is_some() => CacheStatus::VaryMiss { not_stored },
                 None => CacheStatus::Miss { not_stored },
             },
         );
@@ -325,6 +331,17 @@ impl Proxy {
                 body.map_err(BoxError::from).boxed_unsync(),
             ));
         };
+        // A response that varies (or a route with key headers) is stored as
+        // a variant of its URL, through the URL's index of variants.
+        let mut names = route.key_headers.clone();
+        names.extend(policy::vary_names(&head.headers).unwrap_or_default());
+        let variants = (!names.is_empty()).then(|| match lookup.variants {
+            Some(index) if index.selects_by(&names) => index,
+            _ => Arc::new(Variants::new(url_key.clone(), names)),
+        });
+        let key = variants
+            .as_ref()
+            .map_or(url_key, |index| index.key_for(&forwarded));
         let entry = Entry {
             key,
             status: head.status,
@@ -334,7 +351,7 @@ impl Proxy {
             initial_age: policy::corrected_initial_age(&head.headers, request_time, response_time),
             freshness_lifetime,
         };
-        let fill = Fill::new(self.cache.clone(), entry, self.max_object_size);
+        let fill = Fill::new(self.cache.clone(), entry, variants, self.max_object_size);
         let body = StoringBody::new(body, fill);
         if validation::not_modified(&client_headers, &head.headers, response_time) {
             // The client's condition holds: it gets a 304, and the body is

@@ -418,3 +418,86 @@ async fn origin_age_counts_toward_the_age_of_hits_rfc9111_4_2_3() {
     let ttl = ttl_of(hit.cache_status());
     assert!((68..=70).contains(&ttl), "ttl {ttl}");
 }
+
+#[tokio::test]
+async fn responses_are_stored_per_variant_rfc9111_4_1() {
+    let origin = Origin::start().await;
+    origin.on("/vary", Reply::ok().header("vary", "Accept-Language"));
+    let proxy = proxy(&origin, "forward_headers = [\"accept-language\"]\n").await;
+    let lang = |value: &'static str| [("accept-language", value)];
+    assert_eq!(
+        proxy.send("GET", "/vary", &lang("en")).await.cache_status(),
+        "sidecache; fwd=miss; stored"
+    );
+    let en = proxy.send("GET", "/vary", &lang("en")).await;
+    assert!(en.cache_status().contains("hit"), "{}", en.cache_status());
+    assert_eq!(en.text(), "/vary #1");
+    // Another language is another variant, found with one extra lookup.
+    let de = proxy.send("GET", "/vary", &lang("de")).await;
+    assert_eq!(de.cache_status(), "sidecache; fwd=vary-miss; stored");
+    assert_eq!(de.text(), "/vary #2");
+    assert_eq!(
+        proxy.send("GET", "/vary", &lang("de")).await.text(),
+        "/vary #2"
+    );
+    // Whitespace in lists does not split variants.
+    proxy.send("GET", "/vary", &lang("fr, it")).await;
+    assert!(
+        proxy
+            .send("GET", "/vary", &lang("fr,it"))
+            .await
+            .cache_status()
+            .contains("hit")
+    );
+    assert_eq!(origin.hits("/vary"), 3);
+
+    // An invalidation removes every variant at once (§4.4).
+    origin.on(
+        "/vary",
+        Reply::ok().status(204).header("vary", "Accept-Language"),
+    );
+    proxy.send("PUT", "/vary", &[]).await;
+    origin.on("/vary", Reply::ok().header("vary", "Accept-Language"));
+    for value in ["en", "de"] {
+        let after = proxy.send("GET", "/vary", &lang(value)).await;
+        assert!(
+            !after.cache_status().contains("hit"),
+            "{value}: {}",
+            after.cache_status()
+        );
+    }
+}
+
+#[tokio::test]
+async fn vary_on_a_header_the_origin_never_sees_selects_one_shared_variant() {
+    let origin = Origin::start().await;
+    // Accept-Encoding is not forwarded on cacheable requests, so the origin
+    // answered for "no Accept-Encoding", which is right for every client.
+    origin.on("/enc", Reply::ok().header("vary", "Accept-Encoding"));
+    let proxy = proxy(&origin, "").await;
+    proxy
+        .send("GET", "/enc", &[("accept-encoding", "gzip")])
+        .await;
+    let other = proxy
+        .send("GET", "/enc", &[("accept-encoding", "br")])
+        .await;
+    assert!(
+        other.cache_status().contains("hit"),
+        "{}",
+        other.cache_status()
+    );
+    assert_eq!(origin.hits("/enc"), 1);
+}
+
+#[tokio::test]
+async fn vary_star_is_never_stored_rfc9111_4_1() {
+    let origin = Origin::start().await;
+    origin.on("/star", Reply::ok().header("vary", "*"));
+    let proxy = proxy(&origin, "").await;
+    for _ in 0..2 {
+        assert_eq!(
+            proxy.get("/star").await.cache_status(),
+            "sidecache; fwd=miss; detail=vary"
+        );
+    }
+}

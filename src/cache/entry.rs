@@ -1,5 +1,6 @@
-//! A stored response: status, headers, body, the times its freshness is computed from, and its versioned binary encoding.
+//! What the tiers store — a response (status, headers, body, the times its freshness comes from) or a URL's variant index — and its versioned binary encoding.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -59,13 +60,78 @@ impl Entry {
     }
 }
 
-/// First bytes of every encoded entry: a magic tag and the format version.
-/// An entry with another version is a miss, so a rolling upgrade that
+/// What one tier key holds: a response, or the index of a URL's variants.
+#[derive(Clone, Debug)]
+pub enum Stored {
+    Response(Arc<Entry>),
+    Variants(Arc<Variants>),
+}
+
+/// The variants of one URL (RFC 9111 §4.1): which request headers select
+/// among them (the response's `Vary` plus the route's `key_headers`), and the
+/// generation their keys carry. Stored under the URL's own key, so a variant
+/// costs one extra lookup, and removing the index (a purge or invalidation)
+/// orphans every variant at once: a new index gets a new generation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Variants {
+    /// The URL's key.
+    pub key: CacheKey,
+    /// Lowercase header names, sorted, without duplicates.
+    pub names: Vec<HeaderName>,
+    pub generation: u64,
+}
+
+impl Variants {
+    /// A new index for `key`, selecting by `names`, with a fresh generation.
+    pub fn new(key: CacheKey, names: Vec<HeaderName>) -> Variants {
+        let names = sorted_names(names);
+        Variants {
+            key,
+            names,
+            generation: fresh_generation(),
+        }
+    }
+
+    /// Whether this index selects by exactly these names.
+    pub fn selects_by(&self, names: &[HeaderName]) -> bool {
+        self.names == sorted_names(names.to_vec())
+    }
+
+    /// The key of the variant that a request with these headers selects.
+    pub fn key_for(&self, request: &HeaderMap) -> CacheKey {
+        self.key.variant(self.generation, &self.names, request)
+    }
+}
+
+fn sorted_names(mut names: Vec<HeaderName>) -> Vec<HeaderName> {
+    names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    names.dedup();
+    names
+}
+
+/// A generation no other index is likely to have: std's per-process random
+/// hash seed, mixed with the clock. (Saves a dependency on `rand`.)
+fn fresh_generation() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
+    hasher.finish()
+}
+
+/// First bytes of every encoded value: a magic tag and the format version.
+/// A value with another version is a miss, so a rolling upgrade that
 /// changes the format never misreads what older pods stored.
 const MAGIC: &[u8; 3] = b"SCE";
-const FORMAT_VERSION: u8 = 1;
+const FORMAT_VERSION: u8 = 2;
+const KIND_RESPONSE: u8 = 0;
+const KIND_VARIANTS: u8 = 1;
 
-/// Why stored bytes are not an entry.
+/// Why stored bytes are not the object that was looked up.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
     #[error("not a sidecache entry")]
@@ -74,115 +140,150 @@ pub enum DecodeError {
     Version(u8),
     #[error("entry truncated or malformed")]
     Malformed,
+    #[error("entry belongs to another key (hash collision)")]
+    OtherKey,
 }
 
 // The format is written by hand rather than through a serde codec: it is
 // small, its layout is pinned by a version byte that this file controls, and
 // the body is sliced out of the value without a copy.
 //
-// magic(3) version(1) status(u16) response_time_ms(u64) initial_age_ms(u64)
-// freshness_ms(u64) key_len(u32) key header_count(u32)
-// { name_len(u16) name value_len(u32) value }* body(rest)
-impl Entry {
-    /// The entry as one binary value.
+// magic(3) version(1) kind(1) key_len(u32) key, then for a response:
+//   status(u16) response_time_ms(u64) initial_age_ms(u64) freshness_ms(u64)
+//   header_count(u32) { name_len(u16) name value_len(u32) value }* body(rest)
+// and for variants:
+//   generation(u64) name_count(u16) { name_len(u16) name }*
+impl Stored {
+    /// The key this object was stored under.
+    pub fn key(&self) -> &CacheKey {
+        match self {
+            Stored::Response(entry) => &entry.key,
+            Stored::Variants(variants) => &variants.key,
+        }
+    }
+
+    /// Bytes this object holds, for the memory tier's budget.
+    pub fn weight(&self) -> u64 {
+        match self {
+            Stored::Response(entry) => entry.weight(),
+            Stored::Variants(variants) => {
+                let names: usize = variants.names.iter().map(|n| n.as_str().len()).sum();
+                (names + variants.key.canonical().len() + std::mem::size_of::<Variants>()) as u64
+            }
+        }
+    }
+
+    /// The object as one binary value.
     pub fn encode(&self) -> Bytes {
-        let headers: usize = self
-            .headers
-            .iter()
-            .map(|(n, v)| 6 + n.as_str().len() + v.len())
-            .sum();
-        let mut out =
-            BytesMut::with_capacity(40 + self.key.canonical().len() + headers + self.body.len());
+        let mut out = BytesMut::with_capacity(64 + self.weight() as usize);
         out.put_slice(MAGIC);
         out.put_u8(FORMAT_VERSION);
-        out.put_u16(self.status.as_u16());
-        out.put_u64(millis(
-            self.response_time
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default(),
-        ));
-        out.put_u64(millis(self.initial_age));
-        out.put_u64(millis(self.freshness_lifetime));
-        put_bytes32(&mut out, self.key.canonical());
-        out.put_u32(u32::try_from(self.headers.len()).unwrap_or(u32::MAX));
-        for (name, value) in &self.headers {
-            let name = name.as_str().as_bytes();
-            out.put_u16(u16::try_from(name.len()).unwrap_or(u16::MAX));
-            out.put_slice(name);
-            put_bytes32(&mut out, value.as_bytes());
+        match self {
+            Stored::Response(entry) => {
+                out.put_u8(KIND_RESPONSE);
+                put_bytes32(&mut out, entry.key.canonical());
+                out.put_u16(entry.status.as_u16());
+                out.put_u64(millis(
+                    entry
+                        .response_time
+                        .duration_since(UNIX_EPOCH)
+                        .unwrap_or_default(),
+                ));
+                out.put_u64(millis(entry.initial_age));
+                out.put_u64(millis(entry.freshness_lifetime));
+                out.put_u32(u32::try_from(entry.headers.len()).unwrap_or(u32::MAX));
+                for (name, value) in &entry.headers {
+                    put_bytes16(&mut out, name.as_str().as_bytes());
+                    put_bytes32(&mut out, value.as_bytes());
+                }
+                out.put_slice(&entry.body);
+            }
+            Stored::Variants(variants) => {
+                out.put_u8(KIND_VARIANTS);
+                put_bytes32(&mut out, variants.key.canonical());
+                out.put_u64(variants.generation);
+                out.put_u16(u16::try_from(variants.names.len()).unwrap_or(u16::MAX));
+                for name in &variants.names {
+                    put_bytes16(&mut out, name.as_str().as_bytes());
+                }
+            }
         }
-        out.put_slice(&self.body);
         out.freeze()
     }
 
-    /// Decodes a value written by [`Entry::encode`] into its canonical key
-    /// and the rest; the caller compares the key with the one it looked up.
-    pub fn decode(mut data: Bytes) -> Result<(Bytes, EntryWithoutKey), DecodeError> {
-        if data.len() < 4 || &data[..3] != MAGIC {
+    /// Decodes a value written by [`Stored::encode`] that was looked up
+    /// under `key`; a value stored under another key is an error.
+    pub fn decode(mut data: Bytes, key: &CacheKey) -> Result<Stored, DecodeError> {
+        if data.len() < 5 || &data[..3] != MAGIC {
             return Err(DecodeError::Magic);
         }
         if data[3] != FORMAT_VERSION {
             return Err(DecodeError::Version(data[3]));
         }
-        data.advance(4);
-        let status =
-            StatusCode::from_u16(get_u16(&mut data)?).map_err(|_| DecodeError::Malformed)?;
-        let response_time = UNIX_EPOCH + Duration::from_millis(get_u64(&mut data)?);
-        let initial_age = Duration::from_millis(get_u64(&mut data)?);
-        let freshness_lifetime = Duration::from_millis(get_u64(&mut data)?);
-        let canonical_key = get_bytes32(&mut data)?;
-        let count = get_u32(&mut data)?;
-        let mut headers = HeaderMap::new();
-        for _ in 0..count {
-            let len = usize::from(get_u16(&mut data)?);
-            let name = take(&mut data, len)?;
-            let value = get_bytes32(&mut data)?;
-            headers.append(
-                HeaderName::from_bytes(&name).map_err(|_| DecodeError::Malformed)?,
-                HeaderValue::from_maybe_shared(value).map_err(|_| DecodeError::Malformed)?,
-            );
+        let kind = data[4];
+        data.advance(5);
+        if get_bytes32(&mut data)? != key.canonical() {
+            return Err(DecodeError::OtherKey);
         }
-        Ok((
-            canonical_key,
-            EntryWithoutKey {
-                status,
-                headers,
-                body: data,
-                response_time,
-                initial_age,
-                freshness_lifetime,
-            },
-        ))
+        match kind {
+            KIND_RESPONSE => {
+                decode_response(data, key.clone()).map(|e| Stored::Response(Arc::new(e)))
+            }
+            KIND_VARIANTS => {
+                let generation = get_u64(&mut data)?;
+                let count = get_u16(&mut data)?;
+                let names = (0..count)
+                    .map(|_| {
+                        let len = usize::from(get_u16(&mut data)?);
+                        HeaderName::from_bytes(&take(&mut data, len)?)
+                            .map_err(|_| DecodeError::Malformed)
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(Stored::Variants(Arc::new(Variants {
+                    key: key.clone(),
+                    names,
+                    generation,
+                })))
+            }
+            _ => Err(DecodeError::Malformed),
+        }
     }
 }
 
-/// A decoded entry before its key has been checked against the request's.
-#[derive(Debug)]
-pub struct EntryWithoutKey {
-    pub status: StatusCode,
-    pub headers: HeaderMap,
-    pub body: Bytes,
-    pub response_time: SystemTime,
-    pub initial_age: Duration,
-    pub freshness_lifetime: Duration,
-}
-
-impl EntryWithoutKey {
-    pub fn with_key(self, key: CacheKey) -> Entry {
-        Entry {
-            key,
-            status: self.status,
-            headers: self.headers,
-            body: self.body,
-            response_time: self.response_time,
-            initial_age: self.initial_age,
-            freshness_lifetime: self.freshness_lifetime,
-        }
+fn decode_response(mut data: Bytes, key: CacheKey) -> Result<Entry, DecodeError> {
+    let status = StatusCode::from_u16(get_u16(&mut data)?).map_err(|_| DecodeError::Malformed)?;
+    let response_time = UNIX_EPOCH + Duration::from_millis(get_u64(&mut data)?);
+    let initial_age = Duration::from_millis(get_u64(&mut data)?);
+    let freshness_lifetime = Duration::from_millis(get_u64(&mut data)?);
+    let count = get_u32(&mut data)?;
+    let mut headers = HeaderMap::new();
+    for _ in 0..count {
+        let len = usize::from(get_u16(&mut data)?);
+        let name = take(&mut data, len)?;
+        let value = get_bytes32(&mut data)?;
+        headers.append(
+            HeaderName::from_bytes(&name).map_err(|_| DecodeError::Malformed)?,
+            HeaderValue::from_maybe_shared(value).map_err(|_| DecodeError::Malformed)?,
+        );
     }
+    Ok(Entry {
+        key,
+        status,
+        headers,
+        body: data,
+        response_time,
+        initial_age,
+        freshness_lifetime,
+    })
 }
 
 fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn put_bytes16(out: &mut BytesMut, bytes: &[u8]) {
+    out.put_u16(u16::try_from(bytes.len()).unwrap_or(u16::MAX));
+    out.put_slice(bytes);
 }
 
 fn put_bytes32(out: &mut BytesMut, bytes: &[u8]) {
@@ -225,13 +326,12 @@ mod tests {
             .body(())
             .unwrap()
             .into_parts();
-        let route = crate::route::test_route("r", "/**", &[]);
         let mut headers = HeaderMap::new();
         headers.append("content-type", HeaderValue::from_static("text/plain"));
         headers.append("x-multi", HeaderValue::from_static("1"));
         headers.append("x-multi", HeaderValue::from_static("2"));
         Entry {
-            key: CacheKey::for_request("ns", &route, &parts),
+            key: CacheKey::for_request("ns", &parts),
             status: StatusCode::OK,
             headers,
             body: Bytes::from_static(b"hello body"),
@@ -244,36 +344,68 @@ mod tests {
     #[test]
     fn encoding_round_trips() {
         let entry = sample();
-        let (key, decoded) = Entry::decode(entry.encode()).unwrap();
-        assert_eq!(&key, entry.key.canonical());
-        let decoded = decoded.with_key(entry.key.clone());
+        let Stored::Response(decoded) = Stored::decode(
+            Stored::Response(Arc::new(entry.clone())).encode(),
+            &entry.key,
+        )
+        .unwrap() else {
+            panic!("a response")
+        };
         assert_eq!(decoded.status, entry.status);
         assert_eq!(decoded.headers, entry.headers);
         assert_eq!(decoded.body, entry.body);
         assert_eq!(decoded.response_time, entry.response_time);
         assert_eq!(decoded.initial_age, entry.initial_age);
         assert_eq!(decoded.freshness_lifetime, entry.freshness_lifetime);
+
+        let variants = Variants::new(
+            entry.key.clone(),
+            vec![
+                HeaderName::from_static("accept-language"),
+                HeaderName::from_static("accept"),
+            ],
+        );
+        assert_eq!(variants.names[0], "accept", "sorted");
+        let Stored::Variants(decoded) = Stored::decode(
+            Stored::Variants(Arc::new(variants.clone())).encode(),
+            &entry.key,
+        )
+        .unwrap() else {
+            panic!("variants")
+        };
+        assert_eq!(*decoded, variants);
     }
 
     #[test]
-    fn foreign_old_and_broken_values_are_refused() {
-        let encoded = sample().encode();
-        assert_eq!(
-            Entry::decode(Bytes::from_static(b"garbage")).unwrap_err(),
-            DecodeError::Magic
-        );
+    fn foreign_old_broken_and_misplaced_values_are_refused() {
+        let entry = sample();
+        let encoded = Stored::Response(Arc::new(entry.clone())).encode();
+        let decode = |data: Bytes| Stored::decode(data, &entry.key).map(|_| ()).unwrap_err();
+        assert_eq!(decode(Bytes::from_static(b"garbage")), DecodeError::Magic);
         let mut other_version = encoded.to_vec();
         other_version[3] = 99;
-        assert_eq!(
-            Entry::decode(other_version.into()).unwrap_err(),
-            DecodeError::Version(99)
-        );
-        for cut in [4, 10, 30, 50] {
+        assert_eq!(decode(other_version.into()), DecodeError::Version(99));
+        for cut in [6, 10, 40, 60] {
             assert_eq!(
-                Entry::decode(encoded.slice(..cut)).unwrap_err(),
+                decode(encoded.slice(..cut)),
                 DecodeError::Malformed,
                 "cut at {cut}"
             );
         }
+        let (parts, ()) = http::Request::get("/other").body(()).unwrap().into_parts();
+        let other = CacheKey::for_request("ns", &parts);
+        assert_eq!(
+            Stored::decode(encoded, &other).map(|_| ()).unwrap_err(),
+            DecodeError::OtherKey
+        );
+    }
+
+    #[test]
+    fn generations_differ() {
+        let key = sample().key;
+        assert_ne!(
+            Variants::new(key.clone(), vec![]).generation,
+            Variants::new(key, vec![]).generation
+        );
     }
 }

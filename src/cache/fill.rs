@@ -7,6 +7,7 @@
 //! stored.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::SystemTime;
 
@@ -15,7 +16,7 @@ use http::header;
 use http_body::{Body, Frame, SizeHint};
 
 use super::Cache;
-use super::entry::Entry;
+use super::entry::{Entry, Variants};
 use super::policy::NoCacheReason;
 
 /// A response body that fills the cache when it ends.
@@ -30,16 +31,19 @@ pub struct Fill {
     cache: Cache,
     /// The stored response with an empty body, waiting for the real one.
     entry: Entry,
+    /// The index of its URL's variants, when it is one of them.
+    variants: Option<Arc<Variants>>,
     buffer: BytesMut,
     limit: u64,
 }
 
 impl Fill {
     /// Prepares to store `entry` (its body is ignored) in `cache`, if the body stays within `limit` bytes.
-    pub fn new(cache: Cache, entry: Entry, limit: u64) -> Fill {
+    pub fn new(cache: Cache, entry: Entry, variants: Option<Arc<Variants>>, limit: u64) -> Fill {
         Fill {
             cache,
             entry,
+            variants,
             buffer: BytesMut::new(),
             limit,
         }
@@ -65,7 +69,8 @@ impl Fill {
             return Err(NoCacheReason::Incomplete);
         }
         self.entry.body = self.buffer.freeze();
-        self.cache.store(self.entry, SystemTime::now());
+        self.cache
+            .store(self.entry, self.variants, SystemTime::now());
         Ok(())
     }
 }

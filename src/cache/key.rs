@@ -9,9 +9,7 @@ use std::borrow::Cow;
 
 use bytes::Bytes;
 use http::request::Parts;
-use http::{HeaderMap, Method, Uri};
-
-use crate::route::Route;
+use http::{HeaderMap, HeaderName, Method, Uri};
 
 /// Bumped whenever the canonical form changes, so old entries stop matching.
 const KEY_VERSION: &str = "sidecache-key-v1";
@@ -28,25 +26,36 @@ pub struct CacheKey {
 }
 
 impl CacheKey {
-    /// The key for a request on a caching route.
-    pub fn for_request(namespace: &str, route: &Route, request: &Parts) -> CacheKey {
-        let mut key = KeyWriter::url(
+    /// The key of a request's URL: what a response without variants is
+    /// stored under, or the index of its variants.
+    pub fn for_request(namespace: &str, request: &Parts) -> CacheKey {
+        KeyWriter::url(
             namespace,
             &request_host(request),
             &request.method,
             &request.uri,
-        );
-        for name in &route.key_headers {
-            key.part(name.as_str().as_bytes());
-            key.optional_part(joined_values(&request.headers, name).as_deref());
-        }
-        key.finish()
+        )
+        .finish()
     }
 
-    /// The key a GET of `uri` on `host` is stored under when no key headers
-    /// are involved: what an unsafe request to that URL invalidates.
+    /// The key a GET of `uri` on `host` is stored under: what an unsafe
+    /// request to that URL invalidates.
     pub fn for_url(namespace: &str, host: &str, uri: &Uri) -> CacheKey {
         KeyWriter::url(namespace, host, &Method::GET, uri).finish()
+    }
+
+    /// The key of one variant of this URL key: the index's generation, then
+    /// each selecting header's name and normalised value (RFC 9111 §4.1), or
+    /// a marker when the request does not carry it.
+    pub fn variant(&self, generation: u64, names: &[HeaderName], request: &HeaderMap) -> CacheKey {
+        let mut key = KeyWriter(self.canonical.to_vec());
+        key.part(b"variant");
+        key.part(&generation.to_be_bytes());
+        for name in names {
+            key.part(name.as_str().as_bytes());
+            key.optional_part(normalised_values(request, name).as_deref());
+        }
+        key.finish()
     }
 
     /// BLAKE3 of the canonical key: what the tiers index by.
@@ -135,15 +144,17 @@ fn host_of(uri: &Uri, headers: &HeaderMap) -> String {
     host.to_ascii_lowercase()
 }
 
-fn joined_values(headers: &HeaderMap, name: &http::HeaderName) -> Option<Vec<u8>> {
-    let mut values = headers.get_all(name).iter();
-    let first = values.next()?;
-    let mut joined = first.as_bytes().to_vec();
-    for value in values {
-        joined.extend_from_slice(b", ");
-        joined.extend_from_slice(value.as_bytes());
-    }
-    Some(joined)
+/// All values of a field as one list, with the whitespace around its commas
+/// removed, so that `a, b`, `a,b` and two lines `a` and `b` select the same
+/// variant (RFC 9111 §4.1).
+fn normalised_values(headers: &HeaderMap, name: &HeaderName) -> Option<Vec<u8>> {
+    let mut values = headers.get_all(name).iter().peekable();
+    values.peek()?;
+    let items: Vec<&[u8]> = values
+        .flat_map(|value| value.as_bytes().split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
+        .collect();
+    Some(items.join(&b","[..]))
 }
 
 /// RFC 3986 §6.2.2 normalisation that never changes what the origin sees:
@@ -222,21 +233,29 @@ pub fn same_host_target(value: &str, host: &str) -> Option<Uri> {
 mod tests {
     use super::*;
 
-    fn route(key_headers: &[&str]) -> Route {
-        crate::route::test_route("r", "/**", key_headers)
-    }
-
-    fn key_with(route: &Route, method: &str, uri: &str, headers: &[(&str, &str)]) -> CacheKey {
+    fn key_with(method: &str, uri: &str, headers: &[(&str, &str)]) -> CacheKey {
         let mut builder = http::Request::builder().method(method).uri(uri);
         for (name, value) in headers {
             builder = builder.header(*name, *value);
         }
         let (parts, ()) = builder.body(()).unwrap().into_parts();
-        CacheKey::for_request("ns", route, &parts)
+        CacheKey::for_request("ns", &parts)
     }
 
     fn key(uri: &str) -> CacheKey {
-        key_with(&route(&[]), "GET", uri, &[("host", "example.com")])
+        key_with("GET", uri, &[("host", "example.com")])
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(n, v)| {
+                (
+                    HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                    v.parse().unwrap(),
+                )
+            })
+            .collect()
     }
 
     #[test]
@@ -258,31 +277,37 @@ mod tests {
 
     #[test]
     fn host_method_class_and_namespace_are_in_the_key() {
-        let r = route(&[]);
-        let get = key_with(&r, "GET", "/a", &[("host", "Example.com:80")]);
-        assert_eq!(get, key_with(&r, "HEAD", "/a", &[("host", "example.com")]));
-        assert_ne!(get, key_with(&r, "GET", "/a", &[("host", "other.com")]));
+        let get = key_with("GET", "/a", &[("host", "Example.com:80")]);
+        assert_eq!(get, key_with("HEAD", "/a", &[("host", "example.com")]));
+        assert_ne!(get, key_with("GET", "/a", &[("host", "other.com")]));
         assert_ne!(
             get,
-            key_with(&r, "GET", "http://other.com/a", &[("host", "example.com")])
+            key_with("GET", "http://other.com/a", &[("host", "example.com")])
         );
-        let (parts, ()) = http::Request::get("/a")
-            .header("host", "example.com")
-            .body(())
-            .unwrap()
-            .into_parts();
-        assert_ne!(get, CacheKey::for_request("other-ns", &r, &parts));
+        let uri: Uri = "/a".parse().unwrap();
+        assert_eq!(get, CacheKey::for_url("ns", "example.com", &uri));
+        assert_ne!(get, CacheKey::for_url("other-ns", "example.com", &uri));
     }
 
     #[test]
-    fn key_headers_distinguish_absent_empty_and_values() {
-        let r = route(&["accept-language"]);
-        let absent = key_with(&r, "GET", "/a", &[]);
-        let empty = key_with(&r, "GET", "/a", &[("accept-language", "")]);
-        let en = key_with(&r, "GET", "/a", &[("accept-language", "en")]);
+    fn variant_keys_rfc9111_4_1() {
+        let url = key("/a");
+        let names = [HeaderName::from_static("accept-language")];
+        let variant =
+            |generation, pairs: &[(&str, &str)]| url.variant(generation, &names, &headers(pairs));
+        let absent = variant(1, &[]);
+        let empty = variant(1, &[("accept-language", "")]);
+        let en = variant(1, &[("accept-language", "en, de")]);
         assert_ne!(absent, empty);
         assert_ne!(empty, en);
-        assert_eq!(en, key_with(&r, "GET", "/a", &[("accept-language", "en")]));
+        assert_ne!(url, absent);
+        // Whitespace around commas does not split variants.
+        assert_eq!(en, variant(1, &[("accept-language", "en,de")]));
+        let mut two_lines = headers(&[("accept-language", "en")]);
+        two_lines.append("accept-language", "de".parse().unwrap());
+        assert_eq!(en, url.variant(1, &names, &two_lines));
+        // Another generation is another key: old variants are orphaned.
+        assert_ne!(en, variant(2, &[("accept-language", "en, de")]));
     }
 
     #[test]
@@ -299,8 +324,6 @@ mod tests {
         );
         assert_eq!(target("http://other.example/items/4"), None);
         assert_eq!(target("items/5"), None);
-        let uri: Uri = "/a?b=1".parse().unwrap();
-        assert_eq!(CacheKey::for_url("ns", "example.com", &uri), key("/a?b=1"));
     }
 
     #[test]

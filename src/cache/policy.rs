@@ -59,7 +59,7 @@ pub enum NoCacheReason {
     NoCache,
     /// A response that sets cookies is somebody's own.
     SetCookie,
-    /// Variants per `Vary` are not stored yet.
+    /// `Vary: *`: no later request can match it.
     Vary,
     /// No freshness and nothing to revalidate with.
     NoFreshness,
@@ -299,7 +299,8 @@ pub fn storability(
     if headers.contains_key(header::SET_COOKIE) && !cookie_left_out {
         return Err(NoCacheReason::SetCookie);
     }
-    if headers.contains_key(header::VARY) {
+    // `Vary: *` can never be matched by a later request (§4.1).
+    if vary_names(headers).is_none() {
         return Err(NoCacheReason::Vary);
     }
     let validators = has_validators(headers);
@@ -312,6 +313,30 @@ pub fn storability(
         Some(Duration::ZERO) if !validators => Err(NoCacheReason::NoFreshness),
         Some(lifetime) => Ok(lifetime),
     }
+}
+
+/// The request headers a response varies on, lowercased, sorted, without
+/// duplicates; `None` for `Vary: *` (RFC 9111 §4.1).
+pub fn vary_names(headers: &HeaderMap) -> Option<Vec<HeaderName>> {
+    let mut names = Vec::new();
+    for item in headers
+        .get_all(header::VARY)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+    {
+        if item == "*" {
+            return None;
+        }
+        if let Ok(name) = HeaderName::from_bytes(item.as_bytes()) {
+            names.push(name);
+        }
+    }
+    names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    names.dedup();
+    Some(names)
 }
 
 /// Whether a response can be revalidated: it has an `ETag` or a `Last-Modified`.
@@ -668,7 +693,8 @@ mod tests {
                 ],
                 ok(60),
             ),
-            (200, &[("vary", "accept")], Err(NoCacheReason::Vary)),
+            (200, &[("vary", "accept")], ok(60)),
+            (200, &[("vary", "accept, *")], Err(NoCacheReason::Vary)),
             (
                 200,
                 &[("cache-control", "max-age=0")],

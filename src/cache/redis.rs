@@ -9,7 +9,7 @@ use fred::types::Builder;
 use fred::types::config::UnresponsiveConfig;
 use tokio::sync::mpsc;
 
-use super::entry::Entry;
+use super::entry::Stored;
 use super::key::CacheKey;
 use crate::config::RedisConfig;
 use crate::metrics::Metrics;
@@ -30,10 +30,7 @@ const UNRESPONSIVE_INTERVAL: Duration = Duration::from_millis(100);
 /// A pending write to L2, done by the writer task, off the response path.
 enum Write {
     /// Encode and store the entry for `keep_for`.
-    Set {
-        entry: Arc<Entry>,
-        keep_for: Duration,
-    },
+    Set { object: Stored, keep_for: Duration },
     /// Delete the object (an invalidation or purge).
     Delete { key: String },
 }
@@ -100,7 +97,7 @@ impl RedisTier {
     }
 
     /// Looks `key` up; any error, timeout, or undecodable value is a miss.
-    pub async fn get(&self, key: &CacheKey) -> Option<Entry> {
+    pub async fn get(&self, key: &CacheKey) -> Option<Stored> {
         if !self.breaker.allow(Instant::now()) {
             self.metrics.redis_call("get", "skipped");
             return None;
@@ -131,19 +128,13 @@ impl RedisTier {
             self.metrics.redis_call("get", "miss");
             return None;
         };
-        match Entry::decode(value) {
-            Ok((canonical, entry)) if canonical == key.canonical() => {
+        match Stored::decode(value, key) {
+            Ok(object) => {
                 self.metrics.redis_call("get", "hit");
-                Some(entry.with_key(key.clone()))
-            }
-            Ok(_) => {
-                tracing::warn!(key = %redis_key, "L2 entry belongs to another key (hash collision); removed");
-                self.delete_now(redis_key);
-                self.metrics.redis_call("get", "corrupt");
-                None
+                Some(object)
             }
             Err(error) => {
-                tracing::warn!(key = %redis_key, %error, "undecodable L2 entry; removed");
+                tracing::warn!(key = %redis_key, %error, "unusable L2 value; removed");
                 self.delete_now(redis_key);
                 self.metrics.redis_call("get", "corrupt");
                 None
@@ -151,12 +142,12 @@ impl RedisTier {
         }
     }
 
-    /// Queues `entry` to be written with a lifetime of `keep_for`; a full
+    /// Queues `object` to be written with a lifetime of `keep_for`; a full
     /// queue drops the write rather than delay anyone.
-    pub fn store(&self, entry: Arc<Entry>, keep_for: Duration) {
+    pub fn store(&self, object: Stored, keep_for: Duration) {
         if self
             .writes
-            .try_send(Write::Set { entry, keep_for })
+            .try_send(Write::Set { object, keep_for })
             .is_err()
         {
             self.metrics.redis_call("set", "dropped");
@@ -218,13 +209,13 @@ async fn write_loop(
         }
         let started = Instant::now();
         let result = match write {
-            Write::Set { entry, keep_for } => {
+            Write::Set { object, keep_for } => {
                 let px = i64::try_from(keep_for.as_millis())
                     .unwrap_or(i64::MAX)
                     .max(1);
                 let set = client.set::<(), _, _>(
-                    redis_key(&entry.key),
-                    entry.encode(),
+                    redis_key(object.key()),
+                    object.encode(),
                     Some(Expiration::PX(px)),
                     None,
                     false,
@@ -401,8 +392,7 @@ mod tests {
     #[test]
     fn redis_keys_carry_the_object_hash_as_hash_tag() {
         let (parts, ()) = http::Request::get("/x").body(()).unwrap().into_parts();
-        let route = crate::route::test_route("r", "/**", &[]);
-        let key = CacheKey::for_request("ns", &route, &parts);
+        let key = CacheKey::for_request("ns", &parts);
         assert_eq!(redis_key(&key), format!("sidecache:{{{}}}", key.hex()));
     }
 }

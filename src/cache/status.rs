@@ -16,6 +16,8 @@ pub enum CacheStatus {
     Hit { ttl: i64, tier: Tier },
     /// Nothing usable was stored; forwarded, and stored unless a reason says why not.
     Miss { not_stored: Option<NoCacheReason> },
+    /// The URL has stored variants, but not the one this request selects.
+    VaryMiss { not_stored: Option<NoCacheReason> },
     /// A stale stored response was validated with the origin, which answered
     /// `fwd_status` (304: the stored one was refreshed and served).
     Revalidated {
@@ -33,7 +35,7 @@ impl CacheStatus {
     pub fn as_str(&self) -> &'static str {
         match self {
             CacheStatus::Hit { .. } => "hit",
-            CacheStatus::Miss { .. } => "miss",
+            CacheStatus::Miss { .. } | CacheStatus::VaryMiss { .. } => "miss",
             CacheStatus::Revalidated { .. } => "stale",
             CacheStatus::Bypass => "bypass",
             CacheStatus::Request(_) => "request",
@@ -59,6 +61,10 @@ impl CacheStatus {
             }
             CacheStatus::Miss { not_stored } => {
                 params.push("fwd=miss".into());
+                stored_or_why(&mut params, not_stored);
+            }
+            CacheStatus::VaryMiss { not_stored } => {
+                params.push("fwd=vary-miss".into());
                 stored_or_why(&mut params, not_stored);
             }
             CacheStatus::Revalidated {
@@ -118,6 +124,10 @@ mod tests {
                     not_stored: Some(NoCacheReason::NoStore),
                 },
                 "sidecache; fwd=miss; detail=no-store",
+            ),
+            (
+                CacheStatus::VaryMiss { not_stored: None },
+                "sidecache; fwd=vary-miss; stored",
             ),
             (
                 CacheStatus::Revalidated {
