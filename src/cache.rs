@@ -5,6 +5,7 @@ pub mod fill;
 pub mod key;
 pub mod memory;
 pub mod policy;
+pub mod range;
 pub mod redis;
 pub mod status;
 pub mod validation;

@@ -242,6 +242,7 @@ struct RawRoute {
     cache: Option<bool>,
     cache_status: Option<Vec<u16>>,
     heuristic_freshness: Option<bool>,
+    range_fill: Option<bool>,
     #[serde(default)]
     key_headers: Vec<String>,
     #[serde(default)]
@@ -789,6 +790,7 @@ impl RawRoute {
             cache: self.cache.unwrap_or(true),
             statuses,
             heuristic_freshness: self.heuristic_freshness.unwrap_or(false),
+            range_fill: self.range_fill.unwrap_or(false),
             key_headers,
             forward_headers,
         })

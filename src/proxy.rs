@@ -21,7 +21,7 @@ use crate::cache::policy::{
     self, CacheControl, NoCacheReason, RequestFacts, RequestPolicy, Usability,
 };
 use crate::cache::status::CacheStatus;
-use crate::cache::validation;
+use crate::cache::{range, validation};
 use crate::config::CacheConfig;
 use crate::metrics::{Metrics, UNROUTED};
 use crate::origin::{self, Origin, OriginBody, OriginError};
@@ -37,6 +37,9 @@ pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
 pub enum ProxyError {
     #[error(transparent)]
     Origin(#[from] OriginError),
+    /// The origin broke the body of a response read in full before answering.
+    #[error("origin body failed")]
+    OriginBody(#[source] hyper::Error),
     /// `only-if-cached` and nothing usable is stored (RFC 9111 §5.2.1.7).
     #[error("only-if-cached: no usable stored response")]
     NotCached,
@@ -47,6 +50,7 @@ impl ProxyError {
         match self {
             ProxyError::Origin(e) if e.is_timeout() => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Origin(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::OriginBody(_) => StatusCode::BAD_GATEWAY,
             ProxyError::NotCached => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -128,7 +132,7 @@ impl Proxy {
             let mut response = match self.serve(request, client, &mut outcome).await {
                 Ok(response) => response,
                 Err(error) => {
-                    if let ProxyError::Origin(_) = error {
+                    if !matches!(error, ProxyError::NotCached) {
                         tracing::warn!(error = %error, cause = ?std::error::Error::source(&error), "origin failed");
                     }
                     error_response(&error)
@@ -255,6 +259,17 @@ impl Proxy {
         if let Some(entry) = &stale {
             validation::add_validators(&mut parts.headers, &entry.headers);
         }
+        // A range miss is passed through (and not stored) unless the route
+        // fetches whole bodies to answer ranges from the cache.
+        let range_requested = client_headers.contains_key(header::RANGE) && !head_only;
+        let pass_range = range_requested && !route.range_fill && stale.is_none();
+        if pass_range {
+            for name in [header::RANGE, header::IF_RANGE] {
+                if let Some(value) = client_headers.get(&name) {
+                    parts.headers.insert(name, value.clone());
+                }
+            }
+        }
         let request_time = SystemTime::now();
         let empty = Empty::new().map_err(|never| match never {}).boxed_unsync();
         let response = self.send_upstream(parts, empty, client, outcome).await?;
@@ -265,10 +280,15 @@ impl Proxy {
             authorization,
         };
 
-        if let Some(entry) = stale
-            .as_ref()
-            .filter(|_| head.status == StatusCode::NOT_MODIFIED)
-        {
+        // A 304 refreshes the stored response (§4.3.4), and so does a 200 to
+        // a HEAD that describes the same representation (§4.3.5).
+        let refreshes = |entry: &&Arc<Entry>| {
+            head.status == StatusCode::NOT_MODIFIED
+                || (head_only
+                    && head.status == StatusCode::OK
+                    && validation::same_representation(&entry.headers, &head.headers))
+        };
+        if let Some(entry) = stale.as_ref().filter(refreshes) {
             let refreshed = refresh(entry, &head.headers, route, request_time, response_time);
             let cc = CacheControl::parse(&refreshed.headers);
             let rules = route.store_rules();
@@ -301,6 +321,8 @@ impl Proxy {
 
         let decision = if head_only {
             Err(NoCacheReason::Head)
+        } else if pass_range {
+            Err(NoCacheReason::Range)
         } else {
             let cc = CacheControl::parse(&head.headers);
             policy::storability(
@@ -351,8 +373,25 @@ impl Proxy {
             initial_age: policy::corrected_initial_age(&head.headers, request_time, response_time),
             freshness_lifetime,
         };
+        let whole = (range_requested && head.headers.contains_key(header::CONTENT_LENGTH))
+            .then(|| entry.clone());
         let fill = Fill::new(self.cache.clone(), entry, variants, self.max_object_size);
         let body = StoringBody::new(body, fill);
+        if let Some(mut whole) = whole {
+            // Fetched whole for a range: read it all (it fits the cache, so
+            // it is bounded), store it, and answer the range from it.
+            whole.body = body
+                .collect()
+                .await
+                .map_err(ProxyError::OriginBody)?
+                .to_bytes();
+            return Ok(answer(
+                &whole,
+                &client_headers,
+                head_only,
+                SystemTime::now(),
+            ));
+        }
         if validation::not_modified(&client_headers, &head.headers, response_time) {
             // The client's condition holds: it gets a 304, and the body is
             // still read to the end in the background to fill the cache.
@@ -459,7 +498,8 @@ fn record_cache_status(outcome: &mut Outcome, status: CacheStatus) {
 }
 
 /// A stored response as the answer to a request: a 304 when the client's
-/// own conditions hold, no body for HEAD, and a fresh `Age` either way.
+/// own conditions hold, a 206 or 416 for a `Range` (RFC 9110 §14), no body
+/// for HEAD, and a fresh `Age` either way.
 fn answer(
     entry: &Entry,
     request: &HeaderMap,
@@ -468,6 +508,14 @@ fn answer(
 ) -> Response<ProxyBody> {
     let mut response = if validation::not_modified(request, &entry.headers, entry.response_time) {
         not_modified(&entry.headers)
+    } else if let Some(partial) = requested_range(entry, request, head_only) {
+        let mut response = Response::new(full_body(partial.body));
+        *response.status_mut() = partial.status;
+        *response.headers_mut() = entry.headers.clone();
+        for (name, value) in &partial.headers {
+            response.headers_mut().insert(name, value.clone());
+        }
+        response
     } else {
         let body = if head_only {
             Empty::new().map_err(|never| match never {}).boxed_unsync()
@@ -483,6 +531,26 @@ fn answer(
         .headers_mut()
         .insert(header::AGE, HeaderValue::from(entry.age(now).as_secs()));
     response
+}
+
+/// The part of a stored 200 that a GET's `Range` asks for, unless `If-Range`
+/// says the client's copy is another version (then the whole body is sent).
+fn requested_range(entry: &Entry, request: &HeaderMap, head_only: bool) -> Option<range::Partial> {
+    let value = request.get(header::RANGE)?.to_str().ok()?;
+    if head_only || entry.status != StatusCode::OK {
+        return None;
+    }
+    if let Some(if_range) = request.get(header::IF_RANGE)
+        && !range::if_range_holds(if_range, &entry.headers)
+    {
+        return None;
+    }
+    let ranges = range::parse(value, entry.body.len() as u64);
+    range::partial(
+        &entry.body,
+        &ranges,
+        entry.headers.get(header::CONTENT_TYPE),
+    )
 }
 
 /// A 304 for a client whose condition matched a full response with `headers`.

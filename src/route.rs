@@ -27,6 +27,9 @@ pub struct Route {
     /// Whether responses without explicit freshness may get heuristic
     /// freshness from `Last-Modified` (RFC 9111 §4.2.2) when `ttl` is zero.
     pub heuristic_freshness: bool,
+    /// On a miss with `Range`, fetch the whole body to fill the cache and
+    /// answer the range from it; otherwise the range is passed through.
+    pub range_fill: bool,
     /// Request headers whose values become part of the cache key (and are
     /// forwarded on cacheable requests).
     pub key_headers: Vec<HeaderName>,
@@ -102,6 +105,7 @@ pub(crate) fn test_route(name: &str, path: &str, key_headers: &[&str]) -> Route 
         cache: true,
         statuses: crate::cache::policy::DEFAULT_CACHE_STATUSES.to_vec(),
         heuristic_freshness: false,
+        range_fill: false,
         key_headers: key_headers.iter().map(|h| h.parse().unwrap()).collect(),
         forward_headers: vec![],
     }

@@ -501,3 +501,151 @@ async fn vary_star_is_never_stored_rfc9111_4_1() {
         );
     }
 }
+
+#[tokio::test]
+async fn ranges_are_answered_from_a_stored_full_response_rfc9110_14() {
+    let origin = Origin::start().await;
+    origin.on(
+        "/file",
+        Reply::ok()
+            .body("0123456789")
+            .etag("\"f1\"")
+            .header("content-type", "text/plain"),
+    );
+    let proxy = proxy(&origin, "").await;
+    proxy.get("/file").await;
+
+    let one = proxy.send("GET", "/file", &[("range", "bytes=2-4")]).await;
+    assert_eq!(one.status, 206);
+    assert_eq!(one.header("content-range"), "bytes 2-4/10");
+    assert_eq!(one.text(), "234");
+    assert!(one.cache_status().contains("hit"));
+
+    let suffix = proxy.send("GET", "/file", &[("range", "bytes=-3")]).await;
+    assert_eq!(
+        (suffix.status.as_u16(), suffix.text().as_str()),
+        (206, "789")
+    );
+
+    let several = proxy
+        .send("GET", "/file", &[("range", "bytes=0-1, 8-9")])
+        .await;
+    assert_eq!(several.status, 206);
+    assert!(
+        several
+            .header("content-type")
+            .starts_with("multipart/byteranges; boundary=")
+    );
+    assert!(
+        several
+            .text()
+            .contains("content-range: bytes 0-1/10\r\n\r\n01")
+    );
+
+    let beyond = proxy
+        .send("GET", "/file", &[("range", "bytes=20-30")])
+        .await;
+    assert_eq!(beyond.status, 416);
+    assert_eq!(beyond.header("content-range"), "bytes */10");
+
+    // If-Range with another version: the whole body (§13.1.5).
+    let other = proxy
+        .send(
+            "GET",
+            "/file",
+            &[("range", "bytes=2-4"), ("if-range", "\"f0\"")],
+        )
+        .await;
+    assert_eq!(
+        (other.status.as_u16(), other.text().as_str()),
+        (200, "0123456789")
+    );
+    let same = proxy
+        .send(
+            "GET",
+            "/file",
+            &[("range", "bytes=2-4"), ("if-range", "\"f1\"")],
+        )
+        .await;
+    assert_eq!(same.status, 206);
+    assert_eq!(origin.hits("/file"), 1);
+}
+
+#[tokio::test]
+async fn a_range_miss_is_passed_through_unless_the_route_fills_whole() {
+    let origin = Origin::start().await;
+    origin.on("/pass/f", Reply::ok().body("abcdefghij"));
+    origin.on("/fill/f", Reply::ok().body("abcdefghij"));
+    let proxy = ProxyConfig::new(&origin)
+        .with("[[routes]]\npath = \"/pass/*\"\nttl = \"60s\"\n")
+        .with("[[routes]]\npath = \"/fill/*\"\nttl = \"60s\"\nrange_fill = true\n")
+        .start()
+        .await;
+    let passed = proxy
+        .send("GET", "/pass/f", &[("range", "bytes=0-2")])
+        .await;
+    assert_eq!(passed.cache_status(), "sidecache; fwd=miss; detail=range");
+    assert_eq!(origin.last_headers("/pass/f")["range"], "bytes=0-2");
+    assert!(
+        proxy
+            .get("/pass/f")
+            .await
+            .cache_status()
+            .contains("fwd=miss"),
+        "nothing was stored"
+    );
+
+    let filled = proxy
+        .send("GET", "/fill/f", &[("range", "bytes=0-2")])
+        .await;
+    assert_eq!(filled.status, 206);
+    assert_eq!(filled.text(), "abc");
+    assert_eq!(filled.cache_status(), "sidecache; fwd=miss; stored");
+    assert!(
+        !origin.last_headers("/fill/f").contains_key("range"),
+        "fetched whole"
+    );
+    let hit = proxy.get("/fill/f").await;
+    assert!(hit.cache_status().contains("hit"));
+    assert_eq!(hit.text(), "abcdefghij");
+}
+
+#[tokio::test]
+async fn a_head_response_updates_the_stored_headers_rfc9111_4_3_5() {
+    let origin = Origin::start().await;
+    origin.on(
+        "/hd",
+        Reply::ok()
+            .body("body")
+            .header("cache-control", "max-age=1")
+            .header("x-version", "1")
+            .etag("\"h\""),
+    );
+    let proxy = proxy(&origin, "").await;
+    proxy.get("/hd").await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    // The origin ignores conditions on HEAD and answers 200, same ETag.
+    origin.on(
+        "/hd",
+        Reply::ok()
+            .body("body")
+            .header("cache-control", "max-age=60")
+            .header("x-version", "2")
+            .header("etag", "\"h\""),
+    );
+    let head = proxy.send("HEAD", "/hd", &[]).await;
+    assert_eq!(head.status, 200);
+    assert_eq!(
+        head.cache_status(),
+        "sidecache; fwd=stale; fwd-status=200; stored"
+    );
+    let get = proxy.get("/hd").await;
+    assert!(get.cache_status().contains("hit"), "{}", get.cache_status());
+    assert_eq!(
+        get.header("x-version"),
+        "2",
+        "headers updated from the HEAD"
+    );
+    assert_eq!(get.text(), "body", "body kept");
+    assert_eq!(origin.hits("/hd"), 2);
+}

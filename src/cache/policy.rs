@@ -69,6 +69,9 @@ pub enum NoCacheReason {
     Incomplete,
     /// `only-if-cached` and nothing usable is stored (§5.2.1.7).
     OnlyIfCached,
+    /// A range miss on a route that does not fetch whole bodies for ranges:
+    /// the range is passed through, and a 206 is never stored as complete.
+    Range,
 }
 
 impl NoCacheReason {
@@ -88,6 +91,7 @@ impl NoCacheReason {
             NoCacheReason::TooLarge => "too-large",
             NoCacheReason::Incomplete => "incomplete",
             NoCacheReason::OnlyIfCached => "only-if-cached",
+            NoCacheReason::Range => "range",
         }
     }
 }
@@ -102,7 +106,6 @@ pub fn request_policy(
         Some(route) if route.caches(method) => {
             if headers.contains_key(header::IF_MATCH)
                 || headers.contains_key(header::IF_UNMODIFIED_SINCE)
-                || headers.contains_key(header::RANGE)
             {
                 RequestPolicy::Forward(NoCacheReason::Precondition)
             } else {

@@ -84,6 +84,23 @@ pub fn not_modified(request: &HeaderMap, response: &HeaderMap, received: SystemT
     modified <= since
 }
 
+/// Whether a response describes the same representation as a stored one:
+/// the same strong `ETag`, or without ETags the same `Last-Modified`
+/// (RFC 9111 §4.3.5, for updating from a HEAD response).
+pub fn same_representation(stored: &HeaderMap, response: &HeaderMap) -> bool {
+    let field = |headers: &HeaderMap, name| {
+        headers
+            .get(name)
+            .map(|v: &http::HeaderValue| v.as_bytes().to_vec())
+    };
+    match (field(stored, header::ETAG), field(response, header::ETAG)) {
+        (Some(a), Some(b)) => a == b && !a.starts_with(b"W/"),
+        (None, None) => field(stored, header::LAST_MODIFIED)
+            .is_some_and(|modified| Some(modified) == field(response, header::LAST_MODIFIED)),
+        _ => false,
+    }
+}
+
 /// Weak comparison (RFC 9110 §8.8.3.2): the opaque tags match, `W/` aside.
 fn weak_match(a: &str, b: &str) -> bool {
     let opaque = |tag: &str| tag.strip_prefix("W/").unwrap_or(tag).to_owned();
