@@ -68,6 +68,54 @@ pub fn error_response(error: &ProxyError) -> Response<ProxyBody> {
     response
 }
 
+/// What the cacheable pipeline knows about one GET or HEAD.
+struct CacheableRequest<'a> {
+    route: &'a Route,
+    /// The URL's key: a response, or the index of its variants.
+    url_key: CacheKey,
+    /// The request's cache directives.
+    cc: CacheControl,
+    authorization: bool,
+    head_only: bool,
+    /// The client's own headers, for its conditions and ranges.
+    client_headers: HeaderMap,
+    /// The headers the origin gets, which also select among variants.
+    forwarded: HeaderMap,
+}
+
+impl<'a> CacheableRequest<'a> {
+    /// Reads what caching needs from `parts`, and cuts its headers down to
+    /// what the origin may see: only keyed or allow-listed headers (and
+    /// credentials) are forwarded, so nothing the key does not capture can
+    /// change what is stored for everyone. The client's conditions are
+    /// judged by the proxy, so the origin's answer can always fill the cache.
+    fn new(namespace: &str, route: &'a Route, parts: &mut Parts) -> CacheableRequest<'a> {
+        let authorization = parts.headers.contains_key(header::AUTHORIZATION);
+        let client_headers = parts.headers.clone();
+        origin::retain_headers(&mut parts.headers, |name| {
+            name == header::HOST
+                || route.forwards(name)
+                || (name == header::AUTHORIZATION && authorization)
+        });
+        CacheableRequest {
+            route,
+            url_key: CacheKey::for_request(namespace, parts),
+            cc: CacheControl::parse_request(&client_headers),
+            authorization,
+            head_only: parts.method == Method::HEAD,
+            client_headers,
+            forwarded: parts.headers.clone(),
+        }
+    }
+
+    fn facts(&self) -> RequestFacts<'_> {
+        RequestFacts {
+            cc: &self.cc,
+            authorization: self.authorization,
+        }
+    }
+}
+
 /// What the pipeline learned about one request, for the access log and metrics.
 struct Outcome {
     route: Option<Arc<Route>>,
@@ -202,70 +250,75 @@ impl Proxy {
         client: SocketAddr,
         outcome: &mut Outcome,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        let url_key = CacheKey::for_request(&self.namespace, &parts);
+        let request = CacheableRequest::new(&self.namespace, route, &mut parts);
         let now = SystemTime::now();
-        let request_cc = CacheControl::parse_request(&parts.headers);
-        let authorization = parts.headers.contains_key(header::AUTHORIZATION);
-        let head_only = parts.method == Method::HEAD;
-        // The client's own conditions are judged here, against what is
-        // stored or comes back; the origin gets an unconditional request (or
-        // the stored response's validators), so that its answer can fill the cache.
-        let client_headers = parts.headers.clone();
-        // Only keyed or allow-listed headers reach the origin, so nothing the
-        // key does not capture can change what is stored for everyone. These
-        // are also the headers that select among variants: the origin saw
-        // nothing else.
-        origin::retain_headers(&mut parts.headers, |name| {
-            name == header::HOST
-                || route.forwards(name)
-                || (name == header::AUTHORIZATION && authorization)
-        });
-        let forwarded = parts.headers.clone();
-
-        let lookup = self.cache.lookup(&url_key, &forwarded, now).await;
+        let lookup = self
+            .cache
+            .lookup(&request.url_key, &request.forwarded, now)
+            .await;
         let mut stale = None;
-        if let Some((entry, tier)) = lookup.found {
+        if let Some((entry, tier)) = &lookup.found {
             let stored_cc = CacheControl::parse(&entry.headers);
             // §3.5: credentials may only be answered by a shareable response.
-            if !authorization || stored_cc.shareable_with_authorization() {
+            if !request.authorization || stored_cc.shareable_with_authorization() {
                 let age = entry.age(now);
-                match policy::usability(&stored_cc, entry.freshness_lifetime, age, &request_cc) {
-                    Usability::Fresh { ttl } => {
-                        record_cache_status(
-                            outcome,
-                            CacheStatus::Hit {
-                                ttl: seconds(ttl),
-                                tier,
-                            },
-                        );
-                        return Ok(answer(&entry, &client_headers, head_only, now));
-                    }
-                    Usability::Stale { stale_for } => {
-                        let ttl = -seconds(stale_for);
-                        record_cache_status(outcome, CacheStatus::Hit { ttl, tier });
-                        return Ok(answer(&entry, &client_headers, head_only, now));
-                    }
-                    Usability::Revalidate => stale = Some(entry),
+                let ttl =
+                    match policy::usability(&stored_cc, entry.freshness_lifetime, age, &request.cc)
+                    {
+                        Usability::Fresh { ttl } => seconds(ttl),
+                        Usability::Stale { stale_for } => -seconds(stale_for),
+                        Usability::Revalidate => {
+                            stale = Some(entry.clone());
+                            0
+                        }
+                    };
+                if stale.is_none() {
+                    record_cache_status(outcome, CacheStatus::Hit { ttl, tier: *tier });
+                    return Ok(answer(
+                        entry,
+                        &request.client_headers,
+                        request.head_only,
+                        now,
+                    ));
                 }
             }
         }
-        if request_cc.only_if_cached {
-            let reason = Some(NoCacheReason::OnlyIfCached);
-            record_cache_status(outcome, CacheStatus::Miss { not_stored: reason });
+        if request.cc.only_if_cached {
+            let not_stored = Some(NoCacheReason::OnlyIfCached);
+            record_cache_status(outcome, CacheStatus::Miss { not_stored });
             return Err(ProxyError::NotCached);
         }
+        self.fetch(request, parts, stale, lookup.variants, client, outcome)
+            .await
+    }
 
+    /// Forwards a cacheable request that the cache could not answer: with
+    /// the validators of a `stale` entry if it has any, with its `Range` if
+    /// the route passes ranges through. The answer refreshes, replaces or
+    /// fills the store as RFC 9111 allows.
+    async fn fetch(
+        &self,
+        request: CacheableRequest<'_>,
+        mut parts: Parts,
+        stale: Option<Arc<Entry>>,
+        variants: Option<Arc<Variants>>,
+        client: SocketAddr,
+        outcome: &mut Outcome,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let route = request.route;
+        let had_stale = stale.is_some();
         let stale = stale.filter(|entry| policy::has_validators(&entry.headers));
         if let Some(entry) = &stale {
             validation::add_validators(&mut parts.headers, &entry.headers);
         }
         // A range miss is passed through (and not stored) unless the route
         // fetches whole bodies to answer ranges from the cache.
-        let range_requested = client_headers.contains_key(header::RANGE) && !head_only;
+        let range_requested =
+            request.client_headers.contains_key(header::RANGE) && !request.head_only;
         let pass_range = range_requested && !route.range_fill && stale.is_none();
         if pass_range {
             for name in [header::RANGE, header::IF_RANGE] {
-                if let Some(value) = client_headers.get(&name) {
+                if let Some(value) = request.client_headers.get(&name) {
                     parts.headers.insert(name, value.clone());
                 }
             }
@@ -275,75 +328,72 @@ impl Proxy {
         let response = self.send_upstream(parts, empty, client, outcome).await?;
         let response_time = SystemTime::now();
         let (head, body) = response.into_parts();
-        let facts = RequestFacts {
-            cc: &request_cc,
-            authorization,
-        };
 
         // A 304 refreshes the stored response (§4.3.4), and so does a 200 to
         // a HEAD that describes the same representation (§4.3.5).
         let refreshes = |entry: &&Arc<Entry>| {
             head.status == StatusCode::NOT_MODIFIED
-                || (head_only
+                || (request.head_only
                     && head.status == StatusCode::OK
                     && validation::same_representation(&entry.headers, &head.headers))
         };
         if let Some(entry) = stale.as_ref().filter(refreshes) {
             let refreshed = refresh(entry, &head.headers, route, request_time, response_time);
             let cc = CacheControl::parse(&refreshed.headers);
-            let rules = route.store_rules();
             let stored = policy::storability(
                 refreshed.status,
                 &refreshed.headers,
                 &cc,
-                facts,
-                rules,
+                request.facts(),
+                route.store_rules(),
                 response_time,
             );
             if stored.is_ok() {
-                self.cache
-                    .store(refreshed.clone(), lookup.variants.clone(), response_time);
+                self.cache.store(refreshed.clone(), variants, response_time);
             }
+            let fwd_status = head.status;
             record_cache_status(
                 outcome,
-                CacheStatus::Revalidated {
-                    fwd_status: head.status,
+                CacheStatus::Stale {
+                    fwd_status,
                     not_stored: stored.err(),
                 },
             );
             return Ok(answer(
                 &refreshed,
-                &client_headers,
-                head_only,
+                &request.client_headers,
+                request.head_only,
                 response_time,
             ));
         }
 
-        let decision = if head_only {
+        let decision = if request.head_only {
             Err(NoCacheReason::Head)
         } else if pass_range {
             Err(NoCacheReason::Range)
         } else {
             let cc = CacheControl::parse(&head.headers);
+            let rules = route.store_rules();
             policy::storability(
                 head.status,
                 &head.headers,
                 &cc,
-                facts,
-                route.store_rules(),
+                request.facts(),
+                rules,
                 response_time,
             )
             .and_then(|lifetime| self.fits(&head.headers).map(|()| lifetime))
         };
         let not_stored = decision.err();
+        let fwd_status = head.status;
         record_cache_status(
             outcome,
-            match stale {
-                Some(_) => CacheStatus::Revalidated {
-                    fwd_status: head.status,
+            match &variants {
+                _ if had_stale => CacheStatus::Stale {
+                    fwd_status,
                     not_stored,
                 },
-                None if lookup.variants.is_some() => CacheStatus::VaryMiss { not_stored },
+                Some(_) => CacheStatus::VaryMiss { not_stored },
                 None => CacheStatus::Miss { not_stored },
             },
         );
@@ -353,17 +403,18 @@ impl Proxy {
                 body.map_err(BoxError::from).boxed_unsync(),
             ));
         };
+
         // A response that varies (or a route with key headers) is stored as
         // a variant of its URL, through the URL's index of variants.
         let mut names = route.key_headers.clone();
         names.extend(policy::vary_names(&head.headers).unwrap_or_default());
-        let variants = (!names.is_empty()).then(|| match lookup.variants {
+        let variants = (!names.is_empty()).then(|| match variants {
             Some(index) if index.selects_by(&names) => index,
-            _ => Arc::new(Variants::new(url_key.clone(), names)),
+            _ => Arc::new(Variants::new(request.url_key.clone(), names)),
         });
-        let key = variants
-            .as_ref()
-            .map_or(url_key, |index| index.key_for(&forwarded));
+        let key = variants.as_ref().map_or(request.url_key.clone(), |index| {
+            index.key_for(&request.forwarded)
+        });
         let entry = Entry {
             key,
             status: head.status,
@@ -375,8 +426,10 @@ impl Proxy {
         };
         let whole = (range_requested && head.headers.contains_key(header::CONTENT_LENGTH))
             .then(|| entry.clone());
-        let fill = Fill::new(self.cache.clone(), entry, variants, self.max_object_size);
-        let body = StoringBody::new(body, fill);
+        let body = StoringBody::new(
+            body,
+            Fill::new(self.cache.clone(), entry, variants, self.max_object_size),
+        );
         if let Some(mut whole) = whole {
             // Fetched whole for a range: read it all (it fits the cache, so
             // it is bounded), store it, and answer the range from it.
@@ -387,12 +440,12 @@ impl Proxy {
                 .to_bytes();
             return Ok(answer(
                 &whole,
-                &client_headers,
-                head_only,
+                &request.client_headers,
+                false,
                 SystemTime::now(),
             ));
         }
-        if validation::not_modified(&client_headers, &head.headers, response_time) {
+        if validation::not_modified(&request.client_headers, &head.headers, response_time) {
             // The client's condition holds: it gets a 304, and the body is
             // still read to the end in the background to fill the cache.
             tokio::spawn(async move {

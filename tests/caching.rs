@@ -58,8 +58,9 @@ async fn entries_expire_after_the_route_ttl() {
     // The route ttl is the subject here, and the clock it runs on is the wall
     // clock the entry's Date header was stamped with, so real time must pass.
     tokio::time::sleep(Duration::from_millis(2100)).await;
+    // Stale, and with nothing to revalidate with: fetched again (RFC 9211 fwd=stale).
     let after = proxy.get("/ttl/a").await;
-    assert_eq!(after.cache_status(), "sidecache; fwd=miss; stored");
+    assert_eq!(after.cache_status(), "sidecache; fwd=stale; fwd-status=200; stored");
     assert_eq!(after.text(), "/ttl/a #2");
     assert_eq!(origin.hits("/ttl/a"), 2);
 }

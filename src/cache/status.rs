@@ -18,9 +18,10 @@ pub enum CacheStatus {
     Miss { not_stored: Option<NoCacheReason> },
     /// The URL has stored variants, but not the one this request selects.
     VaryMiss { not_stored: Option<NoCacheReason> },
-    /// A stale stored response was validated with the origin, which answered
-    /// `fwd_status` (304: the stored one was refreshed and served).
-    Revalidated {
+    /// A stale stored response was forwarded to be validated (or, without
+    /// validators, fetched again); the origin answered `fwd_status` (304:
+    /// the stored one was refreshed and served).
+    Stale {
         fwd_status: StatusCode,
         not_stored: Option<NoCacheReason>,
     },
@@ -36,7 +37,7 @@ impl CacheStatus {
         match self {
             CacheStatus::Hit { .. } => "hit",
             CacheStatus::Miss { .. } | CacheStatus::VaryMiss { .. } => "miss",
-            CacheStatus::Revalidated { .. } => "stale",
+            CacheStatus::Stale { .. } => "stale",
             CacheStatus::Bypass => "bypass",
             CacheStatus::Request(_) => "request",
         }
@@ -67,7 +68,7 @@ impl CacheStatus {
                 params.push("fwd=vary-miss".into());
                 stored_or_why(&mut params, not_stored);
             }
-            CacheStatus::Revalidated {
+            CacheStatus::Stale {
                 fwd_status,
                 not_stored,
             } => {
@@ -130,7 +131,7 @@ mod tests {
                 "sidecache; fwd=vary-miss; stored",
             ),
             (
-                CacheStatus::Revalidated {
+                CacheStatus::Stale {
                     fwd_status: StatusCode::NOT_MODIFIED,
                     not_stored: None,
                 },
