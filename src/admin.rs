@@ -1,12 +1,13 @@
-//! The admin port: `/healthz` (alive), `/readyz` (serving, not shutting down), `/metrics` (Prometheus).
+//! The admin port: `/healthz` (alive), `/readyz` (serving, not shutting down), `/metrics` (Prometheus), `POST /purge` (drop a URL).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode, header};
+use http::{Method, Request, Response, StatusCode, Uri, header};
 
 use crate::cache::Cache;
+use crate::cache::key::CacheKey;
 use crate::metrics::Metrics;
 use crate::proxy::{ProxyBody, full_body};
 
@@ -19,12 +20,20 @@ pub struct Admin {
     pub ready: Arc<AtomicBool>,
     pub metrics: Arc<Metrics>,
     pub cache: Cache,
+    /// The key namespace, to find a purged URL's key.
+    pub namespace: String,
 }
 
 impl Admin {
     pub fn handle<B>(&self, request: &Request<B>) -> Response<ProxyBody> {
+        if request.method() == Method::POST && request.uri().path() == "/purge" {
+            return self.purge(request.uri().query().unwrap_or(""));
+        }
         if request.method() != Method::GET && request.method() != Method::HEAD {
-            return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n");
+            return text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "GET only (POST for /purge)\n",
+            );
         }
         match request.uri().path() {
             "/healthz" => text(StatusCode::OK, "ok\n"),
@@ -43,6 +52,42 @@ impl Admin {
                 "not found; try /healthz, /readyz or /metrics\n",
             ),
         }
+    }
+}
+
+impl Admin {
+    /// `POST /purge?url=http://host/path?query`: drops what is stored for
+    /// that URL, every variant included, from L1 here and from L2 for the
+    /// whole fleet. Other pods' L1 copies live on until they expire.
+    fn purge(&self, query: &str) -> Response<ProxyBody> {
+        let Some(url) = query
+            .split('&')
+            .find_map(|pair| pair.strip_prefix("url="))
+            .map(|url| {
+                percent_encoding::percent_decode_str(url)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            })
+        else {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "give ?url=http://host/path (percent-encoded)\n",
+            );
+        };
+        let Ok(uri) = url.parse::<Uri>() else {
+            return text(StatusCode::BAD_REQUEST, format!("not a URL: {url}\n"));
+        };
+        let Some(authority) = uri.authority().filter(|_| uri.scheme().is_some()) else {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "the URL needs a host: http://host/path\n",
+            );
+        };
+        let host = authority.as_str().to_ascii_lowercase();
+        let host = host.strip_suffix(":80").unwrap_or(&host);
+        self.cache
+            .remove(&CacheKey::for_url(&self.namespace, host, &uri));
+        text(StatusCode::OK, format!("purged {url}\n"))
     }
 }
 

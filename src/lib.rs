@@ -151,6 +151,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         ready: ready.clone(),
         metrics,
         cache,
+        namespace: cache_config.namespace.clone(),
     });
 
     let (stop_proxy, proxy_stopped) = watch::channel(false);

@@ -60,7 +60,10 @@ async fn entries_expire_after_the_route_ttl() {
     tokio::time::sleep(Duration::from_millis(2100)).await;
     // Stale, and with nothing to revalidate with: fetched again (RFC 9211 fwd=stale).
     let after = proxy.get("/ttl/a").await;
-    assert_eq!(after.cache_status(), "sidecache; fwd=stale; fwd-status=200; stored");
+    assert_eq!(
+        after.cache_status(),
+        "sidecache; fwd=stale; fwd-status=200; stored"
+    );
     assert_eq!(after.text(), "/ttl/a #2");
     assert_eq!(origin.hits("/ttl/a"), 2);
 }

@@ -649,3 +649,45 @@ async fn a_head_response_updates_the_stored_headers_rfc9111_4_3_5() {
     assert_eq!(get.text(), "body", "body kept");
     assert_eq!(origin.hits("/hd"), 2);
 }
+
+#[tokio::test]
+async fn purge_on_the_admin_port_drops_a_url_with_all_its_variants() {
+    let origin = Origin::start().await;
+    origin.on("/pv", Reply::ok().header("vary", "Accept-Language"));
+    let proxy = proxy(&origin, "forward_headers = [\"accept-language\"]\n").await;
+    let host = proxy.running.addr().to_string();
+    for lang in ["en", "de"] {
+        proxy
+            .send("GET", "/pv?a=1", &[("accept-language", lang)])
+            .await;
+    }
+    let client = support::client();
+    let purge = |url: String| {
+        let request = http::Request::post(proxy.admin_url(&format!("/purge?url={url}")))
+            .body(Default::default())
+            .unwrap();
+        client.request(request)
+    };
+    let done = support::read(
+        purge(format!("http%3A%2F%2F{host}%2Fpv%3Fa%3D1"))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(done.status, 200, "{}", done.text());
+    for lang in ["en", "de"] {
+        let after = proxy
+            .send("GET", "/pv?a=1", &[("accept-language", lang)])
+            .await;
+        assert!(
+            !after.cache_status().contains("hit"),
+            "{lang}: {}",
+            after.cache_status()
+        );
+    }
+    // Both variants were fetched again (the first request after the purge
+    // built a new index).
+    assert_eq!(origin.hits("/pv"), 4);
+    let bad = support::read(purge("nope".into()).await.unwrap()).await;
+    assert_eq!(bad.status, 400);
+}
