@@ -2,6 +2,7 @@
 
 pub mod entry;
 pub mod fill;
+pub mod flight;
 pub mod key;
 pub mod memory;
 pub mod policy;
@@ -15,6 +16,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::config::CacheConfig;
 use entry::{Entry, Stored, Variants};
+use flight::Flights;
 use http::HeaderMap;
 use key::CacheKey;
 use memory::MemoryTier;
@@ -53,6 +55,8 @@ pub struct Cache {
     redis: Option<Arc<RedisTier>>,
     /// How long entries are kept once stale.
     keep_stale: Duration,
+    /// Fetches under way in this process, for collapsing concurrent misses.
+    flights: Flights,
 }
 
 impl Cache {
@@ -61,6 +65,7 @@ impl Cache {
             memory: MemoryTier::new(config.memory.capacity),
             redis: redis.map(Arc::new),
             keep_stale: config.keep_stale,
+            flights: Flights::default(),
         }
     }
 
@@ -130,22 +135,33 @@ impl Cache {
 
     /// Stores a complete response in every tier for as long as it is worth
     /// keeping, with the index of its URL's variants if it is one of them;
-    /// the L2 writes are queued, never awaited.
-    pub fn store(&self, entry: Entry, variants: Option<Arc<Variants>>, now: SystemTime) {
-        let Some(keep_for) = entry.retention(now, self.keep_stale) else {
-            return;
-        };
+    /// the L2 writes are queued, never awaited. Returns the stored entry,
+    /// or `None` when it was not worth keeping.
+    pub fn store(
+        &self,
+        entry: Entry,
+        variants: Option<Arc<Variants>>,
+        now: SystemTime,
+    ) -> Option<Arc<Entry>> {
+        let keep_for = entry.retention(now, self.keep_stale)?;
+        let entry = Arc::new(entry);
         // The index lives as long as its latest variant.
         let objects = variants
             .map(Stored::Variants)
             .into_iter()
-            .chain([Stored::Response(Arc::new(entry))]);
+            .chain([Stored::Response(entry.clone())]);
         for object in objects {
             if let Some(redis) = &self.redis {
                 redis.store(object.clone(), keep_for);
             }
             self.memory.insert(object, keep_for);
         }
+        Some(entry)
+    }
+
+    /// The fetches under way in this process.
+    pub fn flights(&self) -> &Flights {
+        &self.flights
     }
 
     /// Removes what is stored under a URL's `key` from every tier: its

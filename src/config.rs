@@ -34,6 +34,8 @@ pub const DEFAULT_ORIGIN_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_NAMESPACE: &str = "default";
 /// Default largest body that is stored; larger ones are streamed only.
 pub const DEFAULT_MAX_OBJECT_SIZE: u64 = 8 * 1024 * 1024;
+/// Default time a collapsed request waits for the fetch it joined.
+pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default time entries are kept once stale, for revalidation.
 pub const DEFAULT_KEEP_STALE: Duration = Duration::from_secs(600);
 /// Default byte budget of the in-memory tier.
@@ -243,6 +245,8 @@ struct RawRoute {
     cache_status: Option<Vec<u16>>,
     heuristic_freshness: Option<bool>,
     range_fill: Option<bool>,
+    coalesce: Option<bool>,
+    lock_timeout: Option<String>,
     #[serde(default)]
     key_headers: Vec<String>,
     #[serde(default)]
@@ -779,6 +783,12 @@ impl RawRoute {
                 list
             }
         };
+        let lock_timeout = p.parse(
+            &key("lock_timeout"),
+            self.lock_timeout.as_deref(),
+            DEFAULT_LOCK_TIMEOUT,
+            parse_positive_duration,
+        );
         let key_headers = parse_header_names(p, &key("key_headers"), &self.key_headers);
         let forward_headers = parse_header_names(p, &key("forward_headers"), &self.forward_headers);
         Some(Route {
@@ -791,6 +801,8 @@ impl RawRoute {
             statuses,
             heuristic_freshness: self.heuristic_freshness.unwrap_or(false),
             range_fill: self.range_fill.unwrap_or(false),
+            coalesce: self.coalesce.unwrap_or(true),
+            lock_timeout,
             key_headers,
             forward_headers,
         })

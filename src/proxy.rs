@@ -16,6 +16,7 @@ use tracing::{Instrument, field};
 use crate::cache::Cache;
 use crate::cache::entry::{Entry, Variants};
 use crate::cache::fill::{Fill, StoringBody};
+use crate::cache::flight::{Leader, Role};
 use crate::cache::key::{self, CacheKey};
 use crate::cache::policy::{
     self, CacheControl, NoCacheReason, RequestFacts, RequestPolicy, Usability,
@@ -288,8 +289,38 @@ impl Proxy {
             record_cache_status(outcome, CacheStatus::Miss { not_stored });
             return Err(ProxyError::NotCached);
         }
-        self.fetch(request, parts, stale, lookup.variants, client, outcome)
-            .await
+        // Concurrent misses for the same thing wait for one fetch. HEAD and
+        // ranges fly alone: their answers are not stored for others to use.
+        let coalesce = route.coalesce
+            && !request.head_only
+            && !request.client_headers.contains_key(header::RANGE);
+        let mut leader = None;
+        if coalesce {
+            match self
+                .cache
+                .flights()
+                .join(request.url_key.flight(&request.forwarded))
+            {
+                Role::Leader(role) => leader = Some(role),
+                Role::Follower(follower) => {
+                    if let Some(entry) = follower.wait(route.lock_timeout).await {
+                        record_cache_status(outcome, CacheStatus::Collapsed);
+                        let now = SystemTime::now();
+                        return Ok(answer(&entry, &request.client_headers, false, now));
+                    }
+                }
+            }
+        }
+        self.fetch(
+            request,
+            parts,
+            stale,
+            lookup.variants,
+            leader,
+            client,
+            outcome,
+        )
+        .await
     }
 
     /// Forwards a cacheable request that the cache could not answer: with
@@ -302,6 +333,7 @@ impl Proxy {
         mut parts: Parts,
         stale: Option<Arc<Entry>>,
         variants: Option<Arc<Variants>>,
+        leader: Option<Leader>,
         client: SocketAddr,
         outcome: &mut Outcome,
     ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -348,8 +380,11 @@ impl Proxy {
                 route.store_rules(),
                 response_time,
             );
-            if stored.is_ok() {
-                self.cache.store(refreshed.clone(), variants, response_time);
+            if stored.is_ok()
+                && let Some(entry) = self.cache.store(refreshed.clone(), variants, response_time)
+                && let Some(leader) = leader
+            {
+                leader.stored(entry);
             }
             let fwd_status = head.status;
             record_cache_status(
@@ -428,7 +463,13 @@ impl Proxy {
             .then(|| entry.clone());
         let body = StoringBody::new(
             body,
-            Fill::new(self.cache.clone(), entry, variants, self.max_object_size),
+            Fill::new(
+                self.cache.clone(),
+                entry,
+                variants,
+                leader,
+                self.max_object_size,
+            ),
         );
         if let Some(mut whole) = whole {
             // Fetched whole for a range: read it all (it fits the cache, so

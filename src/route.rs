@@ -30,6 +30,11 @@ pub struct Route {
     /// On a miss with `Range`, fetch the whole body to fill the cache and
     /// answer the range from it; otherwise the range is passed through.
     pub range_fill: bool,
+    /// Collapse concurrent misses for the same key into one origin fetch.
+    pub coalesce: bool,
+    /// How long a collapsed request waits for the fetch it joined before
+    /// going to the origin itself.
+    pub lock_timeout: Duration,
     /// Request headers whose values become part of the cache key (and are
     /// forwarded on cacheable requests).
     pub key_headers: Vec<HeaderName>,
@@ -106,6 +111,8 @@ pub(crate) fn test_route(name: &str, path: &str, key_headers: &[&str]) -> Route 
         statuses: crate::cache::policy::DEFAULT_CACHE_STATUSES.to_vec(),
         heuristic_freshness: false,
         range_fill: false,
+        coalesce: true,
+        lock_timeout: Duration::from_secs(5),
         key_headers: key_headers.iter().map(|h| h.parse().unwrap()).collect(),
         forward_headers: vec![],
     }

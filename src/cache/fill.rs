@@ -17,6 +17,7 @@ use http_body::{Body, Frame, SizeHint};
 
 use super::Cache;
 use super::entry::{Entry, Variants};
+use super::flight::Leader;
 use super::policy::NoCacheReason;
 
 /// A response body that fills the cache when it ends.
@@ -33,17 +34,27 @@ pub struct Fill {
     entry: Entry,
     /// The index of its URL's variants, when it is one of them.
     variants: Option<Arc<Variants>>,
+    /// The flight this fetch leads, told when the entry is stored; dropped
+    /// with the fill otherwise, which sends the followers to the origin.
+    leader: Option<Leader>,
     buffer: BytesMut,
     limit: u64,
 }
 
 impl Fill {
     /// Prepares to store `entry` (its body is ignored) in `cache`, if the body stays within `limit` bytes.
-    pub fn new(cache: Cache, entry: Entry, variants: Option<Arc<Variants>>, limit: u64) -> Fill {
+    pub fn new(
+        cache: Cache,
+        entry: Entry,
+        variants: Option<Arc<Variants>>,
+        leader: Option<Leader>,
+        limit: u64,
+    ) -> Fill {
         Fill {
             cache,
             entry,
             variants,
+            leader,
             buffer: BytesMut::new(),
             limit,
         }
@@ -69,8 +80,12 @@ impl Fill {
             return Err(NoCacheReason::Incomplete);
         }
         self.entry.body = self.buffer.freeze();
-        self.cache
+        let stored = self
+            .cache
             .store(self.entry, self.variants, SystemTime::now());
+        if let (Some(leader), Some(stored)) = (self.leader, stored) {
+            leader.stored(stored);
+        }
         Ok(())
     }
 }

@@ -58,6 +58,23 @@ impl CacheKey {
         key.finish()
     }
 
+    /// The identity of a fetch: this URL key and every header the origin
+    /// will see, in a fixed order. Requests with equal flight keys get the
+    /// same answer from the origin, so one fetch can serve them all.
+    pub fn flight(&self, forwarded: &HeaderMap) -> [u8; 32] {
+        let mut fields: Vec<(&str, &[u8])> = forwarded
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_bytes()))
+            .collect();
+        fields.sort();
+        let mut key = KeyWriter(self.canonical.to_vec());
+        for (name, value) in fields {
+            key.part(name.as_bytes());
+            key.part(value);
+        }
+        *blake3::hash(&key.0).as_bytes()
+    }
+
     /// BLAKE3 of the canonical key: what the tiers index by.
     pub fn hash(&self) -> &[u8; 32] {
         &self.hash

@@ -16,6 +16,9 @@ pub enum CacheStatus {
     Hit { ttl: i64, tier: Tier },
     /// Nothing usable was stored; forwarded, and stored unless a reason says why not.
     Miss { not_stored: Option<NoCacheReason> },
+    /// Waited for another request's fetch of the same thing and answered
+    /// from what it stored (RFC 9211 `collapsed`).
+    Collapsed,
     /// The URL has stored variants, but not the one this request selects.
     VaryMiss { not_stored: Option<NoCacheReason> },
     /// A stale stored response was forwarded to be validated (or, without
@@ -38,6 +41,7 @@ impl CacheStatus {
             CacheStatus::Hit { .. } => "hit",
             CacheStatus::Miss { .. } | CacheStatus::VaryMiss { .. } => "miss",
             CacheStatus::Stale { .. } => "stale",
+            CacheStatus::Collapsed => "collapsed",
             CacheStatus::Bypass => "bypass",
             CacheStatus::Request(_) => "request",
         }
@@ -75,6 +79,10 @@ impl CacheStatus {
                 params.push("fwd=stale".into());
                 params.push(format!("fwd-status={}", fwd_status.as_u16()));
                 stored_or_why(&mut params, not_stored);
+            }
+            CacheStatus::Collapsed => {
+                params.push("fwd=miss".into());
+                params.push("collapsed".into());
             }
             CacheStatus::Bypass => params.push("fwd=bypass".into()),
             CacheStatus::Request(reason) => {
@@ -138,6 +146,7 @@ mod tests {
                 "sidecache; fwd=stale; fwd-status=304; stored",
             ),
             (CacheStatus::Bypass, "sidecache; fwd=bypass"),
+            (CacheStatus::Collapsed, "sidecache; fwd=miss; collapsed"),
             (
                 CacheStatus::Request(NoCacheReason::Precondition),
                 "sidecache; fwd=request; detail=precondition",
