@@ -117,6 +117,16 @@ impl<'a> CacheableRequest<'a> {
     }
 }
 
+/// What the cache knew when a cacheable request had to be forwarded.
+struct Known {
+    /// A stored response that needs validation before use.
+    stale: Option<Arc<Entry>>,
+    /// The URL's variant index, if its responses vary.
+    variants: Option<Arc<Variants>>,
+    /// The flight this fetch leads, if it collapses others.
+    leader: Option<Leader>,
+}
+
 /// What the pipeline learned about one request, for the access log and metrics.
 struct Outcome {
     route: Option<Arc<Route>>,
@@ -311,16 +321,12 @@ impl Proxy {
                 }
             }
         }
-        self.fetch(
-            request,
-            parts,
+        let known = Known {
             stale,
-            lookup.variants,
+            variants: lookup.variants,
             leader,
-            client,
-            outcome,
-        )
-        .await
+        };
+        self.fetch(request, parts, known, client, outcome).await
     }
 
     /// Forwards a cacheable request that the cache could not answer: with
@@ -331,12 +337,15 @@ impl Proxy {
         &self,
         request: CacheableRequest<'_>,
         mut parts: Parts,
-        stale: Option<Arc<Entry>>,
-        variants: Option<Arc<Variants>>,
-        leader: Option<Leader>,
+        known: Known,
         client: SocketAddr,
         outcome: &mut Outcome,
     ) -> Result<Response<ProxyBody>, ProxyError> {
+        let Known {
+            stale,
+            variants,
+            leader,
+        } = known;
         let route = request.route;
         let had_stale = stale.is_some();
         let stale = stale.filter(|entry| policy::has_validators(&entry.headers));

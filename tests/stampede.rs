@@ -15,7 +15,12 @@ const ROUTE: &str = "[[routes]]\npath = \"/s/*\"\nttl = \"60s\"\nlock_timeout = 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_concurrent_misses_make_one_origin_fetch() {
     let origin = Origin::start().await;
-    origin.on("/s/cold", Reply::ok().body("the body").delay(Duration::from_millis(500)));
+    origin.on(
+        "/s/cold",
+        Reply::ok()
+            .body("the body")
+            .delay(Duration::from_millis(500)),
+    );
     let proxy = Arc::new(ProxyConfig::new(&origin).with(ROUTE).start().await);
     let requests: Vec<_> = (0..200)
         .map(|_| {
@@ -31,12 +36,24 @@ async fn two_hundred_concurrent_misses_make_one_origin_fetch() {
         statuses.push(answer.cache_status().to_owned());
     }
     assert_eq!(origin.hits("/s/cold"), 1);
-    let collapsed = statuses.iter().filter(|s| s.ends_with("; collapsed")).count();
-    let stored = statuses.iter().filter(|s| *s == "sidecache; fwd=miss; stored").count();
+    let collapsed = statuses
+        .iter()
+        .filter(|s| s.ends_with("; collapsed"))
+        .count();
+    let stored = statuses
+        .iter()
+        .filter(|s| *s == "sidecache; fwd=miss; stored")
+        .count();
     assert_eq!(stored, 1, "{statuses:?}");
-    assert!(collapsed > 100, "most waited for the one fetch: {collapsed}");
+    assert!(
+        collapsed > 100,
+        "most waited for the one fetch: {collapsed}"
+    );
     let metrics = proxy.admin("/metrics").await.text();
-    assert!(metrics.contains(&format!("cache_status=\"collapsed\"}} {collapsed}")), "{metrics}");
+    assert!(
+        metrics.contains(&format!("cache_status=\"collapsed\"}} {collapsed}")),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -65,7 +82,11 @@ async fn a_private_answer_is_never_shared_with_waiting_requests() {
         for request in requests {
             let answer = request.await.unwrap();
             assert_eq!(answer.status, 200);
-            assert!(!answer.cache_status().contains("collapsed"), "{}", answer.cache_status());
+            assert!(
+                !answer.cache_status().contains("collapsed"),
+                "{}",
+                answer.cache_status()
+            );
             bodies.push(answer.text());
         }
         // Every request got its own answer from the origin.
@@ -80,7 +101,12 @@ async fn a_private_answer_is_never_shared_with_waiting_requests() {
 async fn a_leader_whose_client_leaves_does_not_strand_the_others() {
     let origin = Origin::start().await;
     let body = Bytes::from(vec![b'l'; 256 * 1024]);
-    origin.on("/s/slow", Reply::ok().body(body.clone()).slow(8 * 1024, Duration::from_millis(20)));
+    origin.on(
+        "/s/slow",
+        Reply::ok()
+            .body(body.clone())
+            .slow(8 * 1024, Duration::from_millis(20)),
+    );
     let proxy = Arc::new(ProxyConfig::new(&origin).with(ROUTE).start().await);
 
     let response = proxy.open("/s/slow").await;
@@ -96,7 +122,10 @@ async fn a_leader_whose_client_leaves_does_not_strand_the_others() {
     drop(leader_body);
     // lock_timeout is 30 s: finishing well before it shows they were released.
     for follower in followers {
-        let answer = tokio::time::timeout(Duration::from_secs(20), follower).await.unwrap().unwrap();
+        let answer = tokio::time::timeout(Duration::from_secs(20), follower)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(answer.status, 200);
         assert_eq!(answer.body, body);
     }
