@@ -247,6 +247,8 @@ struct RawRoute {
     range_fill: Option<bool>,
     coalesce: Option<bool>,
     lock_timeout: Option<String>,
+    stale_while_revalidate: Option<String>,
+    stale_if_error: Option<String>,
     #[serde(default)]
     key_headers: Vec<String>,
     #[serde(default)]
@@ -500,6 +502,23 @@ impl RawConfig {
         for (index, raw) in self.routes.into_iter().enumerate() {
             if let Some(route) = raw.validate(index, &routes, p) {
                 routes.push(route);
+            }
+        }
+
+        for (index, route) in routes.iter().enumerate() {
+            for (field, window) in [
+                ("stale_while_revalidate", route.stale_while_revalidate),
+                ("stale_if_error", route.stale_if_error),
+            ] {
+                if window > cache.keep_stale {
+                    p.push(
+                        format!("routes[{index}].{field}"),
+                        format!(
+                            "longer than cache.keep_stale ({}); stale entries are kept only that long",
+                            humantime::format_duration(cache.keep_stale)
+                        ),
+                    );
+                }
             }
         }
 
@@ -789,6 +808,18 @@ impl RawRoute {
             DEFAULT_LOCK_TIMEOUT,
             parse_positive_duration,
         );
+        let stale_while_revalidate = p.parse(
+            &key("stale_while_revalidate"),
+            self.stale_while_revalidate.as_deref(),
+            Duration::ZERO,
+            parse_duration,
+        );
+        let stale_if_error = p.parse(
+            &key("stale_if_error"),
+            self.stale_if_error.as_deref(),
+            Duration::ZERO,
+            parse_duration,
+        );
         let key_headers = parse_header_names(p, &key("key_headers"), &self.key_headers);
         let forward_headers = parse_header_names(p, &key("forward_headers"), &self.forward_headers);
         Some(Route {
@@ -803,6 +834,8 @@ impl RawRoute {
             range_fill: self.range_fill.unwrap_or(false),
             coalesce: self.coalesce.unwrap_or(true),
             lock_timeout,
+            stale_while_revalidate,
+            stale_if_error,
             key_headers,
             forward_headers,
         })
@@ -999,6 +1032,14 @@ mod tests {
             (
                 "[[routes]]\npath = \"/a\"\nname = \"\"",
                 "routes[0].name: must not be empty",
+            ),
+            (
+                "[[routes]]\npath = \"/a\"\nstale_if_error = \"1h\"",
+                "routes[0].stale_if_error: longer than cache.keep_stale (10m); stale entries are kept only that long",
+            ),
+            (
+                "[[routes]]\npath = \"/a\"\nlock_timeout = \"0s\"",
+                "routes[0].lock_timeout: must be greater than zero",
             ),
             (
                 "[[routes]]\npath = \"/a\"\ncache_status = []",

@@ -54,6 +54,12 @@ pub struct Metrics {
     redis_duration: Family<RedisOpLabels, Histogram>,
     redis_connected: Gauge,
     redis_breaker_open: Gauge,
+    background_refreshes: Family<ResultLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
 }
 
 impl Default for Metrics {
@@ -125,8 +131,15 @@ impl Metrics {
             "1 while the circuit breaker skips Redis",
             redis_breaker_open.clone(),
         );
+        let background_refreshes = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "background_refreshes",
+            "Stale-while-revalidate refreshes, by result (stored, not-stored, failed)",
+            background_refreshes.clone(),
+        );
         Metrics {
             registry,
+            background_refreshes,
             redis_calls,
             redis_duration,
             redis_connected,
@@ -162,6 +175,12 @@ impl Metrics {
                 route: route.to_owned(),
                 kind,
             })
+            .inc();
+    }
+
+    pub fn background_refresh(&self, result: &'static str) {
+        self.background_refreshes
+            .get_or_create(&ResultLabels { result })
             .inc();
     }
 

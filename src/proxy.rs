@@ -70,8 +70,11 @@ pub fn error_response(error: &ProxyError) -> Response<ProxyBody> {
 }
 
 /// What the cacheable pipeline knows about one GET or HEAD.
-struct CacheableRequest<'a> {
-    route: &'a Route,
+#[derive(Clone)]
+struct CacheableRequest {
+    route: Arc<Route>,
+    /// The request target, to fetch it again in the background.
+    uri: Uri,
     /// The URL's key: a response, or the index of its variants.
     url_key: CacheKey,
     /// The request's cache directives.
@@ -84,13 +87,13 @@ struct CacheableRequest<'a> {
     forwarded: HeaderMap,
 }
 
-impl<'a> CacheableRequest<'a> {
+impl CacheableRequest {
     /// Reads what caching needs from `parts`, and cuts its headers down to
     /// what the origin may see: only keyed or allow-listed headers (and
     /// credentials) are forwarded, so nothing the key does not capture can
     /// change what is stored for everyone. The client's conditions are
     /// judged by the proxy, so the origin's answer can always fill the cache.
-    fn new(namespace: &str, route: &'a Route, parts: &mut Parts) -> CacheableRequest<'a> {
+    fn new(namespace: &str, route: Arc<Route>, parts: &mut Parts) -> CacheableRequest {
         let authorization = parts.headers.contains_key(header::AUTHORIZATION);
         let client_headers = parts.headers.clone();
         origin::retain_headers(&mut parts.headers, |name| {
@@ -100,6 +103,7 @@ impl<'a> CacheableRequest<'a> {
         });
         CacheableRequest {
             route,
+            uri: parts.uri.clone(),
             url_key: CacheKey::for_request(namespace, parts),
             cc: CacheControl::parse_request(&client_headers),
             authorization,
@@ -107,6 +111,15 @@ impl<'a> CacheableRequest<'a> {
             client_headers,
             forwarded: parts.headers.clone(),
         }
+    }
+
+    /// A GET for the same thing with the headers the origin gets: what a
+    /// background refresh sends.
+    fn refresh_parts(&self) -> Parts {
+        let mut parts = Request::new(()).into_parts().0;
+        parts.uri = self.uri.clone();
+        parts.headers = self.forwarded.clone();
+        parts
     }
 
     fn facts(&self) -> RequestFacts<'_> {
@@ -167,7 +180,7 @@ impl Proxy {
     /// Outer handler: never fails. Runs the pipeline in a span, turns errors
     /// into responses, adds `Cache-Status`, and writes metrics and the access log.
     pub async fn handle(
-        &self,
+        self: Arc<Self>,
         request: Request<Incoming>,
         client: SocketAddr,
     ) -> Response<ProxyBody> {
@@ -220,7 +233,7 @@ impl Proxy {
 
     /// Inner handler: the pipeline, with `?` for anything that ends it early.
     async fn serve(
-        &self,
+        self: &Arc<Self>,
         request: Request<Incoming>,
         client: SocketAddr,
         outcome: &mut Outcome,
@@ -239,7 +252,7 @@ impl Proxy {
             route,
         ) {
             (RequestPolicy::Lookup, Some(route)) => {
-                self.serve_cacheable(parts, &route, client, outcome).await
+                self.serve_cacheable(parts, route, client, outcome).await
             }
             (RequestPolicy::Forward(reason), _) => {
                 self.forward(parts, body, client, CacheStatus::Request(reason), outcome)
@@ -255,13 +268,13 @@ impl Proxy {
     /// A GET or HEAD on a caching route: answer from the cache, revalidate a
     /// stored response, or fetch and store (RFC 9111 §4).
     async fn serve_cacheable(
-        &self,
+        self: &Arc<Self>,
         mut parts: Parts,
-        route: &Route,
+        route: Arc<Route>,
         client: SocketAddr,
         outcome: &mut Outcome,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        let request = CacheableRequest::new(&self.namespace, route, &mut parts);
+        let request = CacheableRequest::new(&self.namespace, route.clone(), &mut parts);
         let now = SystemTime::now();
         let lookup = self
             .cache
@@ -278,6 +291,30 @@ impl Proxy {
                     {
                         Usability::Fresh { ttl } => seconds(ttl),
                         Usability::Stale { stale_for } => -seconds(stale_for),
+                        Usability::Revalidate
+                            if policy::serve_while_revalidating(
+                                &stored_cc,
+                                entry.freshness_lifetime,
+                                age,
+                                &request.cc,
+                                route.stale_while_revalidate,
+                            ) =>
+                        {
+                            let ttl = -seconds(age - entry.freshness_lifetime);
+                            record_cache_status(outcome, CacheStatus::WhileRevalidate { ttl });
+                            self.refresh_in_background(
+                                &request,
+                                entry.clone(),
+                                lookup.variants.clone(),
+                                client,
+                            );
+                            return Ok(answer(
+                                entry,
+                                &request.client_headers,
+                                request.head_only,
+                                now,
+                            ));
+                        }
                         Usability::Revalidate => {
                             stale = Some(entry.clone());
                             0
@@ -335,7 +372,7 @@ impl Proxy {
     /// fills the store as RFC 9111 allows.
     async fn fetch(
         &self,
-        request: CacheableRequest<'_>,
+        request: CacheableRequest,
         mut parts: Parts,
         known: Known,
         client: SocketAddr,
@@ -346,8 +383,8 @@ impl Proxy {
             variants,
             leader,
         } = known;
-        let route = request.route;
-        let had_stale = stale.is_some();
+        let route = request.route.clone();
+        let had_stale = stale.clone();
         let stale = stale.filter(|entry| policy::has_validators(&entry.headers));
         if let Some(entry) = &stale {
             validation::add_validators(&mut parts.headers, &entry.headers);
@@ -366,7 +403,36 @@ impl Proxy {
         }
         let request_time = SystemTime::now();
         let empty = Empty::new().map_err(|never| match never {}).boxed_unsync();
-        let response = self.send_upstream(parts, empty, client, outcome).await?;
+        let response = self.send_upstream(parts, empty, client, outcome).await;
+        // An origin that fails or answers 5xx may be stood in for by a stale
+        // response that allows it (RFC 5861 §4).
+        let failed = match &response {
+            Ok(response) if response.status().is_server_error() => Some(response.status()),
+            Ok(_) => None,
+            Err(error) => Some(error.status()),
+        };
+        if let (Some(fwd_status), Some(entry)) = (failed, &had_stale) {
+            let now = SystemTime::now();
+            let cc = CacheControl::parse(&entry.headers);
+            if policy::serve_on_error(
+                &cc,
+                entry.freshness_lifetime,
+                entry.age(now),
+                route.stale_if_error,
+            ) {
+                if let Err(error) = &response {
+                    tracing::warn!(%error, "origin failed; serving stale");
+                }
+                record_cache_status(outcome, CacheStatus::IfError { fwd_status });
+                return Ok(answer(
+                    entry,
+                    &request.client_headers,
+                    request.head_only,
+                    now,
+                ));
+            }
+        }
+        let response = response?;
         let response_time = SystemTime::now();
         let (head, body) = response.into_parts();
 
@@ -379,7 +445,7 @@ impl Proxy {
                     && validation::same_representation(&entry.headers, &head.headers))
         };
         if let Some(entry) = stale.as_ref().filter(refreshes) {
-            let refreshed = refresh(entry, &head.headers, route, request_time, response_time);
+            let refreshed = refresh(entry, &head.headers, &route, request_time, response_time);
             let cc = CacheControl::parse(&refreshed.headers);
             let stored = policy::storability(
                 refreshed.status,
@@ -433,7 +499,7 @@ impl Proxy {
         record_cache_status(
             outcome,
             match &variants {
-                _ if had_stale => CacheStatus::Stale {
+                _ if had_stale.is_some() => CacheStatus::Stale {
                     fwd_status,
                     not_stored,
                 },
@@ -507,6 +573,59 @@ impl Proxy {
             head,
             body.map_err(BoxError::from).boxed_unsync(),
         ))
+    }
+
+    /// Refreshes a stale entry off the request path, unless a fetch for the
+    /// same thing is already under way in this process (so once per key).
+    fn refresh_in_background(
+        self: &Arc<Self>,
+        request: &CacheableRequest,
+        stale: Arc<Entry>,
+        variants: Option<Arc<Variants>>,
+        client: SocketAddr,
+    ) {
+        let Role::Leader(leader) = self
+            .cache
+            .flights()
+            .join(request.url_key.flight(&request.forwarded))
+        else {
+            return;
+        };
+        let proxy = self.clone();
+        let request = request.clone();
+        tokio::spawn(async move {
+            let mut outcome = Outcome {
+                route: Some(request.route.clone()),
+                cache_status: None,
+                origin_time: None,
+            };
+            let parts = request.refresh_parts();
+            let known = Known {
+                stale: Some(stale),
+                variants,
+                leader: Some(leader),
+            };
+            let result = match proxy
+                .fetch(request, parts, known, client, &mut outcome)
+                .await
+            {
+                // Reading the body to its end is what stores it.
+                Ok(response) => match response.into_body().collect().await {
+                    Ok(_) => match outcome.cache_status {
+                        Some(CacheStatus::Stale {
+                            not_stored: None, ..
+                        }) => "stored",
+                        _ => "not-stored",
+                    },
+                    Err(_) => "failed",
+                },
+                Err(error) => {
+                    tracing::warn!(%error, "background refresh failed");
+                    "failed"
+                }
+            };
+            proxy.metrics.background_refresh(result);
+        });
     }
 
     /// Whether a declared body length fits in the cache; unknown lengths are checked while streaming.

@@ -35,6 +35,12 @@ pub struct Route {
     /// How long a collapsed request waits for the fetch it joined before
     /// going to the origin itself.
     pub lock_timeout: Duration,
+    /// Serve a stale entry this long past its freshness while refreshing it
+    /// in the background, when the origin does not say (RFC 5861).
+    pub stale_while_revalidate: Duration,
+    /// Serve a stale entry this long past its freshness when the origin
+    /// fails, when the origin does not say (RFC 5861).
+    pub stale_if_error: Duration,
     /// Request headers whose values become part of the cache key (and are
     /// forwarded on cacheable requests).
     pub key_headers: Vec<HeaderName>,
@@ -113,6 +119,8 @@ pub(crate) fn test_route(name: &str, path: &str, key_headers: &[&str]) -> Route 
         range_fill: false,
         coalesce: true,
         lock_timeout: Duration::from_secs(5),
+        stale_while_revalidate: Duration::ZERO,
+        stale_if_error: Duration::ZERO,
         key_headers: key_headers.iter().map(|h| h.parse().unwrap()).collect(),
         forward_headers: vec![],
     }

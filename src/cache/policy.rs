@@ -148,6 +148,11 @@ pub struct CacheControl {
     pub min_fresh: Option<u64>,
     /// Request only.
     pub only_if_cached: bool,
+    /// RFC 5861: seconds a stale response may be served while it is
+    /// refreshed in the background.
+    pub stale_while_revalidate: Option<u64>,
+    /// RFC 5861: seconds a stale response may be served when the origin fails.
+    pub stale_if_error: Option<u64>,
 }
 
 impl CacheControl {
@@ -179,6 +184,13 @@ impl CacheControl {
                     "max-age" => cc.max_age = cc.max_age.or(Some(delta_seconds(value))),
                     "s-maxage" => cc.s_maxage = cc.s_maxage.or(Some(delta_seconds(value))),
                     "min-fresh" => cc.min_fresh = cc.min_fresh.or(Some(delta_seconds(value))),
+                    "stale-while-revalidate" => {
+                        cc.stale_while_revalidate =
+                            cc.stale_while_revalidate.or(Some(delta_seconds(value)))
+                    }
+                    "stale-if-error" => {
+                        cc.stale_if_error = cc.stale_if_error.or(Some(delta_seconds(value)))
+                    }
                     "max-stale" => {
                         let max_stale = match value {
                             None => MaxStale::Any,
@@ -384,6 +396,43 @@ pub fn freshness_lifetime(
             (since / HEURISTIC_FRACTION).min(HEURISTIC_MAX)
         });
     Some(heuristic)
+}
+
+/// Whether a stale response may be served at once while it is refreshed in
+/// the background (RFC 5861 §3): within the response's
+/// `stale-while-revalidate` window (else the route's), when neither the
+/// response forbids stale use nor the request asks for validation.
+pub fn serve_while_revalidating(
+    stored: &CacheControl,
+    lifetime: Duration,
+    age: Duration,
+    request: &CacheControl,
+    route_window: Duration,
+) -> bool {
+    let asks_for_validation =
+        request.no_cache || request.max_age.is_some() || request.min_fresh.is_some();
+    let window = stored
+        .stale_while_revalidate
+        .map_or(route_window, Duration::from_secs);
+    age > lifetime
+        && age - lifetime <= window
+        && !stored.no_cache
+        && !stored.forbids_stale()
+        && !asks_for_validation
+}
+
+/// Whether a stale response may stand in for a failed origin (RFC 5861
+/// §4): within the response's `stale-if-error` window (else the route's).
+pub fn serve_on_error(
+    stored: &CacheControl,
+    lifetime: Duration,
+    age: Duration,
+    route_window: Duration,
+) -> bool {
+    let window = stored
+        .stale_if_error
+        .map_or(route_window, Duration::from_secs);
+    age.saturating_sub(lifetime) <= window && !window.is_zero()
 }
 
 /// How a stored response may be used for a request (RFC 9111 §4.2, §5.2.1).
@@ -733,6 +782,55 @@ mod tests {
                 "{allowed}"
             );
         }
+    }
+
+    #[test]
+    fn stale_while_revalidate_and_stale_if_error_rfc5861() {
+        let secs = Duration::from_secs;
+        let cc = |v: &str| CacheControl::parse(&headers(&[("cache-control", v)]));
+        let none = CacheControl::default();
+        let swr = |stored: &CacheControl, age, request: &CacheControl, route| {
+            serve_while_revalidating(stored, secs(60), secs(age), request, secs(route))
+        };
+        // The response's window, else the route's.
+        assert!(swr(
+            &cc("max-age=60, stale-while-revalidate=30"),
+            80,
+            &none,
+            0
+        ));
+        assert!(!swr(
+            &cc("max-age=60, stale-while-revalidate=30"),
+            91,
+            &none,
+            100
+        ));
+        assert!(swr(&none, 80, &none, 30));
+        assert!(!swr(&none, 50, &none, 30), "fresh: not this path");
+        assert!(!swr(&none, 80, &none, 0));
+        // must-revalidate and request validation win.
+        assert!(!swr(
+            &cc("must-revalidate, stale-while-revalidate=30"),
+            80,
+            &none,
+            0
+        ));
+        assert!(!swr(&none, 80, &cc("no-cache"), 30));
+        // stale-if-error.
+        assert!(serve_on_error(
+            &cc("stale-if-error=30"),
+            secs(60),
+            secs(80),
+            Duration::ZERO
+        ));
+        assert!(!serve_on_error(
+            &cc("stale-if-error=30"),
+            secs(60),
+            secs(100),
+            secs(100)
+        ));
+        assert!(serve_on_error(&none, secs(60), secs(100), secs(100)));
+        assert!(!serve_on_error(&none, secs(60), secs(100), Duration::ZERO));
     }
 
     #[test]

@@ -16,6 +16,11 @@ pub enum CacheStatus {
     Hit { ttl: i64, tier: Tier },
     /// Nothing usable was stored; forwarded, and stored unless a reason says why not.
     Miss { not_stored: Option<NoCacheReason> },
+    /// Served stale at once while a background fetch refreshes it (RFC 5861 §3).
+    WhileRevalidate { ttl: i64 },
+    /// The origin failed (`fwd_status`: its 5xx, or 502/504 for no answer)
+    /// and a stale response stood in (RFC 5861 §4).
+    IfError { fwd_status: StatusCode },
     /// Waited for another request's fetch of the same thing and answered
     /// from what it stored (RFC 9211 `collapsed`).
     Collapsed,
@@ -42,6 +47,8 @@ impl CacheStatus {
             CacheStatus::Miss { .. } | CacheStatus::VaryMiss { .. } => "miss",
             CacheStatus::Stale { .. } => "stale",
             CacheStatus::Collapsed => "collapsed",
+            CacheStatus::WhileRevalidate { .. } => "stale-while-revalidate",
+            CacheStatus::IfError { .. } => "stale-if-error",
             CacheStatus::Bypass => "bypass",
             CacheStatus::Request(_) => "request",
         }
@@ -79,6 +86,16 @@ impl CacheStatus {
                 params.push("fwd=stale".into());
                 params.push(format!("fwd-status={}", fwd_status.as_u16()));
                 stored_or_why(&mut params, not_stored);
+            }
+            CacheStatus::WhileRevalidate { ttl } => {
+                params.push("hit".into());
+                params.push(format!("ttl={ttl}"));
+                params.push("detail=stale-while-revalidate".into());
+            }
+            CacheStatus::IfError { fwd_status } => {
+                params.push("fwd=stale".into());
+                params.push(format!("fwd-status={}", fwd_status.as_u16()));
+                params.push("detail=stale-if-error".into());
             }
             CacheStatus::Collapsed => {
                 params.push("fwd=miss".into());
@@ -147,6 +164,16 @@ mod tests {
             ),
             (CacheStatus::Bypass, "sidecache; fwd=bypass"),
             (CacheStatus::Collapsed, "sidecache; fwd=miss; collapsed"),
+            (
+                CacheStatus::WhileRevalidate { ttl: -4 },
+                "sidecache; hit; ttl=-4; detail=stale-while-revalidate",
+            ),
+            (
+                CacheStatus::IfError {
+                    fwd_status: StatusCode::BAD_GATEWAY,
+                },
+                "sidecache; fwd=stale; fwd-status=502; detail=stale-if-error",
+            ),
             (
                 CacheStatus::Request(NoCacheReason::Precondition),
                 "sidecache; fwd=request; detail=precondition",
