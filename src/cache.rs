@@ -180,7 +180,7 @@ impl Cache {
     }
 
     /// The Redis tier, for its gauges.
-    pub fn redis(&self) -> Option<&RedisTier> {
-        self.redis.as_deref()
+    pub fn redis(&self) -> Option<&Arc<RedisTier>> {
+        self.redis.as_ref()
     }
 }

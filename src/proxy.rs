@@ -21,12 +21,16 @@ use crate::cache::key::{self, CacheKey};
 use crate::cache::policy::{
     self, CacheControl, NoCacheReason, RequestFacts, RequestPolicy, Usability,
 };
+use crate::cache::redis::Lease;
 use crate::cache::status::CacheStatus;
 use crate::cache::{range, validation};
 use crate::config::CacheConfig;
 use crate::metrics::{Metrics, UNROUTED};
 use crate::origin::{self, Origin, OriginBody, OriginError};
 use crate::route::{Route, RouteTable};
+
+/// How often a pod that lost the fleet lease looks for the winner's fill.
+const FLEET_POLL: Duration = Duration::from_millis(50);
 
 /// Error type of response bodies: origin stream errors, boxed.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -348,7 +352,20 @@ impl Proxy {
                 .flights()
                 .join(request.url_key.flight(&request.forwarded))
             {
-                Role::Leader(role) => leader = Some(role),
+                Role::Leader(mut role) => {
+                    // Across the fleet: one pod fetches, the others wait for its fill.
+                    if let Some(entry) = self.lead_in_fleet(&request, &mut role).await {
+                        record_cache_status(outcome, CacheStatus::Collapsed);
+                        role.stored(entry.clone());
+                        return Ok(answer(
+                            &entry,
+                            &request.client_headers,
+                            false,
+                            SystemTime::now(),
+                        ));
+                    }
+                    leader = Some(role);
+                }
                 Role::Follower(follower) => {
                     if let Some(entry) = follower.wait(route.lock_timeout).await {
                         record_cache_status(outcome, CacheStatus::Collapsed);
@@ -575,6 +592,50 @@ impl Proxy {
         ))
     }
 
+    /// The fleet-wide part of single-flight, for this process's leader: take
+    /// the Redis lease and fetch (the lease is given back when the flight
+    /// ends), or, when another pod holds it, poll L2 for that pod's fill
+    /// until it lands, the lease goes away, or `lock_timeout` passes.
+    /// `Some` is the other pod's entry; `None` means fetch. Redis trouble
+    /// means fetch, never wait.
+    async fn lead_in_fleet(
+        &self,
+        request: &CacheableRequest,
+        leader: &mut Leader,
+    ) -> Option<Arc<Entry>> {
+        let redis = self.cache.redis()?.clone();
+        let flight = request.url_key.flight(&request.forwarded);
+        match redis.lease(&flight, request.route.lock_timeout).await {
+            Lease::Won => {
+                leader.on_finish(move || redis.release_lease(&flight));
+                None
+            }
+            Lease::Unavailable => None,
+            Lease::Lost => {
+                let deadline = Instant::now() + request.route.lock_timeout;
+                while Instant::now() < deadline {
+                    tokio::time::sleep(FLEET_POLL).await;
+                    let now = SystemTime::now();
+                    let lookup = self
+                        .cache
+                        .lookup(&request.url_key, &request.forwarded, now)
+                        .await;
+                    if let Some((entry, _)) = lookup
+                        .found
+                        .filter(|(e, _)| e.remaining_freshness(now).is_some())
+                    {
+                        return Some(entry);
+                    }
+                    if redis.lease_held(&flight).await != Some(true) {
+                        return None;
+                    }
+                }
+                self.metrics.redis_call("lease", "expired");
+                None
+            }
+        }
+    }
+
     /// Refreshes a stale entry off the request path, unless a fetch for the
     /// same thing is already under way in this process (so once per key).
     fn refresh_in_background(
@@ -599,6 +660,12 @@ impl Proxy {
                 cache_status: None,
                 origin_time: None,
             };
+            let mut leader = leader;
+            // Once per key in the fleet, too: another pod may be refreshing it.
+            if proxy.lead_in_fleet(&request, &mut leader).await.is_some() {
+                proxy.metrics.background_refresh("elsewhere");
+                return;
+            }
             let parts = request.refresh_parts();
             let known = Known {
                 stale: Some(stale),

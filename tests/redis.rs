@@ -403,3 +403,40 @@ async fn standalone_mode_shares_entries_and_a_corrupt_value_is_a_miss() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_pods_collapse_concurrent_misses_into_one_origin_fetch() {
+    let cluster = blocking(RedisCluster::start).await;
+    let origin = Origin::start().await;
+    origin.on(
+        "/r/hot",
+        support::Reply::ok()
+            .body("hot")
+            .delay(Duration::from_millis(500)),
+    );
+    let mut pods = Vec::new();
+    for _ in 0..3 {
+        let pod = proxy_on(&origin, &cluster.seeds(), "").await;
+        pod.wait_redis_connected().await;
+        pods.push(Arc::new(pod));
+    }
+    let requests: Vec<_> = (0..300)
+        .map(|i| {
+            let pod = pods[i % 3].clone();
+            tokio::spawn(async move { get(&pod, "/r/hot").await })
+        })
+        .collect();
+    let mut collapsed = 0;
+    for request in requests {
+        let answer = request.await.unwrap();
+        assert_eq!(answer.status, 200);
+        assert_eq!(answer.text(), "hot");
+        collapsed += usize::from(answer.cache_status().ends_with("collapsed"));
+    }
+    eprintln!(
+        "3 pods, 300 concurrent requests: origin saw {}, {collapsed} collapsed",
+        origin.hits("/r/hot")
+    );
+    assert_eq!(origin.hits("/r/hot"), 1);
+    drop(cluster);
+}

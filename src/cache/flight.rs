@@ -53,6 +53,7 @@ impl Flights {
         pending.insert(key, receiver);
         Role::Leader(Leader {
             flight: Some((self.clone(), key, sender)),
+            on_finish: None,
         })
     }
 
@@ -69,11 +70,21 @@ impl Flights {
 /// when dropped without one.
 pub struct Leader {
     flight: Option<(Flights, [u8; 32], watch::Sender<Outcome>)>,
+    /// Runs when the flight ends, stored or not (releases a fleet lease).
+    on_finish: Option<Box<dyn FnOnce() + Send + Sync>>,
 }
 
 impl Leader {
     fn detached() -> Leader {
-        Leader { flight: None }
+        Leader {
+            flight: None,
+            on_finish: None,
+        }
+    }
+
+    /// Runs `hook` when the flight ends, however it ends.
+    pub fn on_finish(&mut self, hook: impl FnOnce() + Send + Sync + 'static) {
+        self.on_finish = Some(Box::new(hook));
     }
 
     /// The response was stored: followers answer from `entry`.
@@ -82,6 +93,9 @@ impl Leader {
     }
 
     fn finish(&mut self, outcome: Outcome) {
+        if let Some(hook) = self.on_finish.take() {
+            hook();
+        }
         if let Some((flights, key, sender)) = self.flight.take() {
             if let Ok(mut pending) = flights.pending.lock() {
                 pending.remove(&key);

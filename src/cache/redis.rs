@@ -4,7 +4,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use fred::prelude::{ClientLike, Expiration, KeysInterface, ReconnectPolicy, TcpConfig};
+use fred::prelude::{
+    ClientLike, Expiration, KeysInterface, ReconnectPolicy, SetOptions, TcpConfig,
+};
 use fred::types::Builder;
 use fred::types::config::UnresponsiveConfig;
 use tokio::sync::mpsc;
@@ -164,6 +166,79 @@ impl RedisTier {
         }
     }
 
+    /// Tries to become the one pod in the fleet that fetches `flight`: a
+    /// `SET NX PX` lease that expires by itself after `ttl`.
+    pub async fn lease(&self, flight: &[u8; 32], ttl: Duration) -> Lease {
+        if !self.breaker.allow(Instant::now()) {
+            return Lease::Unavailable;
+        }
+        let px = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1);
+        let set = self.client.set::<Option<String>, _, _>(
+            lease_key(flight),
+            "1",
+            Some(Expiration::PX(px)),
+            Some(SetOptions::NX),
+            false,
+        );
+        match tokio::time::timeout(self.timeout, set).await {
+            Ok(Ok(Some(_))) => {
+                self.breaker.success();
+                self.metrics.redis_call("lease", "won");
+                Lease::Won
+            }
+            Ok(Ok(None)) => {
+                self.breaker.success();
+                self.metrics.redis_call("lease", "lost");
+                Lease::Lost
+            }
+            Ok(Err(error)) => {
+                self.failed("lease", "error", &error.to_string());
+                Lease::Unavailable
+            }
+            Err(_) => {
+                self.failed("lease", "timeout", "deadline passed");
+                Lease::Unavailable
+            }
+        }
+    }
+
+    /// Whether another pod still holds the lease on `flight`; `None` when
+    /// Redis cannot say.
+    pub async fn lease_held(&self, flight: &[u8; 32]) -> Option<bool> {
+        if !self.breaker.allow(Instant::now()) {
+            return None;
+        }
+        let exists = self.client.exists::<i64, _>(lease_key(flight));
+        match tokio::time::timeout(self.timeout, exists).await {
+            Ok(Ok(count)) => {
+                self.breaker.success();
+                Some(count > 0)
+            }
+            Ok(Err(error)) => {
+                self.failed("lease", "error", &error.to_string());
+                None
+            }
+            Err(_) => {
+                self.failed("lease", "timeout", "deadline passed");
+                None
+            }
+        }
+    }
+
+    /// Gives the lease back, queued after the fill's own writes so that
+    /// waiting pods find the entry before they see the lease gone.
+    pub fn release_lease(&self, flight: &[u8; 32]) {
+        if self
+            .writes
+            .try_send(Write::Delete {
+                key: lease_key(flight),
+            })
+            .is_err()
+        {
+            self.metrics.redis_call("del", "dropped");
+        }
+    }
+
     /// Whether the breaker is letting calls through.
     pub fn breaker_open(&self) -> bool {
         self.breaker.is_open()
@@ -244,6 +319,25 @@ async fn write_loop(
             }
         }
     }
+}
+
+/// What [`RedisTier::lease`] got.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lease {
+    /// This pod fetches.
+    Won,
+    /// Another pod is fetching: wait for its fill.
+    Lost,
+    /// Redis cannot say: fetch, as without Redis.
+    Unavailable,
+}
+
+/// `sidecache:{flight}:lease`, in the flight's own slot.
+fn lease_key(flight: &[u8; 32]) -> String {
+    format!(
+        "sidecache:{{{}}}:lease",
+        blake3::Hash::from_bytes(*flight).to_hex()
+    )
 }
 
 /// `sidecache:{hash}`: the braces make the hash the cluster hash tag, so any
