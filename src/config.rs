@@ -81,6 +81,9 @@ pub struct ServerConfig {
     pub admin_listen: SocketAddr,
     /// How long in-flight requests may run on after a shutdown signal.
     pub shutdown_grace: Duration,
+    /// How long to keep serving, not ready, after a shutdown signal and
+    /// before draining: for pods whose app and proxy stop together.
+    pub shutdown_delay: Duration,
     /// Concurrent client connections; further accepts wait.
     pub max_connections: usize,
 }
@@ -211,6 +214,7 @@ struct RawServer {
     listen: Option<String>,
     admin_listen: Option<String>,
     shutdown_grace: Option<String>,
+    shutdown_delay: Option<String>,
     max_connections: Option<usize>,
 }
 
@@ -401,6 +405,12 @@ impl RawConfig {
                 "server.shutdown_grace",
                 self.server.shutdown_grace.as_deref(),
                 DEFAULT_SHUTDOWN_GRACE,
+                parse_duration,
+            ),
+            shutdown_delay: p.parse(
+                "server.shutdown_delay",
+                self.server.shutdown_delay.as_deref(),
+                Duration::ZERO,
                 parse_duration,
             ),
             max_connections: self

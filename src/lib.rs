@@ -71,6 +71,8 @@ pub struct Running {
     addr: SocketAddr,
     admin_addr: SocketAddr,
     ready: Arc<AtomicBool>,
+    /// Time between readiness going off and the listener closing.
+    shutdown_delay: Duration,
     stop_proxy: watch::Sender<bool>,
     stop_admin: watch::Sender<bool>,
     proxy_task: JoinHandle<()>,
@@ -88,17 +90,17 @@ impl Running {
         self.admin_addr
     }
 
-    /// Starts shutting down: not ready, no new connections, in-flight
-    /// requests run on for the grace period. Returns at once.
-    pub fn begin_shutdown(&self) {
-        self.ready.store(false, Ordering::Release);
-        self.stop_proxy.send_replace(true);
-    }
-
-    /// Shuts down and waits until in-flight requests are done (or the grace
-    /// period is over), then closes the admin port.
+    /// Shuts down: readiness off at once; requests still served for
+    /// `server.shutdown_delay` (while endpoints elsewhere learn this pod is
+    /// going); then no new connections, and in-flight requests run on for
+    /// the grace period; then the admin port closes.
     pub async fn shutdown(self) {
-        self.begin_shutdown();
+        self.ready.store(false, Ordering::Release);
+        if !self.shutdown_delay.is_zero() {
+            tracing::info!(delay = ?self.shutdown_delay, "not ready; still serving before draining");
+            tokio::time::sleep(self.shutdown_delay).await;
+        }
+        self.stop_proxy.send_replace(true);
         if let Err(error) = self.proxy_task.await {
             tracing::error!(%error, "proxy listener task failed");
         }
@@ -186,6 +188,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         addr,
         admin_addr,
         ready,
+        shutdown_delay: server.shutdown_delay,
         stop_proxy,
         stop_admin,
         proxy_task,

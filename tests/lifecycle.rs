@@ -223,3 +223,37 @@ fn sigterm_stops_the_binary_with_status_0() {
     let exit = child.wait().unwrap();
     assert_eq!(exit.code(), Some(0));
 }
+
+#[tokio::test]
+async fn shutdown_delay_keeps_serving_while_not_ready() {
+    let origin = Origin::start().await;
+    let proxy = ProxyConfig::new(&origin).shutdown_delay("1s").start().await;
+    let url = proxy.url("/during");
+    let ready_url = proxy.admin_url("/readyz");
+    let addr = proxy.running.addr();
+    let shutdown = tokio::spawn(proxy.running.shutdown());
+    let client = support::client();
+    let get = |url: String| {
+        let request = http::Request::get(url).body(Default::default()).unwrap();
+        client.request(request)
+    };
+    // Not ready at once, but new requests are still answered.
+    let mut ready = 200;
+    for _ in 0..50 {
+        ready = support::read(get(ready_url.clone()).await.unwrap())
+            .await
+            .status
+            .as_u16();
+        if ready == 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(ready, 503);
+    assert_eq!(support::read(get(url).await.unwrap()).await.status, 200);
+    tokio::time::timeout(Duration::from_secs(5), shutdown)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+}

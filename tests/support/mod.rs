@@ -313,6 +313,7 @@ pub struct ProxyConfig {
     origin_url: String,
     origin_timeout: &'static str,
     shutdown_grace: &'static str,
+    shutdown_delay: &'static str,
     rest: String,
 }
 
@@ -325,6 +326,7 @@ impl ProxyConfig {
             origin_url: url.into(),
             origin_timeout: "5s",
             shutdown_grace: "10s",
+            shutdown_delay: "0s",
             rest: String::new(),
         }
     }
@@ -336,6 +338,10 @@ impl ProxyConfig {
         self.shutdown_grace = grace;
         self
     }
+    pub fn shutdown_delay(mut self, delay: &'static str) -> ProxyConfig {
+        self.shutdown_delay = delay;
+        self
+    }
     /// More TOML: `[cache]` settings and `[[routes]]`.
     pub fn with(mut self, toml: &str) -> ProxyConfig {
         self.rest.push_str(toml);
@@ -344,9 +350,13 @@ impl ProxyConfig {
     }
     pub fn toml(&self) -> String {
         format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nshutdown_grace = \"{}\"\n\
+            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nshutdown_grace = \"{}\"\nshutdown_delay = \"{}\"\n\
              [origin]\nurl = \"{}\"\nconnect_timeout = \"1s\"\ntimeout = \"{}\"\n{}",
-            self.shutdown_grace, self.origin_url, self.origin_timeout, self.rest
+            self.shutdown_grace,
+            self.shutdown_delay,
+            self.origin_url,
+            self.origin_timeout,
+            self.rest
         )
     }
     pub async fn start(self) -> Proxy {
