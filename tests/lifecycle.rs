@@ -74,7 +74,7 @@ async fn shutdown_finishes_in_flight_requests_and_refuses_new_ones() {
     let shutdown = tokio::spawn(proxy.running.shutdown());
     // Not ready while draining, and no new connections.
     let mut refused = false;
-    for _ in 0..100 {
+    for _ in 0..500 {
         if tokio::net::TcpStream::connect(addr).await.is_err() {
             refused = true;
             break;
@@ -227,7 +227,7 @@ fn sigterm_stops_the_binary_with_status_0() {
 #[tokio::test]
 async fn shutdown_delay_keeps_serving_while_not_ready() {
     let origin = Origin::start().await;
-    let proxy = ProxyConfig::new(&origin).shutdown_delay("1s").start().await;
+    let proxy = ProxyConfig::new(&origin).shutdown_delay("3s").start().await;
     let url = proxy.url("/during");
     let ready_url = proxy.admin_url("/readyz");
     let addr = proxy.running.addr();
