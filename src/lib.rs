@@ -4,6 +4,7 @@
 //! One request flows through these modules, in this order:
 //! - [`server`]: accept loops, connection limit, graceful shutdown.
 //! - [`proxy`]: the pipeline; the only module that calls the others in order.
+//! - [`respond`]: answers made from a stored response (304, 206/416, HEAD).
 //! - [`route`]: the first route whose path pattern matches decides caching.
 //! - [`cache::policy`]: RFC 9111 decisions (lookup? store? how fresh? how old?), pure.
 //! - [`cache::key`]: canonical, length-prefixed, hashed cache keys.
@@ -26,6 +27,7 @@ pub mod config;
 pub mod metrics;
 pub mod origin;
 pub mod proxy;
+pub mod respond;
 pub mod route;
 pub mod server;
 

@@ -14,7 +14,7 @@ use hyper::body::Incoming;
 use tracing::{Instrument, field};
 
 use crate::cache::Cache;
-use crate::cache::entry::{Entry, Variants};
+use crate::cache::entry::{self, Entry, Variants};
 use crate::cache::fill::{Fill, StoringBody};
 use crate::cache::flight::{Leader, Role};
 use crate::cache::key::{self, CacheKey};
@@ -23,10 +23,11 @@ use crate::cache::policy::{
 };
 use crate::cache::redis::Lease;
 use crate::cache::status::CacheStatus;
-use crate::cache::{range, validation};
+use crate::cache::validation;
 use crate::config::CacheConfig;
 use crate::metrics::{Metrics, UNROUTED};
 use crate::origin::{self, Origin, OriginBody, OriginError};
+use crate::respond::{answer, not_modified};
 use crate::route::{Route, RouteTable};
 
 /// How often a pod that lost the fleet lease looks for the winner's fill.
@@ -462,7 +463,13 @@ impl Proxy {
                     && validation::same_representation(&entry.headers, &head.headers))
         };
         if let Some(entry) = stale.as_ref().filter(refreshes) {
-            let refreshed = refresh(entry, &head.headers, &route, request_time, response_time);
+            let refreshed = entry::refreshed(
+                entry,
+                &head.headers,
+                route.store_rules(),
+                request_time,
+                response_time,
+            );
             let cc = CacheControl::parse(&refreshed.headers);
             let stored = policy::storability(
                 refreshed.status,
@@ -545,7 +552,7 @@ impl Proxy {
         let entry = Entry {
             key,
             status: head.status,
-            headers: storable_headers(&head.headers),
+            headers: entry::storable_headers(&head.headers),
             body: Bytes::new(),
             response_time,
             initial_age: policy::corrected_initial_age(&head.headers, request_time, response_time),
@@ -784,112 +791,6 @@ impl Proxy {
 fn record_cache_status(outcome: &mut Outcome, status: CacheStatus) {
     tracing::Span::current().record("cache_status", status.as_str());
     outcome.cache_status = Some(status);
-}
-
-/// A stored response as the answer to a request: a 304 when the client's
-/// own conditions hold, a 206 or 416 for a `Range` (RFC 9110 §14), no body
-/// for HEAD, and a fresh `Age` either way.
-fn answer(
-    entry: &Entry,
-    request: &HeaderMap,
-    head_only: bool,
-    now: SystemTime,
-) -> Response<ProxyBody> {
-    let mut response = if validation::not_modified(request, &entry.headers, entry.response_time) {
-        not_modified(&entry.headers)
-    } else if let Some(partial) = requested_range(entry, request, head_only) {
-        let mut response = Response::new(full_body(partial.body));
-        *response.status_mut() = partial.status;
-        *response.headers_mut() = entry.headers.clone();
-        for (name, value) in &partial.headers {
-            response.headers_mut().insert(name, value.clone());
-        }
-        response
-    } else {
-        let body = if head_only {
-            Empty::new().map_err(|never| match never {}).boxed_unsync()
-        } else {
-            full_body(entry.body.clone())
-        };
-        let mut response = Response::new(body);
-        *response.status_mut() = entry.status;
-        *response.headers_mut() = entry.headers.clone();
-        response
-    };
-    response
-        .headers_mut()
-        .insert(header::AGE, HeaderValue::from(entry.age(now).as_secs()));
-    response
-}
-
-/// The part of a stored 200 that a GET's `Range` asks for, unless `If-Range`
-/// says the client's copy is another version (then the whole body is sent).
-fn requested_range(entry: &Entry, request: &HeaderMap, head_only: bool) -> Option<range::Partial> {
-    let value = request.get(header::RANGE)?.to_str().ok()?;
-    if head_only || entry.status != StatusCode::OK {
-        return None;
-    }
-    if let Some(if_range) = request.get(header::IF_RANGE)
-        && !range::if_range_holds(if_range, &entry.headers)
-    {
-        return None;
-    }
-    let ranges = range::parse(value, entry.body.len() as u64);
-    range::partial(
-        &entry.body,
-        &ranges,
-        entry.headers.get(header::CONTENT_TYPE),
-    )
-}
-
-/// A 304 for a client whose condition matched a full response with `headers`.
-fn not_modified(headers: &HeaderMap) -> Response<ProxyBody> {
-    let mut response = Response::new(Empty::new().map_err(|never| match never {}).boxed_unsync());
-    *response.status_mut() = StatusCode::NOT_MODIFIED;
-    *response.headers_mut() = validation::not_modified_headers(headers);
-    response
-}
-
-/// A stored response refreshed by a 304 (RFC 9111 §4.3.4): merged headers,
-/// the stored body, and age and freshness counted from the 304.
-fn refresh(
-    stored: &Entry,
-    update: &HeaderMap,
-    route: &Route,
-    request_time: SystemTime,
-    response_time: SystemTime,
-) -> Entry {
-    let headers = storable_headers(&validation::merge_not_modified(&stored.headers, update));
-    let cc = CacheControl::parse(&headers);
-    let freshness_lifetime = policy::freshness_lifetime(
-        stored.status,
-        &headers,
-        &cc,
-        route.store_rules(),
-        response_time,
-    )
-    .unwrap_or(Duration::ZERO);
-    Entry {
-        key: stored.key.clone(),
-        status: stored.status,
-        headers,
-        body: stored.body.clone(),
-        response_time,
-        initial_age: policy::corrected_initial_age(update, request_time, response_time),
-        freshness_lifetime,
-    }
-}
-
-/// The response fields that go into the store: not `Age` (recomputed on
-/// every answer), nor fields named by `private="..."` or `no-cache="..."`
-/// (RFC 9111 §5.2.2.4, §5.2.2.7).
-fn storable_headers(headers: &HeaderMap) -> HeaderMap {
-    let mut stored = headers.clone();
-    stored.remove(header::AGE);
-    let cc = CacheControl::parse(headers);
-    validation::strip_fields(&mut stored, &cc.private_fields);
-    validation::strip_fields(&mut stored, &cc.no_cache_fields);
-    stored
 }
 
 fn seconds(duration: Duration) -> i64 {

@@ -4,10 +4,11 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 
 use super::key::CacheKey;
-use super::policy;
+use super::policy::{self, CacheControl, StoreRules};
+use super::validation;
 
 /// A complete response as stored in a tier.
 #[derive(Clone, Debug)]
@@ -58,6 +59,43 @@ impl Entry {
         (self.body.len() + headers + self.key.canonical().len() + std::mem::size_of::<Entry>())
             as u64
     }
+}
+
+/// A stored response refreshed by a 304 (RFC 9111 §4.3.4): merged headers,
+/// the stored body, and age and freshness counted from the 304.
+pub fn refreshed(
+    stored: &Entry,
+    update: &HeaderMap,
+    rules: StoreRules<'_>,
+    request_time: SystemTime,
+    response_time: SystemTime,
+) -> Entry {
+    let headers = storable_headers(&validation::merge_not_modified(&stored.headers, update));
+    let cc = CacheControl::parse(&headers);
+    let freshness_lifetime =
+        policy::freshness_lifetime(stored.status, &headers, &cc, rules, response_time)
+            .unwrap_or(Duration::ZERO);
+    Entry {
+        key: stored.key.clone(),
+        status: stored.status,
+        headers,
+        body: stored.body.clone(),
+        response_time,
+        initial_age: policy::corrected_initial_age(update, request_time, response_time),
+        freshness_lifetime,
+    }
+}
+
+/// The response fields that go into the store: not `Age` (recomputed on
+/// every answer), nor fields named by `private="..."` or `no-cache="..."`
+/// (RFC 9111 §5.2.2.4, §5.2.2.7).
+pub fn storable_headers(headers: &HeaderMap) -> HeaderMap {
+    let mut stored = headers.clone();
+    stored.remove(header::AGE);
+    let cc = CacheControl::parse(headers);
+    validation::strip_fields(&mut stored, &cc.private_fields);
+    validation::strip_fields(&mut stored, &cc.no_cache_fields);
+    stored
 }
 
 /// What one tier key holds: a response, or the index of a URL's variants.
