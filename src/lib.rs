@@ -31,6 +31,24 @@ pub mod respond;
 pub mod route;
 pub mod server;
 
+/// Helpers shared by unit tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use http::{HeaderMap, HeaderName, HeaderValue};
+
+    /// A header map from name/value pairs; repeated names become repeated lines.
+    pub fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        map
+    }
+}
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -218,17 +218,7 @@ pub fn append_via(headers: &mut HeaderMap, version: Version) {
 mod tests {
     use super::*;
 
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        pairs
-            .iter()
-            .map(|(n, v)| {
-                (
-                    HeaderName::from_bytes(n.as_bytes()).unwrap(),
-                    HeaderValue::from_str(v).unwrap(),
-                )
-            })
-            .collect()
-    }
+    use crate::testing::headers;
 
     #[test]
     fn hop_by_hop_headers_and_those_named_in_connection_are_removed() {

@@ -263,17 +263,7 @@ mod tests {
         key_with("GET", uri, &[("host", "example.com")])
     }
 
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        pairs
-            .iter()
-            .map(|(n, v)| {
-                (
-                    HeaderName::from_bytes(n.as_bytes()).unwrap(),
-                    v.parse().unwrap(),
-                )
-            })
-            .collect()
-    }
+    use crate::testing::headers;
 
     #[test]
     fn query_order_does_not_matter_but_repeated_names_keep_theirs() {

@@ -131,20 +131,9 @@ pub fn strip_fields(headers: &mut HeaderMap, names: &[HeaderName]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderValue;
     use std::time::Duration;
 
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        pairs
-            .iter()
-            .map(|(n, v)| {
-                (
-                    HeaderName::from_bytes(n.as_bytes()).unwrap(),
-                    HeaderValue::from_str(v).unwrap(),
-                )
-            })
-            .collect()
-    }
+    use crate::testing::headers;
 
     fn date(secs: u64) -> String {
         httpdate::fmt_http_date(SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000 + secs))
