@@ -27,6 +27,7 @@ pub mod config;
 pub mod metrics;
 pub mod origin;
 pub mod proxy;
+pub mod reload;
 pub mod respond;
 pub mod route;
 pub mod server;
@@ -97,6 +98,10 @@ pub struct Running {
     stop_admin: watch::Sender<bool>,
     proxy_task: JoinHandle<()>,
     admin_task: JoinHandle<()>,
+    /// For reloads: the handler whose routes are swapped.
+    proxy: Arc<Proxy>,
+    /// The settings only a restart changes, as started.
+    fixed_settings: String,
 }
 
 impl Running {
@@ -108,6 +113,16 @@ impl Running {
     /// Where the admin endpoints listen.
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin_addr
+    }
+
+    /// A reloader that applies `path`'s routes to this proxy (on demand, or
+    /// on SIGHUP and file changes once spawned).
+    pub fn reloader(&self, path: std::path::PathBuf) -> Arc<reload::Reloader> {
+        Arc::new(reload::Reloader::new(
+            path,
+            self.proxy.clone(),
+            self.fixed_settings.clone(),
+        ))
     }
 
     /// Shuts down: readiness off at once; requests still served for
@@ -133,6 +148,7 @@ impl Running {
 
 /// Binds the listeners and starts serving on the current tokio runtime.
 pub async fn start(config: Config) -> Result<Running, StartError> {
+    let fixed_settings = reload::restart_only(&config);
     let Config {
         server,
         origin,
@@ -178,10 +194,11 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
 
     let (stop_proxy, proxy_stopped) = watch::channel(false);
     let (stop_admin, admin_stopped) = watch::channel(false);
+    let handler = proxy.clone();
     let proxy_task = tokio::spawn(server::serve(
         listener,
         move |request, client| {
-            let proxy = proxy.clone();
+            let proxy = handler.clone();
             async move { proxy.handle(request, client).await }
         },
         Limits {
@@ -213,6 +230,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         stop_admin,
         proxy_task,
         admin_task,
+        proxy,
+        fixed_settings,
     })
 }
 

@@ -49,7 +49,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_logging(args.log_format);
-    match run(config) {
+    match run(config, args.config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!("{error:#}");
@@ -72,9 +72,11 @@ fn init_logging(format: LogFormat) {
 }
 
 #[tokio::main]
-async fn run(config: Config) -> anyhow::Result<()> {
+async fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
     let running = sidecache::start(config).await?;
+    let reloads = running.reloader(path).spawn();
     shutdown_signal().await?;
+    reloads.abort();
     tracing::info!("shutdown signal received; draining");
     running.shutdown().await;
     tracing::info!("stopped");

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::request::Parts;
@@ -154,7 +155,8 @@ struct Outcome {
 
 /// The proxy's request handler and what it needs.
 pub struct Proxy {
-    routes: RouteTable,
+    /// Swapped whole on a config reload; each request reads one version.
+    routes: ArcSwap<RouteTable>,
     origin: Origin,
     cache: Cache,
     metrics: Arc<Metrics>,
@@ -173,13 +175,19 @@ impl Proxy {
         metrics: Arc<Metrics>,
     ) -> Proxy {
         Proxy {
-            routes,
+            routes: ArcSwap::from_pointee(routes),
             origin,
             cache,
             metrics,
             namespace: cache_config.namespace.clone(),
             max_object_size: cache_config.max_object_size,
         }
+    }
+
+    /// Replaces the route table; requests already under way keep the one they
+    /// started with.
+    pub fn set_routes(&self, routes: RouteTable) {
+        self.routes.store(Arc::new(routes));
     }
 
     /// Outer handler: never fails. Runs the pipeline in a span, turns errors
@@ -246,6 +254,7 @@ impl Proxy {
         let (parts, body) = request.into_parts();
         let route = self
             .routes
+            .load()
             .find(&key::normalise_path(parts.uri.path()))
             .cloned();
         if let Some(route) = &route {

@@ -372,7 +372,7 @@ impl ProxyConfig {
 /// A running proxy and a client for it.
 pub struct Proxy {
     pub running: Running,
-    client: LegacyClient<HttpConnector, Full<Bytes>>,
+    pub client: LegacyClient<HttpConnector, Full<Bytes>>,
 }
 
 /// A fully read response.
