@@ -14,7 +14,8 @@ pub mod validation;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use crate::config::CacheConfig;
+use crate::config::{CacheConfig, RedisConfig};
+use crate::metrics::Metrics;
 use entry::{Entry, Stored, Variants};
 use flight::Flights;
 use http::HeaderMap;
@@ -60,13 +61,24 @@ pub struct Cache {
 }
 
 impl Cache {
-    pub fn new(config: &CacheConfig, redis: Option<RedisTier>) -> Cache {
-        Cache {
-            memory: MemoryTier::new(config.memory.capacity),
-            redis: redis.map(Arc::new),
+    /// The tiers: memory, and Redis when configured (it starts connecting in
+    /// the background, and listens for other pods' invalidations).
+    pub fn new(
+        config: &CacheConfig,
+        redis: Option<&RedisConfig>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Cache, fred::error::Error> {
+        let memory = MemoryTier::new(config.memory.capacity);
+        let redis = match redis {
+            Some(redis) => Some(Arc::new(RedisTier::start(redis, metrics, memory.clone())?)),
+            None => None,
+        };
+        Ok(Cache {
+            memory,
+            redis,
             keep_stale: config.keep_stale,
             flights: Flights::default(),
-        }
+        })
     }
 
     /// What is stored for a request's URL `key`: the response it selects

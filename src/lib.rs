@@ -61,7 +61,7 @@ use tokio::task::JoinHandle;
 
 use crate::admin::Admin;
 use crate::cache::Cache;
-use crate::cache::redis::RedisTier;
+
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::origin::Origin;
@@ -172,11 +172,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let admin_addr = local(&admin_listener, "server.admin_listen", server.admin_listen)?;
 
     let metrics = Arc::new(Metrics::new());
-    let redis = match &redis {
-        Some(redis) => Some(RedisTier::start(redis, metrics.clone()).map_err(StartError::Redis)?),
-        None => None,
-    };
-    let cache = Cache::new(&cache_config, redis);
+    let cache =
+        Cache::new(&cache_config, redis.as_ref(), metrics.clone()).map_err(StartError::Redis)?;
     let proxy = Arc::new(Proxy::new(
         routes,
         Origin::new(&origin),

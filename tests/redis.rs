@@ -440,3 +440,58 @@ async fn three_pods_collapse_concurrent_misses_into_one_origin_fetch() {
     assert_eq!(origin.hits("/r/hot"), 1);
     drop(cluster);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalidation_through_one_pod_reaches_the_others_memory() {
+    let redis = Arc::new(blocking(RedisStandalone::start).await);
+    let origin = Origin::start().await;
+    let node = format!("[\"127.0.0.1:{}\"]", redis.node.port);
+    let config =
+        format!("[redis]\nmode = \"standalone\"\nnodes = {node}\ncommand_timeout = \"50ms\"\n");
+    let start = || ProxyConfig::new(&origin).with(&config).with(ROUTE).start();
+    let (a, b) = (start().await, start().await);
+    a.wait_redis_connected().await;
+    b.wait_redis_connected().await;
+
+    get(&a, "/r/item").await;
+    let r = redis.clone();
+    eventually("the L2 write", Duration::from_secs(5), async || {
+        let r = r.clone();
+        blocking(move || r.cli(&["dbsize"])).await.as_deref() == Some("1")
+    })
+    .await;
+    assert!(
+        get(&b, "/r/item")
+            .await
+            .cache_status()
+            .contains("detail=l2")
+    );
+    // Now in B's memory tier.
+    assert!(
+        !get(&b, "/r/item")
+            .await
+            .cache_status()
+            .contains("detail=l2")
+    );
+
+    // Both pods listen for invalidations.
+    let r = redis.clone();
+    eventually("both subscribed", Duration::from_secs(10), async || {
+        let r = r.clone();
+        let numsub =
+            blocking(move || r.cli(&["pubsub", "numsub", "sidecache:invalidations"])).await;
+        numsub.is_some_and(|n| n.ends_with("\n2"))
+    })
+    .await;
+    // A POST through A invalidates the URL: in A, in Redis, and in B's memory.
+    origin.on("/r/item", support::Reply::ok().status(204));
+    assert_eq!(
+        a.send("POST", "/r/item", &[("host", HOST)]).await.status,
+        204
+    );
+    origin.on("/r/item", support::Reply::ok());
+    eventually("B's copy invalidated", Duration::from_secs(5), async || {
+        !get(&b, "/r/item").await.cache_status().contains("hit")
+    })
+    .await;
+}

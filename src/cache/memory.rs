@@ -77,8 +77,13 @@ impl MemoryTier {
 
     /// Drops the object stored under `key`, if any.
     pub fn remove(&self, key: &CacheKey) {
+        self.remove_hash(key.hash());
+    }
+
+    /// Drops the object stored under this key hash (an invalidation from another pod).
+    pub fn remove_hash(&self, hash: &[u8; 32]) {
         if let Some(objects) = &self.objects {
-            objects.invalidate(key.hash());
+            objects.invalidate(hash);
         }
     }
 

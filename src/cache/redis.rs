@@ -4,15 +4,18 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use fred::clients::SubscriberClient;
 use fred::prelude::{
     ClientLike, Expiration, KeysInterface, ReconnectPolicy, SetOptions, TcpConfig,
 };
+use fred::prelude::{EventInterface, PubsubInterface};
 use fred::types::Builder;
 use fred::types::config::UnresponsiveConfig;
 use tokio::sync::mpsc;
 
 use super::entry::Stored;
 use super::key::CacheKey;
+use super::memory::MemoryTier;
 use crate::config::RedisConfig;
 use crate::metrics::Metrics;
 
@@ -29,12 +32,19 @@ const COMMAND_BUFFER: usize = 1024;
 /// How often fred checks connections for unanswered commands.
 const UNRESPONSIVE_INTERVAL: Duration = Duration::from_millis(100);
 
+/// The pub/sub channel on which pods announce invalidated keys.
+const INVALIDATIONS: &str = "sidecache:invalidations";
+/// Pause between attempts at the first subscription while Redis is away.
+const SUBSCRIBE_RETRY: Duration = Duration::from_millis(500);
+
 /// A pending write to L2, done by the writer task, off the response path.
 enum Write {
     /// Encode and store the entry for `keep_for`.
     Set { object: Stored, keep_for: Duration },
     /// Delete the object (an invalidation or purge).
     Delete { key: String },
+    /// Tell every pod to drop this key's hash from its memory tier.
+    Invalidate { hash: String },
 }
 
 /// The shared Redis tier.
@@ -54,11 +64,13 @@ impl RedisTier {
     pub fn start(
         config: &RedisConfig,
         metrics: Arc<Metrics>,
+        memory: MemoryTier,
     ) -> Result<RedisTier, fred::error::Error> {
         let mut client_config = config.client.clone();
         // Keep retrying the first connection too, instead of failing start-up.
         client_config.fail_fast = false;
-        let client = Builder::from_config(client_config)
+        let mut builder = Builder::from_config(client_config);
+        builder
             .with_performance_config(|perf| perf.default_command_timeout = config.command_timeout)
             .with_connection_config(|conn| {
                 conn.connection_timeout = config.connect_timeout;
@@ -75,8 +87,12 @@ impl RedisTier {
                     ..TcpConfig::default()
                 };
             })
-            .set_policy(ReconnectPolicy::new_constant(0, RECONNECT_DELAY_MS))
-            .build()?;
+            .set_policy(ReconnectPolicy::new_constant(0, RECONNECT_DELAY_MS));
+        let client = builder.build()?;
+        tokio::spawn(listen_for_invalidations(
+            builder.build_subscriber_client()?,
+            memory,
+        ));
         // The connection task runs for the client's lifetime; its handle is
         // not needed because the client reconnects on its own.
         drop(client.connect());
@@ -156,13 +172,18 @@ impl RedisTier {
         }
     }
 
-    /// Queues the deletion of `key`, after any write of it already queued.
+    /// Queues the deletion of `key`, after any write of it already queued,
+    /// and tells the other pods to drop it from their memory tiers.
     pub fn remove(&self, key: &CacheKey) {
-        let write = Write::Delete {
-            key: redis_key(key),
-        };
-        if self.writes.try_send(write).is_err() {
-            self.metrics.redis_call("del", "dropped");
+        for write in [
+            Write::Delete {
+                key: redis_key(key),
+            },
+            Write::Invalidate { hash: key.hex() },
+        ] {
+            if self.writes.try_send(write).is_err() {
+                self.metrics.redis_call("del", "dropped");
+            }
         }
     }
 
@@ -277,6 +298,7 @@ async fn write_loop(
         let op = match write {
             Write::Set { .. } => "set",
             Write::Delete { .. } => "del",
+            Write::Invalidate { .. } => "publish",
         };
         if !breaker.allow(Instant::now()) {
             metrics.redis_call(op, "skipped");
@@ -301,6 +323,15 @@ async fn write_loop(
                 tokio::time::timeout(timeout, async { client.del::<i64, _>(key).await.map(drop) })
                     .await
             }
+            Write::Invalidate { hash } => {
+                let publish = async {
+                    client
+                        .publish::<i64, _, _>(INVALIDATIONS, hash)
+                        .await
+                        .map(drop)
+                };
+                tokio::time::timeout(timeout, publish).await
+            }
         };
         metrics.redis_duration(op, started.elapsed());
         match result {
@@ -317,6 +348,43 @@ async fn write_loop(
                 metrics.redis_call(op, "timeout");
                 breaker.failure(Instant::now());
             }
+        }
+    }
+}
+
+/// Subscribes to invalidations from other pods (purges and RFC 9111 §4.4
+/// invalidations) and drops those keys from this pod's memory tier. The
+/// first subscription is retried until Redis is there; after that fred
+/// re-subscribes on every reconnect.
+async fn listen_for_invalidations(subscriber: SubscriberClient, memory: MemoryTier) {
+    drop(subscriber.connect());
+    let _resubscribe = subscriber.manage_subscriptions();
+    let mut messages = subscriber.message_rx();
+    // Waits as long as Redis is away; nothing else waits on this task.
+    if let Err(error) = subscriber.wait_for_connect().await {
+        tracing::debug!(%error, "invalidation subscriber not connected");
+    }
+    while let Err(error) = subscriber.subscribe(INVALIDATIONS).await {
+        tracing::debug!(%error, "cannot subscribe to invalidations yet");
+        tokio::time::sleep(SUBSCRIBE_RETRY).await;
+    }
+    tracing::debug!("subscribed to invalidations");
+    loop {
+        match messages.recv().await {
+            Ok(message) => {
+                let hash = message
+                    .value
+                    .as_str()
+                    .and_then(|hex| blake3::Hash::from_hex(hex.as_bytes()).ok());
+                if let Some(hash) = hash {
+                    memory.remove_hash(hash.as_bytes());
+                }
+            }
+            // Missed messages cannot be recovered; those entries age out.
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                tracing::warn!(missed, "invalidation messages missed");
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
         }
     }
 }
