@@ -300,48 +300,48 @@ impl Proxy {
             // §3.5: credentials may only be answered by a shareable response.
             if !request.authorization || stored_cc.shareable_with_authorization() {
                 let age = entry.age(now);
-                let ttl =
-                    match policy::usability(&stored_cc, entry.freshness_lifetime, age, &request.cc)
+                let usability =
+                    policy::usability(&stored_cc, entry.freshness_lifetime, age, &request.cc);
+                let hit_ttl = match usability {
+                    Usability::Fresh { ttl } => Some(seconds(ttl)),
+                    Usability::Stale { stale_for } => Some(-seconds(stale_for)),
+                    Usability::Revalidate
+                        if policy::serve_while_revalidating(
+                            &stored_cc,
+                            entry.freshness_lifetime,
+                            age,
+                            &request.cc,
+                            route.stale_while_revalidate,
+                        ) =>
                     {
-                        Usability::Fresh { ttl } => seconds(ttl),
-                        Usability::Stale { stale_for } => -seconds(stale_for),
-                        Usability::Revalidate
-                            if policy::serve_while_revalidating(
-                                &stored_cc,
-                                entry.freshness_lifetime,
-                                age,
-                                &request.cc,
-                                route.stale_while_revalidate,
-                            ) =>
-                        {
-                            let ttl = -seconds(age - entry.freshness_lifetime);
-                            record_cache_status(outcome, CacheStatus::WhileRevalidate { ttl });
-                            self.refresh_in_background(
-                                &request,
-                                entry.clone(),
-                                lookup.variants.clone(),
-                                client,
-                            );
-                            return Ok(answer(
-                                entry,
-                                &request.client_headers,
-                                request.head_only,
-                                now,
-                            ));
-                        }
-                        Usability::Revalidate => {
-                            stale = Some(entry.clone());
-                            0
-                        }
-                    };
-                if stale.is_none() {
-                    record_cache_status(outcome, CacheStatus::Hit { ttl, tier: *tier });
-                    return Ok(answer(
-                        entry,
-                        &request.client_headers,
-                        request.head_only,
-                        now,
-                    ));
+                        let ttl = -seconds(age - entry.freshness_lifetime);
+                        record_cache_status(outcome, CacheStatus::WhileRevalidate { ttl });
+                        self.refresh_in_background(
+                            &request,
+                            entry.clone(),
+                            lookup.variants.clone(),
+                            client,
+                        );
+                        return Ok(answer(
+                            entry,
+                            &request.client_headers,
+                            request.head_only,
+                            now,
+                        ));
+                    }
+                    Usability::Revalidate => None,
+                };
+                match hit_ttl {
+                    Some(ttl) => {
+                        record_cache_status(outcome, CacheStatus::Hit { ttl, tier: *tier });
+                        return Ok(answer(
+                            entry,
+                            &request.client_headers,
+                            request.head_only,
+                            now,
+                        ));
+                    }
+                    None => stale = Some(entry.clone()),
                 }
             }
         }
