@@ -188,40 +188,67 @@ fn check_prints_every_error_and_exits_64() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("cannot read"));
 }
 
+/// The real binary on loopback port 0 with JSON logs, once its "listening"
+/// line is out (so its signal handlers are installed); its log lines follow.
+struct Binary {
+    child: std::process::Child,
+    lines: std::io::Lines<BufReader<std::process::ChildStdout>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Binary {
+    fn start() -> Binary {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("proxy.toml");
+        std::fs::write(
+            &path,
+            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n[origin]\nurl = \"http://127.0.0.1:9\"\n",
+        )
+        .unwrap();
+        let mut child = Command::new(BINARY)
+            .arg("--config")
+            .arg(&path)
+            .args(["--log-format", "json"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let listening = lines
+            .by_ref()
+            .map_while(Result::ok)
+            .find(|l| l.contains("sidecache listening"));
+        assert!(
+            listening.is_some_and(|l| l.starts_with('{')),
+            "no JSON listening line"
+        );
+        Binary {
+            child,
+            lines,
+            _dir: dir,
+        }
+    }
+
+    /// Sends a signal to the process this test started, by its PID.
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status();
+        assert!(status.unwrap().success());
+    }
+
+    /// Its remaining log lines and exit code, after it has stopped.
+    fn finish(mut self) -> (Vec<String>, Option<i32>) {
+        let rest = self.lines.by_ref().map_while(Result::ok).collect();
+        (rest, self.child.wait().unwrap().code())
+    }
+}
+
 #[test]
 fn sigterm_stops_the_binary_with_status_0() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("proxy.toml");
-    std::fs::write(
-        &path,
-        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n[origin]\nurl = \"http://127.0.0.1:9\"\n",
-    )
-    .unwrap();
-    let mut child = Command::new(BINARY)
-        .arg("--config")
-        .arg(&path)
-        .args(["--log-format", "json"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Wait for the JSON "listening" line, so the signal handler is installed.
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let listening = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .find(|l| l.contains("sidecache listening"));
-    assert!(
-        listening.is_some_and(|l| l.starts_with('{')),
-        "no JSON listening line"
-    );
-    let status = Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let exit = child.wait().unwrap();
-    assert_eq!(exit.code(), Some(0));
+    let binary = Binary::start();
+    binary.signal("TERM");
+    assert_eq!(binary.finish().1, Some(0));
 }
 
 #[tokio::test]
@@ -260,42 +287,15 @@ async fn shutdown_delay_keeps_serving_while_not_ready() {
 
 #[test]
 fn sighup_reloads_the_config_file() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("proxy.toml");
-    std::fs::write(
-        &path,
-        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n[origin]\nurl = \"http://127.0.0.1:9\"\n",
-    )
-    .unwrap();
-    let mut child = Command::new(BINARY)
-        .arg("--config")
-        .arg(&path)
-        .args(["--log-format", "json"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    assert!(
-        lines
-            .by_ref()
-            .map_while(Result::ok)
-            .any(|l| l.contains("sidecache listening"))
-    );
+    let binary = Binary::start();
     // The file is unchanged, so only the signal can cause a reload.
-    let signal = |name: &str| {
-        let status = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(child.id().to_string())
-            .status();
-        assert!(status.unwrap().success());
-    };
-    signal("HUP");
+    binary.signal("HUP");
     std::thread::sleep(Duration::from_millis(500));
-    signal("TERM");
-    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    binary.signal("TERM");
+    let (rest, code) = binary.finish();
     assert!(
         rest.iter().any(|l| l.contains("config reloaded")),
         "{rest:?}"
     );
-    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert_eq!(code, Some(0));
 }
