@@ -73,9 +73,12 @@ fn init_logging(format: LogFormat) {
 
 #[tokio::main]
 async fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
+    // Handlers first: a SIGTERM that arrives as soon as the proxy says it is
+    // listening must drain it, not kill it (the signal's default action).
+    let stop = shutdown_signal()?;
     let running = sidecache::start(config).await?;
     let reloads = running.reloader(path).spawn();
-    shutdown_signal().await?;
+    stop.await;
     reloads.abort();
     tracing::info!("shutdown signal received; draining");
     running.shutdown().await;
@@ -83,14 +86,16 @@ async fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Resolves on SIGTERM (Kubernetes) or SIGINT (Ctrl-C).
-async fn shutdown_signal() -> anyhow::Result<()> {
+/// Installs the SIGTERM (Kubernetes) and SIGINT (Ctrl-C) handlers at once;
+/// the future resolves on either signal.
+fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = terminate.recv() => {}
-        _ = interrupt.recv() => {}
-    }
-    Ok(())
+    Ok(async move {
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
+        }
+    })
 }

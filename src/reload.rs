@@ -97,6 +97,16 @@ impl Reloader {
     /// Reloads on SIGHUP and whenever the file's directory changes, until
     /// the returned task is aborted.
     pub fn spawn(self: Arc<Self>) -> tokio::task::JoinHandle<()> {
+        // Installed before returning, so a SIGHUP sent as soon as the proxy
+        // is up reloads instead of killing it (SIGHUP's default action).
+        let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        {
+            Ok(signal) => Some(signal),
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGHUP");
+                None
+            }
+        };
         tokio::spawn(async move {
             let (events, mut changed) = mpsc::channel::<()>(16);
             let watcher = notify::recommended_watcher(move |_event| {
@@ -120,14 +130,6 @@ impl Reloader {
                     None
                 }
             };
-            let mut hangup =
-                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-                    Ok(signal) => Some(signal),
-                    Err(error) => {
-                        tracing::warn!(%error, "cannot listen for SIGHUP");
-                        None
-                    }
-                };
             loop {
                 tokio::select! {
                     Some(()) = async { match &mut hangup { Some(h) => h.recv().await, None => None } } => {
