@@ -6,10 +6,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, Uri, header};
 
+use crate::body::{self, ProxyBody};
 use crate::cache::Cache;
 use crate::cache::key::CacheKey;
 use crate::metrics::Metrics;
-use crate::proxy::{ProxyBody, full_body};
 
 /// Content type of the OpenMetrics text that prometheus-client writes.
 const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -40,7 +40,7 @@ impl Admin {
             "/readyz" if self.ready.load(Ordering::Acquire) => text(StatusCode::OK, "ready\n"),
             "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
             "/metrics" => {
-                let mut response = text(StatusCode::OK, self.metrics.render(&self.cache));
+                let mut response = text(StatusCode::OK, self.render_metrics());
                 response.headers_mut().insert(
                     header::CONTENT_TYPE,
                     header::HeaderValue::from_static(METRICS_CONTENT_TYPE),
@@ -56,6 +56,18 @@ impl Admin {
 }
 
 impl Admin {
+    /// The metrics, with the gauges read from the cache now (metrics knows
+    /// nothing of the cache: it is a leaf every module may use).
+    fn render_metrics(&self) -> String {
+        let memory = self.cache.memory();
+        self.metrics.set_memory(memory.bytes(), memory.entries());
+        if let Some(redis) = self.cache.redis() {
+            self.metrics
+                .set_redis(redis.connected(), redis.breaker_open());
+        }
+        self.metrics.render()
+    }
+
     /// `POST /purge?url=http://host/path?query`: drops what is stored for
     /// that URL, every variant included, from L1 here and from L2 for the
     /// whole fleet. Other pods' L1 copies live on until they expire.
@@ -92,7 +104,7 @@ impl Admin {
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<ProxyBody> {
-    let mut response = Response::new(full_body(body.into()));
+    let mut response = Response::new(body::full(body));
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -1,5 +1,6 @@
-//! The cache facade: looks keys up tier by tier (L1 memory, then L2 Redis), backfills, and stores complete responses in both.
+//! The cache facade: looks keys up tier by tier (L1 memory, then L2 Redis), backfills, admits fetches (single-flight in the pod and the fleet), and stores complete responses in both.
 
+pub mod decide;
 pub mod entry;
 pub mod fill;
 pub mod flight;
@@ -12,16 +13,19 @@ pub mod status;
 pub mod validation;
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::config::{CacheConfig, RedisConfig};
 use crate::metrics::Metrics;
 use entry::{Entry, Stored, Variants};
-use flight::Flights;
+use flight::{Flights, Leader, Role};
 use http::HeaderMap;
 use key::CacheKey;
 use memory::MemoryTier;
-use redis::RedisTier;
+use redis::{Lease, RedisTier};
+
+/// How often a pod that lost the fleet lease looks for the winner's fill.
+const FLEET_POLL: Duration = Duration::from_millis(50);
 
 /// Which tier answered a lookup.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,6 +52,35 @@ pub struct Lookup {
     pub variants: Option<Arc<Variants>>,
 }
 
+/// One fetch that concurrent requests may share: the origin would see the
+/// same request (same URL, same forwarded headers) from each of them.
+#[derive(Clone, Copy)]
+pub struct Flight<'a> {
+    pub url_key: &'a CacheKey,
+    /// The headers the origin gets, which also select among variants.
+    pub forwarded: &'a HeaderMap,
+    /// Longest wait for another request's fetch (and the fleet lease's life).
+    pub lock_timeout: Duration,
+}
+
+impl Flight<'_> {
+    fn id(&self) -> [u8; 32] {
+        self.url_key.flight(self.forwarded)
+    }
+}
+
+/// A request's part in the fetch of what it asks for.
+pub enum Admission {
+    /// Fetch, and report through the leader handle: storing with it hands
+    /// the entry to the waiting requests, dropping it releases them.
+    Lead(Leader),
+    /// Another request's fetch (in this pod or another) stored this.
+    Collapsed(Arc<Entry>),
+    /// Fetch without leading: the fetch waited for stored nothing, or took
+    /// longer than the lock timeout.
+    Alone,
+}
+
 /// The tiers, in lookup order. Cheap to clone: tiers share their storage.
 #[derive(Clone)]
 pub struct Cache {
@@ -58,6 +91,7 @@ pub struct Cache {
     keep_stale: Duration,
     /// Fetches under way in this process, for collapsing concurrent misses.
     flights: Flights,
+    metrics: Arc<Metrics>,
 }
 
 impl Cache {
@@ -70,7 +104,16 @@ impl Cache {
     ) -> Result<Cache, fred::error::Error> {
         let memory = MemoryTier::new(config.memory.capacity);
         let redis = match redis {
-            Some(redis) => Some(Arc::new(RedisTier::start(redis, metrics, memory.clone())?)),
+            Some(redis) => {
+                // Other pods' purges and invalidations drop this pod's copies.
+                let local = memory.clone();
+                let invalidated = move |hash: &[u8; 32]| local.remove_hash(hash);
+                Some(Arc::new(RedisTier::start(
+                    redis,
+                    metrics.clone(),
+                    invalidated,
+                )?))
+            }
             None => None,
         };
         Ok(Cache {
@@ -78,6 +121,7 @@ impl Cache {
             redis,
             keep_stale: config.keep_stale,
             flights: Flights::default(),
+            metrics,
         })
     }
 
@@ -146,13 +190,16 @@ impl Cache {
     }
 
     /// Stores a complete response in every tier for as long as it is worth
-    /// keeping, with the index of its URL's variants if it is one of them;
-    /// the L2 writes are queued, never awaited. Returns the stored entry,
-    /// or `None` when it was not worth keeping.
+    /// keeping, with the index of its URL's variants if it is one of them,
+    /// and hands it to the requests waiting on `leader`'s fetch. This is the
+    /// one way in, for fills, 304 refreshes and background refreshes alike.
+    /// The L2 writes are queued, never awaited. Returns the stored entry, or
+    /// `None` when it was not worth keeping (the waiters are then released).
     pub fn store(
         &self,
         entry: Entry,
         variants: Option<Arc<Variants>>,
+        leader: Option<Leader>,
         now: SystemTime,
     ) -> Option<Arc<Entry>> {
         let keep_for = entry.retention(now, self.keep_stale)?;
@@ -168,12 +215,71 @@ impl Cache {
             }
             self.memory.insert(object, keep_for);
         }
+        if let Some(leader) = leader {
+            leader.stored(entry.clone());
+        }
         Some(entry)
     }
 
-    /// The fetches under way in this process.
-    pub fn flights(&self) -> &Flights {
-        &self.flights
+    /// Joins the fetch of `flight`: in this process the first request leads
+    /// and the others wait for what it stores; across the fleet, the leader
+    /// takes a Redis lease, or waits for the pod that holds it.
+    pub async fn admit(&self, flight: Flight<'_>) -> Admission {
+        match self.flights.join(flight.id()) {
+            Role::Follower(follower) => match follower.wait(flight.lock_timeout).await {
+                Some(entry) => Admission::Collapsed(entry),
+                None => Admission::Alone,
+            },
+            Role::Leader(mut leader) => match self.lead_in_fleet(flight, &mut leader).await {
+                Some(entry) => {
+                    leader.stored(entry.clone());
+                    Admission::Collapsed(entry)
+                }
+                None => Admission::Lead(leader),
+            },
+        }
+    }
+
+    /// Whether a fetch of `flight` is under way in this process.
+    pub fn in_flight(&self, flight: Flight<'_>) -> bool {
+        self.flights.in_flight(&flight.id())
+    }
+
+    /// The fleet-wide part of single-flight, for this process's leader: take
+    /// the Redis lease and fetch (the lease is given back when the flight
+    /// ends), or, when another pod holds it, poll L2 for that pod's fill
+    /// until it lands, the lease goes away, or `lock_timeout` passes.
+    /// `Some` is the other pod's entry; `None` means fetch. Redis trouble
+    /// means fetch, never wait.
+    async fn lead_in_fleet(&self, flight: Flight<'_>, leader: &mut Leader) -> Option<Arc<Entry>> {
+        let redis = self.redis.as_ref()?.clone();
+        let id = flight.id();
+        match redis.lease(&id, flight.lock_timeout).await {
+            Lease::Won => {
+                leader.on_finish(move || redis.release_lease(&id));
+                None
+            }
+            Lease::Unavailable => None,
+            Lease::Lost => {
+                let deadline = Instant::now() + flight.lock_timeout;
+                while Instant::now() < deadline {
+                    tokio::time::sleep(FLEET_POLL).await;
+                    let now = SystemTime::now();
+                    let lookup = self.lookup(flight.url_key, flight.forwarded, now).await;
+                    if let Some((entry, _)) = lookup
+                        .found
+                        .filter(|(e, _)| e.remaining_freshness(now).is_some())
+                    {
+                        return Some(entry);
+                    }
+                    if redis.lease_held(&id).await != Some(true) {
+                        return None;
+                    }
+                }
+                self.metrics.redis_call("lease", "expired");
+                None
+            }
+        }
     }
 
     /// Removes what is stored under a URL's `key` from every tier: its

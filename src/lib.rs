@@ -22,6 +22,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod body;
 pub mod cache;
 pub mod config;
 pub mod metrics;

@@ -9,8 +9,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::cache::Cache;
-
 /// Route label for requests that matched no route.
 pub const UNROUTED: &str = "unrouted";
 
@@ -196,16 +194,22 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
-    /// The Prometheus text exposition, with gauges read from the cache now.
-    pub fn render(&self, cache: &Cache) -> String {
-        if let Some(redis) = cache.redis() {
-            self.redis_connected.set(i64::from(redis.connected()));
-            self.redis_breaker_open.set(i64::from(redis.breaker_open()));
-        }
+    /// The memory tier's size, set just before rendering.
+    pub fn set_memory(&self, bytes: u64, entries: u64) {
         self.memory_bytes
-            .set(i64::try_from(cache.memory().bytes()).unwrap_or(i64::MAX));
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
         self.memory_entries
-            .set(i64::try_from(cache.memory().entries()).unwrap_or(i64::MAX));
+            .set(i64::try_from(entries).unwrap_or(i64::MAX));
+    }
+
+    /// The Redis client's state, set just before rendering.
+    pub fn set_redis(&self, connected: bool, breaker_open: bool) {
+        self.redis_connected.set(i64::from(connected));
+        self.redis_breaker_open.set(i64::from(breaker_open));
+    }
+
+    /// The Prometheus text exposition; the gauges are set by the caller first.
+    pub fn render(&self) -> String {
         let mut text = String::new();
         if prometheus_client::encoding::text::encode(&mut text, &self.registry).is_err() {
             text.clear();

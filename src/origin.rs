@@ -19,6 +19,14 @@ use crate::config::OriginConfig;
 /// Body of a request sent upstream: the client's streamed body, or an empty one.
 pub type OriginBody = UnsyncBoxBody<Bytes, hyper::Error>;
 
+/// The body of a request that sends none (a cacheable GET or HEAD, a refresh).
+pub fn no_body() -> OriginBody {
+    use http_body_util::BodyExt as _;
+    http_body_util::Empty::new()
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
 /// How long an idle pooled connection to the origin is kept.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 

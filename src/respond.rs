@@ -4,11 +4,10 @@ use std::time::SystemTime;
 
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Response, StatusCode};
-use http_body_util::{BodyExt, Empty};
 
+use crate::body::{self, ProxyBody};
 use crate::cache::entry::Entry;
 use crate::cache::{range, validation};
-use crate::proxy::{ProxyBody, full_body};
 
 /// A stored response as the answer to a request: a 304 when the client's
 /// own conditions hold, a 206 or 416 for a `Range` (RFC 9110 §14), no body
@@ -22,7 +21,7 @@ pub fn answer(
     let mut response = if validation::not_modified(request, &entry.headers, entry.response_time) {
         not_modified(&entry.headers)
     } else if let Some(partial) = requested_range(entry, request, head_only) {
-        let mut response = Response::new(full_body(partial.body));
+        let mut response = Response::new(body::full(partial.body));
         *response.status_mut() = partial.status;
         *response.headers_mut() = entry.headers.clone();
         for (name, value) in &partial.headers {
@@ -31,9 +30,9 @@ pub fn answer(
         response
     } else {
         let body = if head_only {
-            Empty::new().map_err(|never| match never {}).boxed_unsync()
+            body::empty()
         } else {
-            full_body(entry.body.clone())
+            body::full(entry.body.clone())
         };
         let mut response = Response::new(body);
         *response.status_mut() = entry.status;
@@ -68,7 +67,7 @@ fn requested_range(entry: &Entry, request: &HeaderMap, head_only: bool) -> Optio
 
 /// A 304 for a client whose condition matched a full response with `headers`.
 pub fn not_modified(headers: &HeaderMap) -> Response<ProxyBody> {
-    let mut response = Response::new(Empty::new().map_err(|never| match never {}).boxed_unsync());
+    let mut response = Response::new(body::empty());
     *response.status_mut() = StatusCode::NOT_MODIFIED;
     *response.headers_mut() = validation::not_modified_headers(headers);
     response

@@ -60,6 +60,11 @@ impl Fill {
         }
     }
 
+    /// The response to be stored, its body still empty.
+    pub fn entry(&self) -> &Entry {
+        &self.entry
+    }
+
     /// Copies one chunk; gives up (returns `Err`) when over the limit.
     fn push(&mut self, data: &Bytes) -> Result<(), NoCacheReason> {
         if (self.buffer.len() + data.len()) as u64 > self.limit {
@@ -80,12 +85,8 @@ impl Fill {
             return Err(NoCacheReason::Incomplete);
         }
         self.entry.body = self.buffer.freeze();
-        let stored = self
-            .cache
-            .store(self.entry, self.variants, SystemTime::now());
-        if let (Some(leader), Some(stored)) = (self.leader, stored) {
-            leader.stored(stored);
-        }
+        self.cache
+            .store(self.entry, self.variants, self.leader, SystemTime::now());
         Ok(())
     }
 }

@@ -5,9 +5,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use http::{HeaderMap, HeaderName, Method, StatusCode, header};
-
-use crate::route::Route;
+use http::{HeaderMap, HeaderName, StatusCode, header};
 
 /// Largest delta-seconds honoured (RFC 9111 §1.2.2): 2^31 seconds.
 const MAX_DELTA_SECONDS: u64 = 1 << 31;
@@ -96,23 +94,17 @@ impl NoCacheReason {
     }
 }
 
-/// Decides whether a request may use the cache at all.
-pub fn request_policy(
-    route: Option<&Route>,
-    method: &Method,
-    headers: &HeaderMap,
-) -> RequestPolicy {
-    match route {
-        Some(route) if route.caches(method) => {
-            if headers.contains_key(header::IF_MATCH)
-                || headers.contains_key(header::IF_UNMODIFIED_SINCE)
-            {
-                RequestPolicy::Forward(NoCacheReason::Precondition)
-            } else {
-                RequestPolicy::Lookup
-            }
-        }
-        _ => RequestPolicy::Bypass,
+/// Decides whether a request may use the cache at all; `caches` says whether
+/// its route caches its method.
+pub fn request_policy(caches: bool, headers: &HeaderMap) -> RequestPolicy {
+    if !caches {
+        RequestPolicy::Bypass
+    } else if headers.contains_key(header::IF_MATCH)
+        || headers.contains_key(header::IF_UNMODIFIED_SINCE)
+    {
+        RequestPolicy::Forward(NoCacheReason::Precondition)
+    } else {
+        RequestPolicy::Lookup
     }
 }
 

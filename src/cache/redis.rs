@@ -15,7 +15,6 @@ use tokio::sync::mpsc;
 
 use super::entry::Stored;
 use super::key::CacheKey;
-use super::memory::MemoryTier;
 use crate::config::RedisConfig;
 use crate::metrics::Metrics;
 
@@ -60,11 +59,13 @@ pub struct RedisTier {
 
 impl RedisTier {
     /// Creates the client and starts connecting in the background: the proxy
-    /// serves (without L2) while Redis is unreachable and picks it up when it appears.
+    /// serves (without L2) while Redis is unreachable and picks it up when it
+    /// appears. `invalidated` is told the hash of every key another pod
+    /// invalidates or purges.
     pub fn start(
         config: &RedisConfig,
         metrics: Arc<Metrics>,
-        memory: MemoryTier,
+        invalidated: impl Fn(&[u8; 32]) + Send + 'static,
     ) -> Result<RedisTier, fred::error::Error> {
         let mut client_config = config.client.clone();
         // Keep retrying the first connection too, instead of failing start-up.
@@ -91,7 +92,7 @@ impl RedisTier {
         let client = builder.build()?;
         tokio::spawn(listen_for_invalidations(
             builder.build_subscriber_client()?,
-            memory,
+            invalidated,
         ));
         // The connection task runs for the client's lifetime; its handle is
         // not needed because the client reconnects on its own.
@@ -353,10 +354,10 @@ async fn write_loop(
 }
 
 /// Subscribes to invalidations from other pods (purges and RFC 9111 §4.4
-/// invalidations) and drops those keys from this pod's memory tier. The
-/// first subscription is retried until Redis is there; after that fred
+/// invalidations) and passes each key's hash to `invalidated`. The first
+/// subscription is retried until Redis is there; after that fred
 /// re-subscribes on every reconnect.
-async fn listen_for_invalidations(subscriber: SubscriberClient, memory: MemoryTier) {
+async fn listen_for_invalidations(subscriber: SubscriberClient, invalidated: impl Fn(&[u8; 32])) {
     drop(subscriber.connect());
     let _resubscribe = subscriber.manage_subscriptions();
     let mut messages = subscriber.message_rx();
@@ -377,7 +378,7 @@ async fn listen_for_invalidations(subscriber: SubscriberClient, memory: MemoryTi
                     .as_str()
                     .and_then(|hex| blake3::Hash::from_hex(hex.as_bytes()).ok());
                 if let Some(hash) = hash {
-                    memory.remove_hash(hash.as_bytes());
+                    invalidated(hash.as_bytes());
                 }
             }
             // Missed messages cannot be recovered; those entries age out.
