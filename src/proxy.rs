@@ -162,6 +162,25 @@ impl CacheableRequest {
         }
     }
 
+    /// Adds to the forwarded `headers` the validators of the stored response
+    /// being validated, or the client's `Range` when it is passed through;
+    /// returns the plan of the forwarded request.
+    fn prepare(&self, headers: &mut HeaderMap, prior: &Prior) -> Plan {
+        let validating = prior.validating();
+        if let Some(entry) = validating {
+            validation::add_validators(headers, &entry.headers);
+        }
+        let plan = self.plan.forwarding(validating.is_some());
+        if plan == Plan::RangePass {
+            for name in [header::RANGE, header::IF_RANGE] {
+                if let Some(value) = self.client_headers.get(&name) {
+                    headers.insert(name, value.clone());
+                }
+            }
+        }
+        plan
+    }
+
     /// The fetch that requests the origin would answer alike may share.
     fn flight(&self) -> Flight<'_> {
         Flight {
@@ -362,18 +381,7 @@ impl Proxy {
         leader: Option<Leader>,
         client: SocketAddr,
     ) -> Result<Served, Failed> {
-        let validating = prior.validating();
-        if let Some(entry) = validating {
-            validation::add_validators(&mut parts.headers, &entry.headers);
-        }
-        let plan = request.plan.forwarding(validating.is_some());
-        if plan == Plan::RangePass {
-            for name in [header::RANGE, header::IF_RANGE] {
-                if let Some(value) = request.client_headers.get(&name) {
-                    parts.headers.insert(name, value.clone());
-                }
-            }
-        }
+        let plan = request.prepare(&mut parts.headers, &prior);
         let presented = request.presented(self.max_object_size);
         let route = request.route.name.as_str();
         let sent = SystemTime::now();

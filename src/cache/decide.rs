@@ -227,36 +227,8 @@ pub fn on_head(
         };
         return OnHead::StandIn(entry, status);
     }
-    if let Some(stored) = prior.validating().filter(|stored| {
-        head.status == StatusCode::NOT_MODIFIED
-            || (plan.head_only()
-                && head.status == StatusCode::OK
-                && validation::same_representation(&stored.headers, &head.headers))
-    }) {
-        let entry = entry::refreshed(
-            stored,
-            &head.headers,
-            request.rules,
-            times.request,
-            times.response,
-        );
-        let stored = policy::storability(
-            entry.status,
-            &entry.headers,
-            &CacheControl::parse(&entry.headers),
-            request.facts(),
-            request.rules,
-            times.response,
-        );
-        let status = CacheStatus::Stale {
-            fwd_status: head.status,
-            not_stored: stored.err(),
-        };
-        return OnHead::Refreshed {
-            entry,
-            store: stored.is_ok(),
-            status,
-        };
+    if let Some(refreshed) = refresh(request, plan, prior, head, times) {
+        return refreshed;
     }
     let storable = match plan {
         Plan::Head => Err(NoCacheReason::Head),
@@ -283,8 +255,65 @@ pub fn on_head(
     let Ok(freshness_lifetime) = storable else {
         return OnHead::PassOn(status);
     };
-    // A response that varies (or any on a route with key headers) is stored
-    // as a variant of its URL, through the URL's index of variants.
+    let (entry, variants) = to_store(request, prior, head, times, freshness_lifetime);
+    OnHead::Store {
+        entry,
+        variants,
+        status,
+    }
+}
+
+/// A 304 refreshes the stored response being validated (§4.3.4), and so
+/// does a 200 to a HEAD that describes the same representation (§4.3.5).
+fn refresh(
+    request: &Presented<'_>,
+    plan: Plan,
+    prior: &Prior,
+    head: &response::Parts,
+    times: Times,
+) -> Option<OnHead> {
+    let stored = prior.validating().filter(|stored| {
+        head.status == StatusCode::NOT_MODIFIED
+            || (plan.head_only()
+                && head.status == StatusCode::OK
+                && validation::same_representation(&stored.headers, &head.headers))
+    })?;
+    let entry = entry::refreshed(
+        stored,
+        &head.headers,
+        request.rules,
+        times.request,
+        times.response,
+    );
+    let storable = policy::storability(
+        entry.status,
+        &entry.headers,
+        &CacheControl::parse(&entry.headers),
+        request.facts(),
+        request.rules,
+        times.response,
+    );
+    let status = CacheStatus::Stale {
+        fwd_status: head.status,
+        not_stored: storable.err(),
+    };
+    Some(OnHead::Refreshed {
+        entry,
+        store: storable.is_ok(),
+        status,
+    })
+}
+
+/// The entry a storable response becomes (its body still to come), and the
+/// variant index it is stored under: a response that varies (or any on a
+/// route with key headers) is stored as a variant of its URL.
+fn to_store(
+    request: &Presented<'_>,
+    prior: &Prior,
+    head: &response::Parts,
+    times: Times,
+    freshness_lifetime: Duration,
+) -> (Entry, Option<Arc<Variants>>) {
     let mut names = request.key_headers.to_vec();
     names.extend(policy::vary_names(&head.headers).unwrap_or_default());
     let variants = (!names.is_empty()).then(|| match &prior.variants {
@@ -303,11 +332,7 @@ pub fn on_head(
         initial_age: policy::corrected_initial_age(&head.headers, times.request, times.response),
         freshness_lifetime,
     };
-    OnHead::Store {
-        entry,
-        variants,
-        status,
-    }
+    (entry, variants)
 }
 
 /// What an origin that gave no answer (`fwd_status`: 502 or 504) means: a
@@ -350,4 +375,348 @@ fn fits(headers: &HeaderMap, max_object_size: u64) -> Result<(), NoCacheReason> 
 /// Whole seconds, for `ttl` in `Cache-Status`.
 fn seconds(duration: Duration) -> i64 {
     i64::try_from(duration.as_secs()).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::Tier;
+    use crate::cache::policy::DEFAULT_CACHE_STATUSES;
+    use crate::testing::headers;
+
+    const MINUTE: Duration = Duration::from_secs(60);
+
+    /// The request side of a decision, owned, for building `Presented`.
+    struct Ask {
+        plan: Plan,
+        cc: CacheControl,
+        authorization: bool,
+        stale_while_revalidate: Duration,
+        stale_if_error: Duration,
+        url_key: CacheKey,
+        forwarded: HeaderMap,
+    }
+
+    fn ask(request_headers: &[(&str, &str)]) -> Ask {
+        let (parts, ()) = http::Request::get("http://example.com/x")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let forwarded = headers(request_headers);
+        Ask {
+            plan: Plan::Full,
+            cc: CacheControl::parse_request(&forwarded),
+            authorization: forwarded.contains_key(header::AUTHORIZATION),
+            stale_while_revalidate: Duration::ZERO,
+            stale_if_error: Duration::ZERO,
+            url_key: CacheKey::for_request("ns", &parts),
+            forwarded,
+        }
+    }
+
+    impl Ask {
+        fn presented(&self) -> Presented<'_> {
+            Presented {
+                plan: self.plan,
+                cc: &self.cc,
+                authorization: self.authorization,
+                rules: StoreRules {
+                    ttl: Duration::ZERO,
+                    statuses: &DEFAULT_CACHE_STATUSES,
+                    heuristic: false,
+                },
+                stale_while_revalidate: self.stale_while_revalidate,
+                stale_if_error: self.stale_if_error,
+                url_key: &self.url_key,
+                forwarded: &self.forwarded,
+                key_headers: &[],
+                max_object_size: 1024,
+            }
+        }
+    }
+
+    /// A stored 200 with these headers, `age` old at `now`, fresh for `lifetime`.
+    fn stored(response_headers: &[(&str, &str)], age: Duration, lifetime: Duration) -> Arc<Entry> {
+        let (parts, ()) = http::Request::get("http://example.com/x")
+            .body(())
+            .unwrap()
+            .into_parts();
+        Arc::new(Entry {
+            key: CacheKey::for_request("ns", &parts),
+            status: StatusCode::OK,
+            headers: headers(response_headers),
+            body: bytes::Bytes::from_static(b"stored"),
+            response_time: now() - age,
+            initial_age: Duration::ZERO,
+            freshness_lifetime: lifetime,
+        })
+    }
+
+    fn now() -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)
+    }
+
+    fn found(entry: Arc<Entry>, tier: Tier) -> Lookup {
+        Lookup {
+            found: Some((entry, tier)),
+            variants: None,
+        }
+    }
+
+    /// What `on_lookup` decided, in a comparable form: the verdict, its
+    /// status, and whether a stale entry is carried on.
+    fn lookup_verdict(decision: OnLookup) -> (&'static str, Option<CacheStatus>, bool) {
+        match decision {
+            OnLookup::Serve(_, status) => ("serve", Some(status), false),
+            OnLookup::ServeAndRefresh(_, status, prior) => {
+                ("serve+refresh", Some(status), prior.stale.is_some())
+            }
+            OnLookup::Forward(prior) => ("forward", None, prior.stale.is_some()),
+            OnLookup::Refuse(status) => ("refuse", Some(status), false),
+        }
+    }
+
+    #[test]
+    fn plan_is_decided_once_from_the_request() {
+        let rows = [
+            // head, range, range_fill, plan, forwarding while validating
+            (false, false, false, Plan::Full, Plan::Full),
+            (true, false, false, Plan::Head, Plan::Head),
+            (true, true, true, Plan::Head, Plan::Head),
+            (false, true, false, Plan::RangePass, Plan::RangeFill),
+            (false, true, true, Plan::RangeFill, Plan::RangeFill),
+        ];
+        for (head, range, fill, plan, validating) in rows {
+            let decided = Plan::new(head, range, fill);
+            assert_eq!(decided, plan, "{head} {range} {fill}");
+            assert_eq!(decided.forwarding(false), plan);
+            assert_eq!(decided.forwarding(true), validating);
+        }
+        assert!(Plan::Full.coalesces());
+        assert!(!Plan::Head.coalesces() && !Plan::RangeFill.coalesces());
+    }
+
+    #[test]
+    fn on_lookup_rfc9111_4_and_rfc5861_3() {
+        let hit = |ttl, tier| Some(CacheStatus::Hit { ttl, tier });
+        let miss = |reason| {
+            Some(CacheStatus::Miss {
+                not_stored: Some(reason),
+            })
+        };
+        let (fresh, stale) = ((MINUTE, 2 * MINUTE), (3 * MINUTE, 2 * MINUTE));
+        #[rustfmt::skip]
+        let rows: Vec<(&str, &[(&str, &str)], &[(&str, &str)], Option<(Duration, Duration)>, Duration, (&str, Option<CacheStatus>, bool))> = vec![
+            ("§4.2 fresh is served", &[], &[], Some(fresh), Duration::ZERO, ("serve", hit(60, Tier::Memory), false)),
+            ("§4.2 stale is forwarded to be validated", &[], &[], Some(stale), Duration::ZERO, ("forward", None, true)),
+            ("nothing stored is a miss", &[], &[], None, Duration::ZERO, ("forward", None, false)),
+            ("§5.2.1.2 max-stale accepts stale", &[("cache-control", "max-stale=120")], &[], Some(stale), Duration::ZERO, ("serve", hit(-60, Tier::Memory), false)),
+            ("§5.2.2.2 must-revalidate refuses max-stale", &[("cache-control", "max-stale")], &[("cache-control", "must-revalidate")], Some(stale), Duration::ZERO, ("forward", None, true)),
+            ("§5.2.1.4 request no-cache validates a fresh one", &[("cache-control", "no-cache")], &[], Some(fresh), Duration::ZERO, ("forward", None, true)),
+            ("§5.2.1.4 Pragma no-cache without Cache-Control", &[("pragma", "no-cache")], &[], Some(fresh), Duration::ZERO, ("forward", None, true)),
+            ("§5.2.1.1 request max-age below the age", &[("cache-control", "max-age=30")], &[], Some(fresh), Duration::ZERO, ("forward", None, true)),
+            ("§5.2.1.3 min-fresh above what is left", &[("cache-control", "min-fresh=90")], &[], Some(fresh), Duration::ZERO, ("forward", None, true)),
+            ("§5.2.2.4 stored no-cache is validated", &[], &[("cache-control", "no-cache")], Some(fresh), Duration::ZERO, ("forward", None, true)),
+            ("RFC 5861 §3 route window serves stale and refreshes", &[], &[], Some(stale), 2 * MINUTE, ("serve+refresh", Some(CacheStatus::WhileRevalidate { ttl: -60 }), true)),
+            ("RFC 5861 §3 response window", &[], &[("cache-control", "max-age=120, stale-while-revalidate=90")], Some(stale), Duration::ZERO, ("serve+refresh", Some(CacheStatus::WhileRevalidate { ttl: -60 }), true)),
+            ("RFC 5861 §3 past the window", &[], &[("cache-control", "stale-while-revalidate=30")], Some(stale), Duration::ZERO, ("forward", None, true)),
+            ("must-revalidate turns stale-while-revalidate off", &[], &[("cache-control", "must-revalidate")], Some(stale), 2 * MINUTE, ("forward", None, true)),
+            ("request no-cache turns stale-while-revalidate off", &[("cache-control", "no-cache")], &[], Some(stale), 2 * MINUTE, ("forward", None, true)),
+            ("§5.2.1.7 only-if-cached with nothing", &[("cache-control", "only-if-cached")], &[], None, Duration::ZERO, ("refuse", miss(NoCacheReason::OnlyIfCached), false)),
+            ("§5.2.1.7 only-if-cached with a stale one", &[("cache-control", "only-if-cached")], &[], Some(stale), Duration::ZERO, ("refuse", miss(NoCacheReason::OnlyIfCached), false)),
+            ("§3.5 credentials skip an unshareable response", &[("authorization", "Bearer x")], &[], Some(fresh), Duration::ZERO, ("forward", None, false)),
+            ("§3.5 credentials may use a public one", &[("authorization", "Bearer x")], &[("cache-control", "public")], Some(fresh), Duration::ZERO, ("serve", hit(60, Tier::Memory), false)),
+        ];
+        for (why, request, response, entry, swr, expected) in rows {
+            let mut ask = ask(request);
+            ask.stale_while_revalidate = swr;
+            let lookup = entry.map_or_else(Lookup::default, |(age, lifetime)| {
+                found(stored(response, age, lifetime), Tier::Memory)
+            });
+            let decided = lookup_verdict(on_lookup(&ask.presented(), lookup, now()));
+            assert_eq!(decided, expected, "{why}");
+        }
+    }
+
+    #[test]
+    fn an_l2_hit_says_so() {
+        let lookup = found(stored(&[], MINUTE, 2 * MINUTE), Tier::Redis);
+        let decided = lookup_verdict(on_lookup(&ask(&[]).presented(), lookup, now()));
+        assert_eq!(
+            decided.1,
+            Some(CacheStatus::Hit {
+                ttl: 60,
+                tier: Tier::Redis
+            })
+        );
+    }
+
+    /// What `on_head` decided, in a comparable form.
+    fn head_verdict(decision: &OnHead) -> (&'static str, CacheStatus) {
+        match decision {
+            OnHead::Refreshed {
+                store: true,
+                status,
+                ..
+            } => ("refresh+store", *status),
+            OnHead::Refreshed {
+                store: false,
+                status,
+                ..
+            } => ("refresh", *status),
+            OnHead::StandIn(_, status) => ("stand-in", *status),
+            OnHead::Store { status, .. } => ("store", *status),
+            OnHead::PassOn(status) => ("pass", *status),
+        }
+    }
+
+    fn head(status: u16, response_headers: &[(&str, &str)]) -> response::Parts {
+        let mut parts = http::Response::new(()).into_parts().0;
+        parts.status = StatusCode::from_u16(status).unwrap();
+        parts.headers = headers(response_headers);
+        parts
+    }
+
+    #[test]
+    fn on_head_rfc9111_3_and_4_3() {
+        let times = Times {
+            request: now(),
+            response: now(),
+        };
+        let miss = |not_stored| CacheStatus::Miss { not_stored };
+        let stale = |code: u16, not_stored| CacheStatus::Stale {
+            fwd_status: StatusCode::from_u16(code).unwrap(),
+            not_stored,
+        };
+        let etag: &[(&str, &str)] = &[("etag", "\"v1\""), ("cache-control", "max-age=60")];
+        let old = || Some(stored(etag, 3 * MINUTE, 2 * MINUTE));
+        let old_without_validators = || Some(stored(&[], 3 * MINUTE, 2 * MINUTE));
+        let fresh_200: &[(&str, &str)] = &[("cache-control", "max-age=60")];
+        let none = None;
+        #[rustfmt::skip]
+        let rows: Vec<(&str, Plan, Option<Arc<Entry>>, Duration, u16, &[(&str, &str)], (&str, CacheStatus))> = vec![
+            ("§3 a fresh 200 is stored", Plan::Full, none.clone(), Duration::ZERO, 200, fresh_200, ("store", miss(None))),
+            ("§3 private is passed on", Plan::Full, none.clone(), Duration::ZERO, 200, &[("cache-control", "private, max-age=60")], ("pass", miss(Some(NoCacheReason::Private)))),
+            ("§3 no-store is passed on", Plan::Full, none.clone(), Duration::ZERO, 200, &[("cache-control", "no-store")], ("pass", miss(Some(NoCacheReason::NoStore)))),
+            ("§3 Set-Cookie is passed on", Plan::Full, none.clone(), Duration::ZERO, 200, &[("cache-control", "max-age=60"), ("set-cookie", "a=1")], ("pass", miss(Some(NoCacheReason::SetCookie)))),
+            ("§4.1 Vary: * is passed on", Plan::Full, none.clone(), Duration::ZERO, 200, &[("cache-control", "max-age=60"), ("vary", "*")], ("pass", miss(Some(NoCacheReason::Vary)))),
+            ("a 5xx the route does not list is passed on", Plan::Full, none.clone(), Duration::ZERO, 503, fresh_200, ("pass", miss(Some(NoCacheReason::Status)))),
+            ("a declared body over the limit is passed on", Plan::Full, none.clone(), Duration::ZERO, 200, &[("cache-control", "max-age=60"), ("content-length", "2048")], ("pass", miss(Some(NoCacheReason::TooLarge)))),
+            ("a HEAD miss has no body to store", Plan::Head, none.clone(), Duration::ZERO, 200, fresh_200, ("pass", miss(Some(NoCacheReason::Head)))),
+            ("a range passed through is not stored", Plan::RangePass, none.clone(), Duration::ZERO, 206, fresh_200, ("pass", miss(Some(NoCacheReason::Range)))),
+            ("a range fill stores the whole 200", Plan::RangeFill, none.clone(), Duration::ZERO, 200, fresh_200, ("store", miss(None))),
+            ("§4.3.4 a 304 refreshes the stored response", Plan::Full, old(), Duration::ZERO, 304, fresh_200, ("refresh+store", stale(304, None))),
+            ("§4.3.4 a refresh that turns private is served, not stored", Plan::Full, old(), Duration::ZERO, 304, &[("cache-control", "private")], ("refresh", stale(304, Some(NoCacheReason::Private)))),
+            ("§4.3.5 a HEAD's 200 with the stored ETag refreshes", Plan::Head, old(), Duration::ZERO, 200, etag, ("refresh+store", stale(200, None))),
+            ("§4.3.5 a HEAD's 200 with another ETag does not", Plan::Head, old(), Duration::ZERO, 200, &[("etag", "\"v2\"")], ("pass", stale(200, Some(NoCacheReason::Head)))),
+            ("§4.3.4 a 200 replaces the stale response", Plan::Full, old(), Duration::ZERO, 200, fresh_200, ("store", stale(200, None))),
+            ("a stale response without validators is fetched again", Plan::Full, old_without_validators(), Duration::ZERO, 200, fresh_200, ("store", stale(200, None))),
+            ("RFC 5861 §4 a 5xx within stale-if-error gets the stale copy", Plan::Full, old(), 2 * MINUTE, 503, &[], ("stand-in", CacheStatus::IfError { fwd_status: StatusCode::SERVICE_UNAVAILABLE })),
+            ("RFC 5861 §4 past the window the 5xx goes through", Plan::Full, old(), Duration::ZERO, 503, &[], ("pass", stale(503, Some(NoCacheReason::Status)))),
+        ];
+        for (why, plan, stale_entry, sie, status, response, expected) in rows {
+            let mut ask = ask(&[]);
+            ask.plan = plan;
+            ask.stale_if_error = sie;
+            let prior = Prior {
+                stale: stale_entry,
+                variants: None,
+            };
+            let forwarding = plan.forwarding(prior.validating().is_some());
+            let decided = on_head(
+                &ask.presented(),
+                forwarding,
+                &prior,
+                &head(status, response),
+                times,
+            );
+            assert_eq!(head_verdict(&decided), expected, "{why}");
+        }
+    }
+
+    #[test]
+    fn on_head_stores_variants_behind_the_url_index_rfc9111_4_1() {
+        let times = Times {
+            request: now(),
+            response: now(),
+        };
+        let ask = ask(&[("accept-language", "fr")]);
+        let response = head(
+            200,
+            &[("cache-control", "max-age=60"), ("vary", "Accept-Language")],
+        );
+        let decided = on_head(
+            &ask.presented(),
+            Plan::Full,
+            &Prior::default(),
+            &response,
+            times,
+        );
+        let OnHead::Store {
+            entry,
+            variants: Some(index),
+            status,
+        } = decided
+        else {
+            panic!("stored as a variant: {decided:?}");
+        };
+        assert_eq!(status, CacheStatus::Miss { not_stored: None });
+        assert_eq!(index.key, ask.url_key);
+        assert_eq!(entry.key, index.key_for(&ask.forwarded));
+        assert_ne!(entry.key, ask.url_key);
+        assert_eq!(entry.freshness_lifetime, MINUTE);
+
+        // A URL known to vary reports a miss of this variant, and keeps its index.
+        let prior = Prior {
+            stale: None,
+            variants: Some(index.clone()),
+        };
+        let decided = on_head(&ask.presented(), Plan::Full, &prior, &response, times);
+        let OnHead::Store {
+            variants: Some(kept),
+            status,
+            ..
+        } = decided
+        else {
+            panic!("stored as a variant");
+        };
+        assert_eq!(status, CacheStatus::VaryMiss { not_stored: None });
+        assert!(Arc::ptr_eq(&kept, &index));
+    }
+
+    #[test]
+    fn on_error_rfc5861_4() {
+        let gateway = StatusCode::BAD_GATEWAY;
+        let old = stored(&[], 3 * MINUTE, 2 * MINUTE);
+        let with_directive = stored(
+            &[("cache-control", "stale-if-error=30")],
+            3 * MINUTE,
+            2 * MINUTE,
+        );
+        #[rustfmt::skip]
+        let rows: Vec<(&str, Option<Arc<Entry>>, Duration, bool)> = vec![
+            ("nothing stored: the error", None, 2 * MINUTE, true),
+            ("within the route's window", Some(old.clone()), 2 * MINUTE, false),
+            ("without a window", Some(old.clone()), Duration::ZERO, true),
+            ("past the response's own window", Some(with_directive), 2 * MINUTE, true),
+        ];
+        for (why, stale, window, error) in rows {
+            let mut ask = ask(&[]);
+            ask.stale_if_error = window;
+            let prior = Prior {
+                stale,
+                variants: None,
+            };
+            let decided = on_error(&ask.presented(), &prior, gateway, now());
+            assert_eq!(decided.is_none(), error, "{why}");
+            if let Some((_, status)) = decided {
+                assert_eq!(
+                    status,
+                    CacheStatus::IfError {
+                        fwd_status: gateway
+                    }
+                );
+            }
+        }
+    }
 }
