@@ -386,6 +386,29 @@ mod tests {
 
     const MINUTE: Duration = Duration::from_secs(60);
 
+    type Fields<'a> = &'a [(&'a str, &'a str)];
+    /// Why; request fields; stored fields; stored (age, lifetime); route
+    /// stale-while-revalidate; the verdict.
+    type LookupRow<'a> = (
+        &'a str,
+        Fields<'a>,
+        Fields<'a>,
+        Option<(Duration, Duration)>,
+        Duration,
+        (&'a str, Option<CacheStatus>, bool),
+    );
+    /// Why; plan; stale entry; route stale-if-error; origin status and
+    /// fields; the verdict.
+    type HeadRow<'a> = (
+        &'a str,
+        Plan,
+        Option<Arc<Entry>>,
+        Duration,
+        u16,
+        Fields<'a>,
+        (&'a str, CacheStatus),
+    );
+
     /// The request side of a decision, owned, for building `Presented`.
     struct Ask {
         plan: Plan,
@@ -506,7 +529,7 @@ mod tests {
         };
         let (fresh, stale) = ((MINUTE, 2 * MINUTE), (3 * MINUTE, 2 * MINUTE));
         #[rustfmt::skip]
-        let rows: Vec<(&str, &[(&str, &str)], &[(&str, &str)], Option<(Duration, Duration)>, Duration, (&str, Option<CacheStatus>, bool))> = vec![
+        let rows: Vec<LookupRow> = vec![
             ("§4.2 fresh is served", &[], &[], Some(fresh), Duration::ZERO, ("serve", hit(60, Tier::Memory), false)),
             ("§4.2 stale is forwarded to be validated", &[], &[], Some(stale), Duration::ZERO, ("forward", None, true)),
             ("nothing stored is a miss", &[], &[], None, Duration::ZERO, ("forward", None, false)),
@@ -594,7 +617,7 @@ mod tests {
         let fresh_200: &[(&str, &str)] = &[("cache-control", "max-age=60")];
         let none = None;
         #[rustfmt::skip]
-        let rows: Vec<(&str, Plan, Option<Arc<Entry>>, Duration, u16, &[(&str, &str)], (&str, CacheStatus))> = vec![
+        let rows: Vec<HeadRow> = vec![
             ("§3 a fresh 200 is stored", Plan::Full, none.clone(), Duration::ZERO, 200, fresh_200, ("store", miss(None))),
             ("§3 private is passed on", Plan::Full, none.clone(), Duration::ZERO, 200, &[("cache-control", "private, max-age=60")], ("pass", miss(Some(NoCacheReason::Private)))),
             ("§3 no-store is passed on", Plan::Full, none.clone(), Duration::ZERO, 200, &[("cache-control", "no-store")], ("pass", miss(Some(NoCacheReason::NoStore)))),
