@@ -292,6 +292,17 @@ impl Cache {
         }
     }
 
+    /// Waits, until `deadline` at most, for the queued L2 writes and
+    /// invalidation broadcasts to be sent: at shutdown, an invalidation this
+    /// pod has accepted must still reach the other pods.
+    pub async fn flush(&self, deadline: tokio::time::Instant) {
+        if let Some(redis) = &self.redis
+            && !redis.flush(deadline).await
+        {
+            tracing::warn!("shutdown grace over before the queued Redis writes were sent");
+        }
+    }
+
     /// The in-memory tier, for its gauges.
     pub fn memory(&self) -> &MemoryTier {
         &self.memory

@@ -71,6 +71,10 @@ use crate::server::Limits;
 
 /// Connections the admin port serves at once; probes and scrapes are few.
 const ADMIN_MAX_CONNECTIONS: usize = 64;
+/// Least time the queued L2 writes get at shutdown, even when the requests
+/// used up the grace: an invalidation this pod accepted should reach the
+/// fleet. Each write has its own deadline (`redis.command_timeout`).
+pub const MIN_FLUSH: Duration = Duration::from_secs(1);
 /// Time admin connections get to finish after the proxy has drained.
 const ADMIN_SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
@@ -95,6 +99,10 @@ pub struct Running {
     ready: Arc<AtomicBool>,
     /// Time between readiness going off and the listener closing.
     shutdown_delay: Duration,
+    /// Time the in-flight work gets once the listener has closed.
+    shutdown_grace: Duration,
+    /// For shutdown: the queued L2 writes to send before leaving.
+    cache: Cache,
     stop_proxy: watch::Sender<bool>,
     stop_admin: watch::Sender<bool>,
     proxy_task: JoinHandle<()>,
@@ -129,17 +137,29 @@ impl Running {
     /// Shuts down: readiness off at once; requests still served for
     /// `server.shutdown_delay` (while endpoints elsewhere learn this pod is
     /// going); then no new connections, and in-flight requests run on for
-    /// the grace period; then the admin port closes.
+    /// the grace period, as do the background refreshes and then the queued
+    /// L2 writes and invalidation broadcasts (at least [`MIN_FLUSH`] for
+    /// those); then the admin port closes.
     pub async fn shutdown(self) {
         self.ready.store(false, Ordering::Release);
         if !self.shutdown_delay.is_zero() {
             tracing::info!(delay = ?self.shutdown_delay, "not ready; still serving before draining");
             tokio::time::sleep(self.shutdown_delay).await;
         }
+        let grace_over = tokio::time::Instant::now() + self.shutdown_grace;
         self.stop_proxy.send_replace(true);
         if let Err(error) = self.proxy_task.await {
             tracing::error!(%error, "proxy listener task failed");
         }
+        let refreshes = self.proxy.background_done();
+        if tokio::time::timeout_at(grace_over, refreshes)
+            .await
+            .is_err()
+        {
+            tracing::warn!("shutdown grace over before the background refreshes finished");
+        }
+        let flush_by = grace_over.max(tokio::time::Instant::now() + MIN_FLUSH);
+        self.cache.flush(flush_by).await;
         self.stop_admin.send_replace(true);
         if let Err(error) = self.admin_task.await {
             tracing::error!(%error, "admin listener task failed");
@@ -183,6 +203,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         metrics.clone(),
     ));
     let ready = Arc::new(AtomicBool::new(false));
+    let admin_cache = cache.clone();
     let admin = Arc::new(Admin {
         ready: ready.clone(),
         metrics,
@@ -224,6 +245,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         admin_addr,
         ready,
         shutdown_delay: server.shutdown_delay,
+        shutdown_grace: server.shutdown_grace,
+        cache: admin_cache,
         stop_proxy,
         stop_admin,
         proxy_task,

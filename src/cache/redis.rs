@@ -11,7 +11,7 @@ use fred::prelude::{
 use fred::prelude::{EventInterface, PubsubInterface};
 use fred::types::Builder;
 use fred::types::config::UnresponsiveConfig;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::entry::Stored;
 use super::key::CacheKey;
@@ -46,6 +46,13 @@ enum Write {
     Invalidate { hash: String },
 }
 
+/// What the writer task's queue carries.
+enum Queued {
+    Write(Write),
+    /// Answer once every write queued before this has been sent (shutdown).
+    Flush(oneshot::Sender<()>),
+}
+
 /// The shared Redis tier.
 pub struct RedisTier {
     client: fred::prelude::Client,
@@ -53,7 +60,7 @@ pub struct RedisTier {
     timeout: Duration,
     breaker: Arc<Breaker>,
     /// Writes happen off the response path, in order, through this queue.
-    writes: mpsc::Sender<Write>,
+    writes: mpsc::Sender<Queued>,
     metrics: Arc<Metrics>,
 }
 
@@ -166,7 +173,7 @@ impl RedisTier {
     pub fn store(&self, object: Stored, keep_for: Duration) {
         if self
             .writes
-            .try_send(Write::Set { object, keep_for })
+            .try_send(Queued::Write(Write::Set { object, keep_for }))
             .is_err()
         {
             self.metrics.redis_call("set", "dropped");
@@ -182,7 +189,7 @@ impl RedisTier {
             },
             Write::Invalidate { hash: key.hex() },
         ] {
-            if self.writes.try_send(write).is_err() {
+            if self.writes.try_send(Queued::Write(write)).is_err() {
                 self.metrics.redis_call("del", "dropped");
             }
         }
@@ -252,13 +259,22 @@ impl RedisTier {
     pub fn release_lease(&self, flight: &[u8; 32]) {
         if self
             .writes
-            .try_send(Write::Delete {
+            .try_send(Queued::Write(Write::Delete {
                 key: lease_key(flight),
-            })
+            }))
             .is_err()
         {
             self.metrics.redis_call("del", "dropped");
         }
+    }
+
+    /// Waits, until `deadline` at most, for the writes queued so far (fills,
+    /// deletes, invalidation broadcasts) to be sent; `false` if time ran out.
+    pub async fn flush(&self, deadline: tokio::time::Instant) -> bool {
+        let (done, flushed) = oneshot::channel();
+        let queued = tokio::time::timeout_at(deadline, self.writes.send(Queued::Flush(done)));
+        matches!(queued.await, Ok(Ok(())))
+            && matches!(tokio::time::timeout_at(deadline, flushed).await, Ok(Ok(())))
     }
 
     /// Whether the breaker is letting calls through.
@@ -289,13 +305,20 @@ impl RedisTier {
 
 /// Sends queued writes one after another, each within the deadline.
 async fn write_loop(
-    mut queue: mpsc::Receiver<Write>,
+    mut queue: mpsc::Receiver<Queued>,
     client: fred::prelude::Client,
     timeout: Duration,
     breaker: Arc<Breaker>,
     metrics: Arc<Metrics>,
 ) {
-    while let Some(write) = queue.recv().await {
+    while let Some(queued) = queue.recv().await {
+        let write = match queued {
+            Queued::Write(write) => write,
+            Queued::Flush(done) => {
+                let _ = done.send(());
+                continue;
+            }
+        };
         let op = match write {
             Write::Set { .. } => "set",
             Write::Delete { .. } => "del",
