@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use support::redis::{RedisCluster, RedisStandalone, cli, seeds};
-use support::{Origin, Proxy, ProxyConfig};
+use support::{Origin, Proxy, ProxyConfig, eventually};
 
 const ROUTE: &str = "[[routes]]\npath = \"/r/**\"\nttl = \"60s\"\n";
 
@@ -36,18 +36,6 @@ async fn get(proxy: &Proxy, path: &str) -> support::Answer {
 /// Runs blocking harness work (redis-cli, process control) off the runtime's threads.
 async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
     tokio::task::spawn_blocking(work).await.unwrap()
-}
-
-/// Polls `done` (bounded) while the proxies keep running.
-async fn eventually(what: &str, limit: Duration, mut done: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if done().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for {what}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,7 +5,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::{Origin, Proxy, ProxyConfig, Reply};
+use support::{Origin, Proxy, ProxyConfig, Reply, eventually};
 
 async fn proxy(origin: &Origin, route_extra: &str) -> Proxy {
     ProxyConfig::new(origin)
@@ -147,14 +147,15 @@ async fn a_conditional_miss_still_fills_the_cache_rfc9111_4_3_2() {
     );
     assert_eq!(first.cache_status(), "sidecache; fwd=miss; stored");
     // The body was read to the end in the background and stored.
-    let mut hit = proxy.get("/cm").await;
-    for _ in 0..50 {
-        if hit.cache_status().contains("hit") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        hit = proxy.get("/cm").await;
-    }
+    let mut hit = None;
+    eventually("the stored body", Duration::from_secs(2), async || {
+        let answer = proxy.get("/cm").await;
+        let stored = answer.cache_status().contains("hit");
+        hit = Some(answer);
+        stored
+    })
+    .await;
+    let hit = hit.unwrap();
     assert!(hit.cache_status().contains("hit"), "{}", hit.cache_status());
     assert_eq!(hit.text(), "filled");
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
-use support::{Origin, ProxyConfig, Reply};
+use support::{Origin, ProxyConfig, Reply, eventually};
 
 const ROUTE: &str = "[[routes]]\npath = \"/s/*\"\nttl = \"60s\"\n";
 const FIVE_MIB: usize = 5 * 1024 * 1024;
@@ -139,12 +139,12 @@ async fn a_body_the_client_abandons_is_not_stored() {
     body_stream.frame().await.unwrap().unwrap();
     drop(body_stream);
     // Wait for the origin to finish sending into the void.
-    for _ in 0..500 {
-        if origin.finished("/s/abandoned") == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually(
+        "the origin to finish sending",
+        Duration::from_secs(5),
+        async || origin.finished("/s/abandoned") == 1,
+    )
+    .await;
     let again = proxy.get("/s/abandoned").await;
     assert!(
         again.cache_status().contains("fwd=miss"),

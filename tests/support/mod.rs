@@ -5,11 +5,12 @@ pub mod redis;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::fmt::{self, Display};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode};
@@ -200,16 +201,16 @@ impl Origin {
 
     /// Waits (bounded) until the origin has seen `count` requests for `path`.
     pub async fn wait_for_hits(&self, path: &str, count: usize) {
-        for _ in 0..500 {
-            if self.hits(path) >= count {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!(
-            "origin saw {} requests for {path}, expected {count}",
-            self.hits(path)
-        );
+        let seen = lazy_message(|| {
+            format!(
+                "{count} requests for {path}; the origin saw {}",
+                self.hits(path)
+            )
+        });
+        eventually(seen, Duration::from_secs(5), async || {
+            self.hits(path) >= count
+        })
+        .await;
     }
 
     async fn respond(&self, request: Request<Incoming>) -> Response<ChannelBody> {
@@ -484,16 +485,66 @@ pub fn init_logging() {
 impl Proxy {
     /// Waits (bounded) until the proxy's Redis client reports its connections up.
     pub async fn wait_redis_connected(&self) {
-        for _ in 0..300 {
-            let metrics = self.admin("/metrics").await.text();
-            if metrics
-                .lines()
-                .any(|line| line == "sidecache_redis_connected 1")
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("proxy never connected to Redis");
+        eventually(
+            "the proxy to connect to Redis",
+            Duration::from_secs(15),
+            async || {
+                let metrics = self.admin("/metrics").await.text();
+                metrics
+                    .lines()
+                    .any(|line| line == "sidecache_redis_connected 1")
+            },
+        )
+        .await;
     }
+}
+
+/// Shortest and longest pause between two checks of `eventually`: quick to
+/// notice what happens at once, cheap over a long wait (some checks start
+/// `redis-cli` processes).
+const FIRST_PAUSE: Duration = Duration::from_millis(10);
+const LONGEST_PAUSE: Duration = Duration::from_millis(50);
+
+/// Checks `check` until it holds; fails the test with `what` when it still
+/// does not after `limit`. The limit is wall time, as what tests wait for is
+/// real work on sockets and processes. `what` is formatted only on failure,
+/// so it can report the state then (see [`lazy_message`]).
+pub async fn eventually(what: impl Display, limit: Duration, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    let mut pause = FIRST_PAUSE;
+    while !check().await {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(LONGEST_PAUSE);
+    }
+}
+
+/// [`eventually`] for blocking code. The Redis harness needs it: it drives
+/// `redis-server` and `redis-cli` with blocking process calls, run from
+/// `spawn_blocking`, so its waits must block the thread, not await.
+pub fn eventually_blocking(what: impl Display, limit: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    let mut pause = FIRST_PAUSE;
+    while !check() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(LONGEST_PAUSE);
+    }
+}
+
+/// A message built only when it is shown, from the state at that time.
+pub fn lazy_message(message: impl Fn() -> String) -> impl Display {
+    struct Lazy<F>(F);
+    impl<F: Fn() -> String> Display for Lazy<F> {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(&(self.0)())
+        }
+    }
+    Lazy(message)
 }
