@@ -100,22 +100,44 @@ impl Reply {
     }
 }
 
+/// What the origin knows about one path: how to answer it and what it saw.
 #[derive(Default)]
-struct OriginState {
-    replies: HashMap<String, Reply>,
-    hits: HashMap<String, usize>,
-    last_headers: HashMap<String, HeaderMap>,
-    /// Paths whose body has been sent to its end (or its break).
-    finished: HashMap<String, usize>,
-    /// 304 answers per path.
-    not_modified: HashMap<String, usize>,
+struct PathState {
+    reply: Reply,
+    hits: usize,
+    last_headers: HeaderMap,
+    /// Bodies sent to their end (or their break).
+    finished: usize,
+    /// 304 answers.
+    not_modified: usize,
+}
+
+/// The origin's state: one entry per path, shared with its connections.
+#[derive(Clone, Default)]
+struct Paths(Arc<Mutex<HashMap<String, PathState>>>);
+
+impl Paths {
+    /// One field of `path`'s state; its default for a path never seen.
+    fn read<T: Default>(&self, path: &str, field: impl FnOnce(&PathState) -> T) -> T {
+        self.0
+            .lock()
+            .unwrap()
+            .get(path)
+            .map(field)
+            .unwrap_or_default()
+    }
+
+    /// Changes `path`'s state, starting from the default for a path never seen.
+    fn update<T>(&self, path: &str, change: impl FnOnce(&mut PathState) -> T) -> T {
+        change(self.0.lock().unwrap().entry(path.into()).or_default())
+    }
 }
 
 /// A real HTTP origin on a loopback port that counts requests per path.
 #[derive(Clone)]
 pub struct Origin {
     pub addr: SocketAddr,
-    state: Arc<Mutex<OriginState>>,
+    paths: Paths,
 }
 
 impl Origin {
@@ -123,8 +145,10 @@ impl Origin {
         init_logging();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let state = Arc::new(Mutex::new(OriginState::default()));
-        let origin = Origin { addr, state };
+        let origin = Origin {
+            addr,
+            paths: Paths::default(),
+        };
         let server = origin.clone();
         tokio::spawn(async move {
             loop {
@@ -148,55 +172,27 @@ impl Origin {
 
     /// Answers `path` with `reply` from now on.
     pub fn on(&self, path: &str, reply: Reply) {
-        self.state
-            .lock()
-            .unwrap()
-            .replies
-            .insert(path.into(), reply);
+        self.paths.update(path, |state| state.reply = reply);
     }
 
     /// Requests the origin has seen for `path`.
     pub fn hits(&self, path: &str) -> usize {
-        self.state
-            .lock()
-            .unwrap()
-            .hits
-            .get(path)
-            .copied()
-            .unwrap_or(0)
+        self.paths.read(path, |state| state.hits)
     }
 
     /// Headers of the last request for `path`.
     pub fn last_headers(&self, path: &str) -> HeaderMap {
-        self.state
-            .lock()
-            .unwrap()
-            .last_headers
-            .get(path)
-            .cloned()
-            .unwrap_or_default()
+        self.paths.read(path, |state| state.last_headers.clone())
     }
 
     /// Requests for `path` answered with 304 Not Modified.
     pub fn not_modified(&self, path: &str) -> usize {
-        self.state
-            .lock()
-            .unwrap()
-            .not_modified
-            .get(path)
-            .copied()
-            .unwrap_or(0)
+        self.paths.read(path, |state| state.not_modified)
     }
 
     /// Bodies for `path` sent to their end.
     pub fn finished(&self, path: &str) -> usize {
-        self.state
-            .lock()
-            .unwrap()
-            .finished
-            .get(path)
-            .copied()
-            .unwrap_or(0)
+        self.paths.read(path, |state| state.finished)
     }
 
     /// Waits (bounded) until the origin has seen `count` requests for `path`.
@@ -215,18 +211,11 @@ impl Origin {
 
     async fn respond(&self, request: Request<Incoming>) -> Response<ChannelBody> {
         let path = request.uri().path().to_owned();
-        let (reply, hit) = {
-            let mut state = self.state.lock().unwrap();
-            let hit = {
-                let hits = state.hits.entry(path.clone()).or_default();
-                *hits += 1;
-                *hits
-            };
-            state
-                .last_headers
-                .insert(path.clone(), request.headers().clone());
-            (state.replies.get(&path).cloned().unwrap_or_default(), hit)
-        };
+        let (reply, hit) = self.paths.update(&path, |state| {
+            state.hits += 1;
+            state.last_headers = request.headers().clone();
+            (state.reply.clone(), state.hits)
+        });
         tokio::time::sleep(reply.head_delay).await;
         if let Some(etag) = &reply.etag {
             let matches = request
@@ -234,13 +223,7 @@ impl Origin {
                 .get("if-none-match")
                 .is_some_and(|v| v.to_str().unwrap().split(',').any(|t| t.trim() == etag));
             if matches {
-                *self
-                    .state
-                    .lock()
-                    .unwrap()
-                    .not_modified
-                    .entry(path.clone())
-                    .or_default() += 1;
+                self.paths.update(&path, |state| state.not_modified += 1);
                 let mut response = Response::builder().status(304).header("etag", etag);
                 for (name, value) in &reply.headers {
                     response = response.header(name, value);
@@ -264,7 +247,7 @@ impl Origin {
             response = response.header("etag", etag);
         }
         let (sender, receiver) = mpsc::channel(4);
-        let state = self.state.clone();
+        let paths = self.paths.clone();
         tokio::spawn(async move {
             let end = reply.truncate_after.unwrap_or(body.len()).min(body.len());
             let chunk = reply.slow.map_or(end.max(1), |(chunk, _)| chunk);
@@ -288,7 +271,7 @@ impl Origin {
                     .send(Err(std::io::Error::other("truncated on purpose")))
                     .await;
             }
-            *state.lock().unwrap().finished.entry(path).or_default() += 1;
+            paths.update(&path, |state| state.finished += 1);
         });
         response.body(ChannelBody(receiver)).unwrap()
     }
