@@ -8,17 +8,14 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use sidecache::config::Config;
-use support::{Origin, ProxyConfig, Reply, eventually};
+use support::{Origin, ProxyConfig, Reply, eventually, routes};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_sidecache");
 
 #[tokio::test]
 async fn admin_port_serves_probes_and_metrics() {
     let origin = Origin::start().await;
-    let proxy = ProxyConfig::new(&origin)
-        .with("[[routes]]\nname = \"users\"\npath = \"/users/*\"\nttl = \"60s\"\n")
-        .start()
-        .await;
+    let proxy = ProxyConfig::new(&origin).with(routes::USERS).start().await;
     assert_eq!(proxy.admin("/healthz").await.status, 200);
     assert_eq!(proxy.admin("/readyz").await.status, 200);
     assert_eq!(proxy.admin("/nope").await.status, 404);

@@ -7,9 +7,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use support::redis::{RedisCluster, RedisStandalone, cli, seeds};
-use support::{Origin, Proxy, ProxyConfig, eventually};
+use support::{Origin, Proxy, ProxyConfig, eventually, routes};
 
-const ROUTE: &str = "[[routes]]\npath = \"/r/**\"\nttl = \"60s\"\n";
+fn route() -> String {
+    routes::cache("/r/**", "60s")
+}
 
 fn redis_toml(nodes: &str) -> String {
     format!("[redis]\nnodes = {nodes}\ncommand_timeout = \"50ms\"\nconnect_timeout = \"300ms\"\n")
@@ -18,8 +20,8 @@ fn redis_toml(nodes: &str) -> String {
 async fn proxy_on(origin: &Origin, nodes: &str, extra: &str) -> Proxy {
     ProxyConfig::new(origin)
         .with(extra)
-        .with(&redis_toml(nodes))
-        .with(ROUTE)
+        .with(redis_toml(nodes))
+        .with(route())
         .start()
         .await
 }
@@ -343,7 +345,7 @@ async fn standalone_mode_shares_entries_and_a_corrupt_value_is_a_miss() {
     let start = || {
         ProxyConfig::new(&origin)
             .with(&standalone)
-            .with(ROUTE)
+            .with(route())
             .start()
     };
     let a = start().await;
@@ -436,7 +438,12 @@ async fn an_invalidation_through_one_pod_reaches_the_others_memory() {
     let node = format!("[\"127.0.0.1:{}\"]", redis.node.port);
     let config =
         format!("[redis]\nmode = \"standalone\"\nnodes = {node}\ncommand_timeout = \"50ms\"\n");
-    let start = || ProxyConfig::new(&origin).with(&config).with(ROUTE).start();
+    let start = || {
+        ProxyConfig::new(&origin)
+            .with(&config)
+            .with(route())
+            .start()
+    };
     let (a, b) = (start().await, start().await);
     a.wait_redis_connected().await;
     b.wait_redis_connected().await;

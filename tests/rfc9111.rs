@@ -5,13 +5,11 @@ mod support;
 
 use std::time::Duration;
 
-use support::{Origin, Proxy, ProxyConfig, Reply, eventually};
+use support::{Origin, Proxy, ProxyConfig, Reply, eventually, routes};
 
 async fn proxy(origin: &Origin, route_extra: &str) -> Proxy {
     ProxyConfig::new(origin)
-        .with(&format!(
-            "[[routes]]\npath = \"/**\"\nttl = \"60s\"\n{route_extra}"
-        ))
+        .with(routes::cache("/**", "60s") + route_extra)
         .start()
         .await
 }
@@ -316,8 +314,8 @@ async fn route_cache_status_widens_and_narrows_what_is_stored_rfc9110_15_1() {
     );
     origin.on("/n/404", Reply::ok().status(404));
     let proxy = ProxyConfig::new(&origin)
-        .with("[[routes]]\npath = \"/s/*\"\nttl = \"60s\"\ncache_status = [200, 302, 404]\n")
-        .with("[[routes]]\npath = \"/n/*\"\nttl = \"60s\"\ncache_status = [200]\n")
+        .with(routes::cache("/s/*", "60s") + "cache_status = [200, 302, 404]\n")
+        .with(routes::cache("/n/*", "60s") + "cache_status = [200]\n")
         .start()
         .await;
     for path in ["/s/404", "/s/302"] {
@@ -578,8 +576,8 @@ async fn a_range_miss_is_passed_through_unless_the_route_fills_whole() {
     origin.on("/pass/f", Reply::ok().body("abcdefghij"));
     origin.on("/fill/f", Reply::ok().body("abcdefghij"));
     let proxy = ProxyConfig::new(&origin)
-        .with("[[routes]]\npath = \"/pass/*\"\nttl = \"60s\"\n")
-        .with("[[routes]]\npath = \"/fill/*\"\nttl = \"60s\"\nrange_fill = true\n")
+        .with(routes::cache("/pass/*", "60s"))
+        .with(routes::cache("/fill/*", "60s") + "range_fill = true\n")
         .start()
         .await;
     let passed = proxy

@@ -326,9 +326,9 @@ impl ProxyConfig {
         self.shutdown_delay = delay;
         self
     }
-    /// More TOML: `[cache]` settings and `[[routes]]`.
-    pub fn with(mut self, toml: &str) -> ProxyConfig {
-        self.rest.push_str(toml);
+    /// More TOML: `[cache]` settings and `[[routes]]` (see [`routes`]).
+    pub fn with(mut self, toml: impl AsRef<str>) -> ProxyConfig {
+        self.rest.push_str(toml.as_ref());
         self.rest.push('\n');
         self
     }
@@ -350,6 +350,17 @@ impl ProxyConfig {
             running: sidecache::start(config).await.unwrap(),
             client: client(),
         }
+    }
+}
+
+/// `[[routes]]` snippets for [`ProxyConfig::with`].
+pub mod routes {
+    /// The route named `users`, as the metrics label it: `/users/*` for 60 s.
+    pub const USERS: &str = "[[routes]]\nname = \"users\"\npath = \"/users/*\"\nttl = \"60s\"\n";
+
+    /// A route that caches `path` for `ttl`; append lines for more of its keys.
+    pub fn cache(path: &str, ttl: &str) -> String {
+        format!("[[routes]]\npath = \"{path}\"\nttl = \"{ttl}\"\n")
     }
 }
 
