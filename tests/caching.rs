@@ -5,14 +5,12 @@ mod support;
 
 use std::time::Duration;
 
-use support::{Origin, ProxyConfig, Reply, get_h2};
-
-const USERS_ROUTE: &str = "[[routes]]\nname = \"users\"\npath = \"/users/*\"\nttl = \"60s\"\n";
+use support::{Origin, ProxyConfig, Reply, get_h2, routes};
 
 #[tokio::test]
 async fn second_get_is_a_hit_and_the_origin_counts_one() {
     let origin = Origin::start().await;
-    let proxy = ProxyConfig::new(&origin).with(USERS_ROUTE).start().await;
+    let proxy = ProxyConfig::new(&origin).with(routes::USERS).start().await;
 
     let first = proxy.get("/users/1").await;
     assert_eq!(first.status, 200);
@@ -50,7 +48,7 @@ async fn second_get_is_a_hit_and_the_origin_counts_one() {
 async fn entries_expire_after_the_route_ttl() {
     let origin = Origin::start().await;
     let proxy = ProxyConfig::new(&origin)
-        .with("[[routes]]\npath = \"/ttl/*\"\nttl = \"2s\"\n")
+        .with(routes::cache("/ttl/*", "2s"))
         .start()
         .await;
     proxy.get("/ttl/a").await;
@@ -80,7 +78,7 @@ async fn origin_freshness_beats_the_route_ttl() {
         Reply::ok().header("cache-control", "max-age=0"),
     );
     let proxy = ProxyConfig::new(&origin)
-        .with("[[routes]]\npath = \"/fresh/*\"\nttl = \"60s\"\n")
+        .with(routes::cache("/fresh/*", "60s"))
         .start()
         .await;
     proxy.get("/fresh/s").await;
@@ -146,7 +144,7 @@ async fn first_matching_route_wins_and_cache_false_always_forwards() {
 async fn unlisted_methods_are_forwarded_with_their_body() {
     let origin = Origin::start().await;
     let proxy = ProxyConfig::new(&origin)
-        .with("[[routes]]\npath = \"/m/*\"\nmethods = [\"GET\"]\nttl = \"60s\"\n")
+        .with(routes::cache("/m/*", "60s") + "methods = [\"GET\"]\n")
         .start()
         .await;
     for _ in 0..2 {
@@ -162,7 +160,7 @@ async fn unlisted_methods_are_forwarded_with_their_body() {
 async fn query_order_gives_one_key() {
     let origin = Origin::start().await;
     let proxy = ProxyConfig::new(&origin)
-        .with("[[routes]]\npath = \"/q\"\nttl = \"60s\"\n")
+        .with(routes::cache("/q", "60s"))
         .start()
         .await;
     proxy.get("/q?a=1&b=2").await;
@@ -197,7 +195,7 @@ async fn responses_a_shared_cache_must_not_keep_are_not_stored() {
         Reply::ok().status(307).header("location", "/x"),
     );
     let proxy = ProxyConfig::new(&origin)
-        .with("[[routes]]\npath = \"/p/*\"\nttl = \"60s\"\n")
+        .with(routes::cache("/p/*", "60s"))
         .start()
         .await;
     for (path, detail) in [
@@ -229,7 +227,7 @@ async fn responses_a_shared_cache_must_not_keep_are_not_stored() {
 async fn requests_with_authorization_use_only_shareable_responses_rfc9111_3_5() {
     let origin = Origin::start().await;
     let proxy = ProxyConfig::new(&origin)
-        .with("[[routes]]\npath = \"/a/*\"\nttl = \"60s\"\n")
+        .with(routes::cache("/a/*", "60s"))
         .start()
         .await;
     // A stored entry exists...
@@ -275,7 +273,7 @@ async fn requests_with_authorization_use_only_shareable_responses_rfc9111_3_5() 
 async fn head_is_answered_from_a_stored_get() {
     let origin = Origin::start().await;
     let proxy = ProxyConfig::new(&origin)
-        .with("[[routes]]\npath = \"/h/*\"\nttl = \"60s\"\n")
+        .with(routes::cache("/h/*", "60s"))
         .start()
         .await;
     // A HEAD miss is forwarded as HEAD and stores nothing.
@@ -300,7 +298,10 @@ async fn head_is_answered_from_a_stored_get() {
 async fn cacheable_requests_forward_only_keyed_and_allowed_headers() {
     let origin = Origin::start().await;
     let proxy = ProxyConfig::new(&origin)
-        .with("[[routes]]\npath = \"/lang/*\"\nttl = \"60s\"\nkey_headers = [\"accept-language\"]\nforward_headers = [\"user-agent\"]\n")
+        .with(
+            routes::cache("/lang/*", "60s")
+                + "key_headers = [\"accept-language\"]\nforward_headers = [\"user-agent\"]\n",
+        )
         .with("[[routes]]\npath = \"/pass/*\"\ncache = false\n")
         .start()
         .await;
@@ -358,7 +359,7 @@ async fn cacheable_requests_forward_only_keyed_and_allowed_headers() {
 #[tokio::test]
 async fn h2c_clients_share_entries_with_http1_clients() {
     let origin = Origin::start().await;
-    let proxy = ProxyConfig::new(&origin).with(USERS_ROUTE).start().await;
+    let proxy = ProxyConfig::new(&origin).with(routes::USERS).start().await;
     let h2 = get_h2(&proxy, "/users/h2").await;
     assert_eq!(h2.cache_status(), "sidecache; fwd=miss; stored");
     // HTTP/2 sends :authority instead of Host; the origin still gets a Host.
@@ -379,7 +380,7 @@ async fn upstream_cache_status_is_kept_before_ours() {
         Reply::ok().header("cache-status", "app-cache; hit"),
     );
     let proxy = ProxyConfig::new(&origin)
-        .with("[[routes]]\npath = \"/cs/*\"\nttl = \"60s\"\n")
+        .with(routes::cache("/cs/*", "60s"))
         .start()
         .await;
     assert_eq!(
@@ -399,7 +400,7 @@ async fn upstream_cache_status_is_kept_before_ours() {
 async fn absolute_form_target_wins_over_the_host_header() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let origin = Origin::start().await;
-    let proxy = ProxyConfig::new(&origin).with(USERS_ROUTE).start().await;
+    let proxy = ProxyConfig::new(&origin).with(routes::USERS).start().await;
     // RFC 9112 §3.2.2: the URI's authority is the host; the origin must see
     // the host the entry is keyed by, or one host could fill another's entry.
     let mut stream = tokio::net::TcpStream::connect(proxy.running.addr())

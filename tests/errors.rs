@@ -5,9 +5,11 @@ mod support;
 
 use std::time::Duration;
 
-use support::{Origin, ProxyConfig, Reply};
+use support::{Origin, ProxyConfig, Reply, routes};
 
-const ROUTE: &str = "[[routes]]\npath = \"/e/*\"\nttl = \"60s\"\n";
+fn route() -> String {
+    routes::cache("/e/*", "60s")
+}
 
 #[tokio::test]
 async fn unreachable_origin_is_502() {
@@ -17,7 +19,7 @@ async fn unreachable_origin_is_502() {
         listener.local_addr().unwrap()
     };
     let proxy = ProxyConfig::for_url(&format!("http://{addr}"))
-        .with(ROUTE)
+        .with(route())
         .start()
         .await;
     for path in ["/e/cached", "/uncached"] {
@@ -43,7 +45,7 @@ async fn origin_slower_than_the_timeout_is_504_and_the_proxy_recovers() {
     origin.on("/e/slow", Reply::ok().delay(Duration::from_secs(3)));
     let proxy = ProxyConfig::new(&origin)
         .origin_timeout("300ms")
-        .with(ROUTE)
+        .with(route())
         .start()
         .await;
     let answer = proxy.get("/e/slow").await;

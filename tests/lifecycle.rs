@@ -8,17 +8,14 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use sidecache::config::Config;
-use support::{Origin, ProxyConfig, Reply};
+use support::{Origin, ProxyConfig, Reply, eventually, routes};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_sidecache");
 
 #[tokio::test]
 async fn admin_port_serves_probes_and_metrics() {
     let origin = Origin::start().await;
-    let proxy = ProxyConfig::new(&origin)
-        .with("[[routes]]\nname = \"users\"\npath = \"/users/*\"\nttl = \"60s\"\n")
-        .start()
-        .await;
+    let proxy = ProxyConfig::new(&origin).with(routes::USERS).start().await;
     assert_eq!(proxy.admin("/healthz").await.status, 200);
     assert_eq!(proxy.admin("/readyz").await.status, 200);
     assert_eq!(proxy.admin("/nope").await.status, 404);
@@ -73,15 +70,12 @@ async fn shutdown_finishes_in_flight_requests_and_refuses_new_ones() {
     let addr = proxy.running.addr();
     let shutdown = tokio::spawn(proxy.running.shutdown());
     // Not ready while draining, and no new connections.
-    let mut refused = false;
-    for _ in 0..500 {
-        if tokio::net::TcpStream::connect(addr).await.is_err() {
-            refused = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(refused, "listener still accepting during shutdown");
+    eventually(
+        "the listener to refuse connections during shutdown",
+        Duration::from_secs(5),
+        async || tokio::net::TcpStream::connect(addr).await.is_err(),
+    )
+    .await;
     let ready = support::read(
         support::client()
             .request(http::Request::get(admin).body(Default::default()).unwrap())
@@ -265,18 +259,17 @@ async fn shutdown_delay_keeps_serving_while_not_ready() {
         client.request(request)
     };
     // Not ready at once, but new requests are still answered.
-    let mut ready = 200;
-    for _ in 0..50 {
-        ready = support::read(get(ready_url.clone()).await.unwrap())
-            .await
-            .status
-            .as_u16();
-        if ready == 503 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(ready, 503);
+    eventually(
+        "/readyz to answer 503 once shutdown starts",
+        Duration::from_secs(1),
+        async || {
+            support::read(get(ready_url.clone()).await.unwrap())
+                .await
+                .status
+                == 503
+        },
+    )
+    .await;
     assert_eq!(support::read(get(url).await.unwrap()).await.status, 200);
     tokio::time::timeout(Duration::from_secs(5), shutdown)
         .await

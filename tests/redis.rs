@@ -7,9 +7,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use support::redis::{RedisCluster, RedisStandalone, cli, seeds};
-use support::{Origin, Proxy, ProxyConfig};
+use support::{Origin, Proxy, ProxyConfig, eventually, routes};
 
-const ROUTE: &str = "[[routes]]\npath = \"/r/**\"\nttl = \"60s\"\n";
+fn route() -> String {
+    routes::cache("/r/**", "60s")
+}
 
 fn redis_toml(nodes: &str) -> String {
     format!("[redis]\nnodes = {nodes}\ncommand_timeout = \"50ms\"\nconnect_timeout = \"300ms\"\n")
@@ -18,8 +20,8 @@ fn redis_toml(nodes: &str) -> String {
 async fn proxy_on(origin: &Origin, nodes: &str, extra: &str) -> Proxy {
     ProxyConfig::new(origin)
         .with(extra)
-        .with(&redis_toml(nodes))
-        .with(ROUTE)
+        .with(redis_toml(nodes))
+        .with(route())
         .start()
         .await
 }
@@ -36,18 +38,6 @@ async fn get(proxy: &Proxy, path: &str) -> support::Answer {
 /// Runs blocking harness work (redis-cli, process control) off the runtime's threads.
 async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
     tokio::task::spawn_blocking(work).await.unwrap()
-}
-
-/// Polls `done` (bounded) while the proxies keep running.
-async fn eventually(what: &str, limit: Duration, mut done: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if done().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for {what}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -355,7 +345,7 @@ async fn standalone_mode_shares_entries_and_a_corrupt_value_is_a_miss() {
     let start = || {
         ProxyConfig::new(&origin)
             .with(&standalone)
-            .with(ROUTE)
+            .with(route())
             .start()
     };
     let a = start().await;
@@ -448,7 +438,12 @@ async fn an_invalidation_through_one_pod_reaches_the_others_memory() {
     let node = format!("[\"127.0.0.1:{}\"]", redis.node.port);
     let config =
         format!("[redis]\nmode = \"standalone\"\nnodes = {node}\ncommand_timeout = \"50ms\"\n");
-    let start = || ProxyConfig::new(&origin).with(&config).with(ROUTE).start();
+    let start = || {
+        ProxyConfig::new(&origin)
+            .with(&config)
+            .with(route())
+            .start()
+    };
     let (a, b) = (start().await, start().await);
     a.wait_redis_connected().await;
     b.wait_redis_connected().await;

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use sidecache::config::Config;
-use support::{Origin, Proxy};
+use support::{Origin, Proxy, eventually, routes};
 
 fn config_text(origin: &Origin, routes: &str) -> String {
     format!(
@@ -44,18 +44,13 @@ async fn a_changed_file_applies_new_routes_and_an_invalid_one_changes_nothing() 
         "sidecache; fwd=bypass"
     );
 
-    replace(
-        &path,
-        &config_text(&origin, "[[routes]]\npath = \"/page\"\nttl = \"60s\"\n"),
-    );
+    replace(&path, &config_text(&origin, &routes::cache("/page", "60s")));
     let mut status = String::new();
-    for _ in 0..100 {
+    eventually("the reload to apply", Duration::from_secs(5), async || {
         status = proxy.get("/page").await.cache_status().to_owned();
-        if status != "sidecache; fwd=bypass" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        status != "sidecache; fwd=bypass"
+    })
+    .await;
     assert_eq!(
         status, "sidecache; fwd=miss; stored",
         "the new route applies without a restart"

@@ -5,13 +5,11 @@ mod support;
 
 use std::time::Duration;
 
-use support::{Origin, Proxy, ProxyConfig, Reply};
+use support::{Origin, Proxy, ProxyConfig, Reply, eventually, routes};
 
 async fn proxy(origin: &Origin, route_extra: &str) -> Proxy {
     ProxyConfig::new(origin)
-        .with(&format!(
-            "[[routes]]\npath = \"/**\"\nttl = \"60s\"\n{route_extra}"
-        ))
+        .with(routes::cache("/**", "60s") + route_extra)
         .start()
         .await
 }
@@ -147,14 +145,15 @@ async fn a_conditional_miss_still_fills_the_cache_rfc9111_4_3_2() {
     );
     assert_eq!(first.cache_status(), "sidecache; fwd=miss; stored");
     // The body was read to the end in the background and stored.
-    let mut hit = proxy.get("/cm").await;
-    for _ in 0..50 {
-        if hit.cache_status().contains("hit") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        hit = proxy.get("/cm").await;
-    }
+    let mut hit = None;
+    eventually("the stored body", Duration::from_secs(2), async || {
+        let answer = proxy.get("/cm").await;
+        let stored = answer.cache_status().contains("hit");
+        hit = Some(answer);
+        stored
+    })
+    .await;
+    let hit = hit.unwrap();
     assert!(hit.cache_status().contains("hit"), "{}", hit.cache_status());
     assert_eq!(hit.text(), "filled");
 }
@@ -315,8 +314,8 @@ async fn route_cache_status_widens_and_narrows_what_is_stored_rfc9110_15_1() {
     );
     origin.on("/n/404", Reply::ok().status(404));
     let proxy = ProxyConfig::new(&origin)
-        .with("[[routes]]\npath = \"/s/*\"\nttl = \"60s\"\ncache_status = [200, 302, 404]\n")
-        .with("[[routes]]\npath = \"/n/*\"\nttl = \"60s\"\ncache_status = [200]\n")
+        .with(routes::cache("/s/*", "60s") + "cache_status = [200, 302, 404]\n")
+        .with(routes::cache("/n/*", "60s") + "cache_status = [200]\n")
         .start()
         .await;
     for path in ["/s/404", "/s/302"] {
@@ -577,8 +576,8 @@ async fn a_range_miss_is_passed_through_unless_the_route_fills_whole() {
     origin.on("/pass/f", Reply::ok().body("abcdefghij"));
     origin.on("/fill/f", Reply::ok().body("abcdefghij"));
     let proxy = ProxyConfig::new(&origin)
-        .with("[[routes]]\npath = \"/pass/*\"\nttl = \"60s\"\n")
-        .with("[[routes]]\npath = \"/fill/*\"\nttl = \"60s\"\nrange_fill = true\n")
+        .with(routes::cache("/pass/*", "60s"))
+        .with(routes::cache("/fill/*", "60s") + "range_fill = true\n")
         .start()
         .await;
     let passed = proxy

@@ -6,7 +6,7 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use support::{Origin, ProxyConfig, Reply};
+use support::{Origin, ProxyConfig, Reply, eventually};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_while_revalidate_answers_at_once_and_refreshes_once_rfc5861_3() {
@@ -54,14 +54,15 @@ async fn stale_while_revalidate_answers_at_once_and_refreshes_once_rfc5861_3() {
     assert_eq!(origin.finished("/swr"), 1);
     origin.wait_for_hits("/swr", 2).await;
     // The refresh lands, and it was the only one.
-    let mut fresh = proxy.get("/swr").await;
-    for _ in 0..100 {
-        if fresh.text() == "new" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        fresh = proxy.get("/swr").await;
-    }
+    let mut fresh = None;
+    eventually("the refreshed body", Duration::from_secs(2), async || {
+        let answer = proxy.get("/swr").await;
+        let refreshed = answer.text() == "new";
+        fresh = Some(answer);
+        refreshed
+    })
+    .await;
+    let fresh = fresh.unwrap();
     assert_eq!(fresh.text(), "new");
     assert!(fresh.cache_status().contains("hit"));
     assert_eq!(origin.hits("/swr"), 2, "exactly one background refresh");

@@ -8,9 +8,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
-use support::{Origin, ProxyConfig, Reply};
+use support::{Origin, ProxyConfig, Reply, routes};
 
-const ROUTE: &str = "[[routes]]\npath = \"/s/*\"\nttl = \"60s\"\nlock_timeout = \"30s\"\n";
+fn route() -> String {
+    routes::cache("/s/*", "60s") + "lock_timeout = \"30s\"\n"
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_concurrent_misses_make_one_origin_fetch() {
@@ -21,7 +23,7 @@ async fn two_hundred_concurrent_misses_make_one_origin_fetch() {
             .body("the body")
             .delay(Duration::from_millis(500)),
     );
-    let proxy = Arc::new(ProxyConfig::new(&origin).with(ROUTE).start().await);
+    let proxy = Arc::new(ProxyConfig::new(&origin).with(route()).start().await);
     let requests: Vec<_> = (0..200)
         .map(|_| {
             let proxy = proxy.clone();
@@ -70,7 +72,7 @@ async fn a_private_answer_is_never_shared_with_waiting_requests() {
             },
         );
     }
-    let proxy = Arc::new(ProxyConfig::new(&origin).with(ROUTE).start().await);
+    let proxy = Arc::new(ProxyConfig::new(&origin).with(route()).start().await);
     for path in ["/s/private", "/s/cookie"] {
         let requests: Vec<_> = (0..20)
             .map(|_| {
@@ -107,7 +109,7 @@ async fn a_leader_whose_client_leaves_does_not_strand_the_others() {
             .body(body.clone())
             .slow(8 * 1024, Duration::from_millis(20)),
     );
-    let proxy = Arc::new(ProxyConfig::new(&origin).with(ROUTE).start().await);
+    let proxy = Arc::new(ProxyConfig::new(&origin).with(route()).start().await);
 
     let response = proxy.open("/s/slow").await;
     let mut leader_body = response.into_body();

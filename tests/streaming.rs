@@ -7,9 +7,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
-use support::{Origin, ProxyConfig, Reply};
+use support::{Origin, ProxyConfig, Reply, eventually, routes};
 
-const ROUTE: &str = "[[routes]]\npath = \"/s/*\"\nttl = \"60s\"\n";
+fn route() -> String {
+    routes::cache("/s/*", "60s")
+}
 const FIVE_MIB: usize = 5 * 1024 * 1024;
 
 #[tokio::test]
@@ -23,7 +25,7 @@ async fn first_byte_of_a_slow_body_arrives_before_the_origin_finishes() {
             .body(body.clone())
             .slow(64 * 1024, Duration::from_millis(20)),
     );
-    let proxy = ProxyConfig::new(&origin).with(ROUTE).start().await;
+    let proxy = ProxyConfig::new(&origin).with(route()).start().await;
 
     let response = proxy.open("/s/slow").await;
     assert_eq!(response.status(), 200);
@@ -56,7 +58,7 @@ async fn bodies_over_the_size_limit_are_streamed_but_not_stored() {
     origin.on("/s/small-chunked", Reply::ok().body("small").chunked());
     let proxy = ProxyConfig::new(&origin)
         .with("[cache]\nmax_object_size = \"1KiB\"\n")
-        .with(ROUTE)
+        .with(route())
         .start()
         .await;
 
@@ -104,7 +106,7 @@ async fn a_body_cut_short_by_the_origin_is_not_stored() {
             .truncate_after(1000)
             .chunked(),
     );
-    let proxy = ProxyConfig::new(&origin).with(ROUTE).start().await;
+    let proxy = ProxyConfig::new(&origin).with(route()).start().await;
     for path in ["/s/cut", "/s/cut-chunked"] {
         for round in 1..=2 {
             // The client sees the break too, never a silently short body:
@@ -132,19 +134,19 @@ async fn a_body_the_client_abandons_is_not_stored() {
             .body(body)
             .slow(16 * 1024, Duration::from_millis(10)),
     );
-    let proxy = ProxyConfig::new(&origin).with(ROUTE).start().await;
+    let proxy = ProxyConfig::new(&origin).with(route()).start().await;
 
     let response = proxy.open("/s/abandoned").await;
     let mut body_stream = response.into_body();
     body_stream.frame().await.unwrap().unwrap();
     drop(body_stream);
     // Wait for the origin to finish sending into the void.
-    for _ in 0..500 {
-        if origin.finished("/s/abandoned") == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually(
+        "the origin to finish sending",
+        Duration::from_secs(5),
+        async || origin.finished("/s/abandoned") == 1,
+    )
+    .await;
     let again = proxy.get("/s/abandoned").await;
     assert!(
         again.cache_status().contains("fwd=miss"),

@@ -5,11 +5,12 @@ pub mod redis;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::fmt::{self, Display};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode};
@@ -99,22 +100,44 @@ impl Reply {
     }
 }
 
+/// What the origin knows about one path: how to answer it and what it saw.
 #[derive(Default)]
-struct OriginState {
-    replies: HashMap<String, Reply>,
-    hits: HashMap<String, usize>,
-    last_headers: HashMap<String, HeaderMap>,
-    /// Paths whose body has been sent to its end (or its break).
-    finished: HashMap<String, usize>,
-    /// 304 answers per path.
-    not_modified: HashMap<String, usize>,
+struct PathState {
+    reply: Reply,
+    hits: usize,
+    last_headers: HeaderMap,
+    /// Bodies sent to their end (or their break).
+    finished: usize,
+    /// 304 answers.
+    not_modified: usize,
+}
+
+/// The origin's state: one entry per path, shared with its connections.
+#[derive(Clone, Default)]
+struct Paths(Arc<Mutex<HashMap<String, PathState>>>);
+
+impl Paths {
+    /// One field of `path`'s state; its default for a path never seen.
+    fn read<T: Default>(&self, path: &str, field: impl FnOnce(&PathState) -> T) -> T {
+        self.0
+            .lock()
+            .unwrap()
+            .get(path)
+            .map(field)
+            .unwrap_or_default()
+    }
+
+    /// Changes `path`'s state, starting from the default for a path never seen.
+    fn update<T>(&self, path: &str, change: impl FnOnce(&mut PathState) -> T) -> T {
+        change(self.0.lock().unwrap().entry(path.into()).or_default())
+    }
 }
 
 /// A real HTTP origin on a loopback port that counts requests per path.
 #[derive(Clone)]
 pub struct Origin {
     pub addr: SocketAddr,
-    state: Arc<Mutex<OriginState>>,
+    paths: Paths,
 }
 
 impl Origin {
@@ -122,8 +145,10 @@ impl Origin {
         init_logging();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let state = Arc::new(Mutex::new(OriginState::default()));
-        let origin = Origin { addr, state };
+        let origin = Origin {
+            addr,
+            paths: Paths::default(),
+        };
         let server = origin.clone();
         tokio::spawn(async move {
             loop {
@@ -147,85 +172,50 @@ impl Origin {
 
     /// Answers `path` with `reply` from now on.
     pub fn on(&self, path: &str, reply: Reply) {
-        self.state
-            .lock()
-            .unwrap()
-            .replies
-            .insert(path.into(), reply);
+        self.paths.update(path, |state| state.reply = reply);
     }
 
     /// Requests the origin has seen for `path`.
     pub fn hits(&self, path: &str) -> usize {
-        self.state
-            .lock()
-            .unwrap()
-            .hits
-            .get(path)
-            .copied()
-            .unwrap_or(0)
+        self.paths.read(path, |state| state.hits)
     }
 
     /// Headers of the last request for `path`.
     pub fn last_headers(&self, path: &str) -> HeaderMap {
-        self.state
-            .lock()
-            .unwrap()
-            .last_headers
-            .get(path)
-            .cloned()
-            .unwrap_or_default()
+        self.paths.read(path, |state| state.last_headers.clone())
     }
 
     /// Requests for `path` answered with 304 Not Modified.
     pub fn not_modified(&self, path: &str) -> usize {
-        self.state
-            .lock()
-            .unwrap()
-            .not_modified
-            .get(path)
-            .copied()
-            .unwrap_or(0)
+        self.paths.read(path, |state| state.not_modified)
     }
 
     /// Bodies for `path` sent to their end.
     pub fn finished(&self, path: &str) -> usize {
-        self.state
-            .lock()
-            .unwrap()
-            .finished
-            .get(path)
-            .copied()
-            .unwrap_or(0)
+        self.paths.read(path, |state| state.finished)
     }
 
     /// Waits (bounded) until the origin has seen `count` requests for `path`.
     pub async fn wait_for_hits(&self, path: &str, count: usize) {
-        for _ in 0..500 {
-            if self.hits(path) >= count {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!(
-            "origin saw {} requests for {path}, expected {count}",
-            self.hits(path)
-        );
+        let seen = lazy_message(|| {
+            format!(
+                "{count} requests for {path}; the origin saw {}",
+                self.hits(path)
+            )
+        });
+        eventually(seen, Duration::from_secs(5), async || {
+            self.hits(path) >= count
+        })
+        .await;
     }
 
     async fn respond(&self, request: Request<Incoming>) -> Response<ChannelBody> {
         let path = request.uri().path().to_owned();
-        let (reply, hit) = {
-            let mut state = self.state.lock().unwrap();
-            let hit = {
-                let hits = state.hits.entry(path.clone()).or_default();
-                *hits += 1;
-                *hits
-            };
-            state
-                .last_headers
-                .insert(path.clone(), request.headers().clone());
-            (state.replies.get(&path).cloned().unwrap_or_default(), hit)
-        };
+        let (reply, hit) = self.paths.update(&path, |state| {
+            state.hits += 1;
+            state.last_headers = request.headers().clone();
+            (state.reply.clone(), state.hits)
+        });
         tokio::time::sleep(reply.head_delay).await;
         if let Some(etag) = &reply.etag {
             let matches = request
@@ -233,13 +223,7 @@ impl Origin {
                 .get("if-none-match")
                 .is_some_and(|v| v.to_str().unwrap().split(',').any(|t| t.trim() == etag));
             if matches {
-                *self
-                    .state
-                    .lock()
-                    .unwrap()
-                    .not_modified
-                    .entry(path.clone())
-                    .or_default() += 1;
+                self.paths.update(&path, |state| state.not_modified += 1);
                 let mut response = Response::builder().status(304).header("etag", etag);
                 for (name, value) in &reply.headers {
                     response = response.header(name, value);
@@ -263,7 +247,7 @@ impl Origin {
             response = response.header("etag", etag);
         }
         let (sender, receiver) = mpsc::channel(4);
-        let state = self.state.clone();
+        let paths = self.paths.clone();
         tokio::spawn(async move {
             let end = reply.truncate_after.unwrap_or(body.len()).min(body.len());
             let chunk = reply.slow.map_or(end.max(1), |(chunk, _)| chunk);
@@ -287,7 +271,7 @@ impl Origin {
                     .send(Err(std::io::Error::other("truncated on purpose")))
                     .await;
             }
-            *state.lock().unwrap().finished.entry(path).or_default() += 1;
+            paths.update(&path, |state| state.finished += 1);
         });
         response.body(ChannelBody(receiver)).unwrap()
     }
@@ -342,9 +326,9 @@ impl ProxyConfig {
         self.shutdown_delay = delay;
         self
     }
-    /// More TOML: `[cache]` settings and `[[routes]]`.
-    pub fn with(mut self, toml: &str) -> ProxyConfig {
-        self.rest.push_str(toml);
+    /// More TOML: `[cache]` settings and `[[routes]]` (see [`routes`]).
+    pub fn with(mut self, toml: impl AsRef<str>) -> ProxyConfig {
+        self.rest.push_str(toml.as_ref());
         self.rest.push('\n');
         self
     }
@@ -366,6 +350,17 @@ impl ProxyConfig {
             running: sidecache::start(config).await.unwrap(),
             client: client(),
         }
+    }
+}
+
+/// `[[routes]]` snippets for [`ProxyConfig::with`].
+pub mod routes {
+    /// The route named `users`, as the metrics label it: `/users/*` for 60 s.
+    pub const USERS: &str = "[[routes]]\nname = \"users\"\npath = \"/users/*\"\nttl = \"60s\"\n";
+
+    /// A route that caches `path` for `ttl`; append lines for more of its keys.
+    pub fn cache(path: &str, ttl: &str) -> String {
+        format!("[[routes]]\npath = \"{path}\"\nttl = \"{ttl}\"\n")
     }
 }
 
@@ -484,16 +479,66 @@ pub fn init_logging() {
 impl Proxy {
     /// Waits (bounded) until the proxy's Redis client reports its connections up.
     pub async fn wait_redis_connected(&self) {
-        for _ in 0..300 {
-            let metrics = self.admin("/metrics").await.text();
-            if metrics
-                .lines()
-                .any(|line| line == "sidecache_redis_connected 1")
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("proxy never connected to Redis");
+        eventually(
+            "the proxy to connect to Redis",
+            Duration::from_secs(15),
+            async || {
+                let metrics = self.admin("/metrics").await.text();
+                metrics
+                    .lines()
+                    .any(|line| line == "sidecache_redis_connected 1")
+            },
+        )
+        .await;
     }
+}
+
+/// Shortest and longest pause between two checks of `eventually`: quick to
+/// notice what happens at once, cheap over a long wait (some checks start
+/// `redis-cli` processes).
+const FIRST_PAUSE: Duration = Duration::from_millis(10);
+const LONGEST_PAUSE: Duration = Duration::from_millis(50);
+
+/// Checks `check` until it holds; fails the test with `what` when it still
+/// does not after `limit`. The limit is wall time, as what tests wait for is
+/// real work on sockets and processes. `what` is formatted only on failure,
+/// so it can report the state then (see [`lazy_message`]).
+pub async fn eventually(what: impl Display, limit: Duration, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    let mut pause = FIRST_PAUSE;
+    while !check().await {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(LONGEST_PAUSE);
+    }
+}
+
+/// [`eventually`] for blocking code. The Redis harness needs it: it drives
+/// `redis-server` and `redis-cli` with blocking process calls, run from
+/// `spawn_blocking`, so its waits must block the thread, not await.
+pub fn eventually_blocking(what: impl Display, limit: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    let mut pause = FIRST_PAUSE;
+    while !check() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(LONGEST_PAUSE);
+    }
+}
+
+/// A message built only when it is shown, from the state at that time.
+pub fn lazy_message(message: impl Fn() -> String) -> impl Display {
+    struct Lazy<F>(F);
+    impl<F: Fn() -> String> Display for Lazy<F> {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(&(self.0)())
+        }
+    }
+    Lazy(message)
 }

@@ -2,9 +2,11 @@
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tempfile::TempDir;
+
+use super::{eventually_blocking, lazy_message};
 
 /// The cluster bus of a node listens on its port + 10000.
 const BUS_OFFSET: u16 = 10_000;
@@ -58,10 +60,11 @@ impl RedisNode {
         let mut child = command
             .spawn()
             .expect("redis-server on PATH (scripts/test installs it)");
-        wait_until(Duration::from_secs(10), || {
-            cli(self.port, &["ping"]).is_some_and(|r| r == "PONG")
-        })
-        .unwrap_or_else(|| panic!("redis-server on port {} did not start", self.port));
+        eventually_blocking(
+            format!("redis-server on port {} to start", self.port),
+            Duration::from_secs(10),
+            || cli(self.port, &["ping"]).is_some_and(|r| r == "PONG"),
+        );
         // A PONG from a server someone else started on this port would fool the check above.
         assert!(
             child.try_wait().unwrap().is_none(),
@@ -135,7 +138,19 @@ impl RedisCluster {
     /// Waits until every running node says the cluster is ok and every
     /// replica has synced with its master (so it can take over when killed).
     pub fn wait_ok(&self, limit: Duration) {
-        wait_until(limit, || {
+        let state = lazy_message(|| {
+            let live = self
+                .nodes
+                .iter()
+                .find(|n| n.is_running())
+                .map_or(0, |n| n.port);
+            format!(
+                "cluster_state:ok and synced replicas on every node; as node {live} sees it:\n{}\n{}",
+                cli(live, &["cluster", "info"]).unwrap_or_default(),
+                cli(live, &["cluster", "nodes"]).unwrap_or_default()
+            )
+        });
+        eventually_blocking(state, limit, || {
             self.nodes.iter().filter(|n| n.is_running()).all(|node| {
                 let ok = cli(node.port, &["cluster", "info"])
                     .is_some_and(|info| info.contains("cluster_state:ok"));
@@ -143,18 +158,6 @@ impl RedisCluster {
                 ok && (replication.contains("role:master")
                     || replication.contains("master_link_status:up"))
             })
-        })
-        .unwrap_or_else(|| {
-            let live = self
-                .nodes
-                .iter()
-                .find(|n| n.is_running())
-                .map_or(0, |n| n.port);
-            panic!(
-                "cluster_state is not ok on every node; as node {live} sees it:\n{}\n{}",
-                cli(live, &["cluster", "info"]).unwrap_or_default(),
-                cli(live, &["cluster", "nodes"]).unwrap_or_default()
-            )
         });
     }
 
@@ -231,18 +234,6 @@ pub fn cli(port: u16, args: &[&str]) -> Option<String> {
         .ok()?;
     let text = String::from_utf8_lossy(&output.stdout).trim().to_owned();
     (output.status.success() && !text.starts_with("Could not connect")).then_some(text)
-}
-
-/// Polls `done` every 50 ms until it holds or `limit` passes.
-pub fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> Option<()> {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if done() {
-            return Some(());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    done().then_some(())
 }
 
 /// Free ports whose +10000 twin (the cluster bus) is free too. Both stay
