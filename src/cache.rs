@@ -15,6 +15,7 @@ pub mod validation;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::clock::Clock;
 use crate::config::{CacheConfig, RedisConfig};
 use crate::metrics::Metrics;
 use entry::{Entry, Stored, Variants};
@@ -92,6 +93,8 @@ pub struct Cache {
     /// Fetches under way in this process, for collapsing concurrent misses.
     flights: Flights,
     metrics: Arc<Metrics>,
+    /// What ages are measured by.
+    clock: Clock,
 }
 
 impl Cache {
@@ -101,6 +104,7 @@ impl Cache {
         config: &CacheConfig,
         redis: Option<&RedisConfig>,
         metrics: Arc<Metrics>,
+        clock: Clock,
     ) -> Result<Cache, fred::error::Error> {
         let memory = MemoryTier::new(config.memory.capacity);
         let redis = match redis {
@@ -122,6 +126,7 @@ impl Cache {
             keep_stale: config.keep_stale,
             flights: Flights::default(),
             metrics,
+            clock,
         })
     }
 
@@ -264,7 +269,7 @@ impl Cache {
                 let deadline = Instant::now() + flight.lock_timeout;
                 while Instant::now() < deadline {
                     tokio::time::sleep(FLEET_POLL).await;
-                    let now = SystemTime::now();
+                    let now = self.clock.now();
                     let lookup = self.lookup(flight.url_key, flight.forwarded, now).await;
                     if let Some((entry, _)) = lookup
                         .found
@@ -290,6 +295,11 @@ impl Cache {
         if let Some(redis) = &self.redis {
             redis.remove(key);
         }
+    }
+
+    /// The time by the clock ages are measured by.
+    pub fn now(&self) -> SystemTime {
+        self.clock.now()
     }
 
     /// Waits, until `deadline` at most, for the queued L2 writes and

@@ -24,6 +24,7 @@
 pub mod admin;
 pub mod body;
 pub mod cache;
+pub mod clock;
 pub mod config;
 pub mod metrics;
 pub mod origin;
@@ -62,6 +63,7 @@ use tokio::task::JoinHandle;
 
 use crate::admin::Admin;
 use crate::cache::Cache;
+use crate::clock::Clock;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -169,6 +171,12 @@ impl Running {
 
 /// Binds the listeners and starts serving on the current tokio runtime.
 pub async fn start(config: Config) -> Result<Running, StartError> {
+    start_with_clock(config, Clock::default()).await
+}
+
+/// [`start`], with ages and freshness measured by `clock`: tests move it
+/// forward instead of waiting for responses to go stale.
+pub async fn start_with_clock(config: Config, clock: Clock) -> Result<Running, StartError> {
     let fixed_settings = reload::restart_only(&config);
     let Config {
         server,
@@ -193,8 +201,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let admin_addr = local(&admin_listener, "server.admin_listen", server.admin_listen)?;
 
     let metrics = Arc::new(Metrics::new());
-    let cache =
-        Cache::new(&cache_config, redis.as_ref(), metrics.clone()).map_err(StartError::Redis)?;
+    let cache = Cache::new(&cache_config, redis.as_ref(), metrics.clone(), clock)
+        .map_err(StartError::Redis)?;
     let proxy = Arc::new(Proxy::new(
         routes,
         Origin::new(&origin),

@@ -337,7 +337,7 @@ impl Proxy {
         client: SocketAddr,
     ) -> Result<Served, Failed> {
         let request = CacheableRequest::new(&self.namespace, route, &mut parts);
-        let now = SystemTime::now();
+        let now = self.cache.now();
         let lookup = self
             .cache
             .lookup(&request.url_key, &request.forwarded, now)
@@ -361,7 +361,7 @@ impl Proxy {
             match self.cache.admit(request.flight()).await {
                 Admission::Lead(lead) => leader = Some(lead),
                 Admission::Collapsed(entry) => {
-                    let now = SystemTime::now();
+                    let now = self.cache.now();
                     return Ok(request.answer(&entry, CacheStatus::Collapsed, now));
                 }
                 Admission::Alone => {}
@@ -384,14 +384,14 @@ impl Proxy {
         let plan = request.prepare(&mut parts.headers, &prior);
         let presented = request.presented(self.max_object_size);
         let route = request.route.name.as_str();
-        let sent = SystemTime::now();
+        let sent = self.cache.now();
         let response = match self
             .send_upstream(parts, origin::no_body(), client, route)
             .await
         {
             Ok(response) => response,
             Err(error) => {
-                let now = SystemTime::now();
+                let now = self.cache.now();
                 return match decide::on_error(&presented, &prior, error.status(), now) {
                     Some((entry, status)) => {
                         tracing::warn!(%error, "origin failed; serving stale");
@@ -405,7 +405,7 @@ impl Proxy {
         };
         let times = Times {
             request: sent,
-            response: SystemTime::now(),
+            response: self.cache.now(),
         };
         let (head, body) = response.into_parts();
         match decide::on_head(&presented, plan, &prior, &head, times) {
@@ -470,7 +470,7 @@ impl Proxy {
                 .await
                 .map_err(|error| Failed::with(status)(ProxyError::OriginBody(error)))?
                 .to_bytes();
-            return Ok(request.answer(whole, status, SystemTime::now()));
+            return Ok(request.answer(whole, status, self.cache.now()));
         }
         if validation::not_modified(&request.client_headers, &head.headers, received) {
             self.background.spawn(async move {

@@ -35,10 +35,7 @@ async fn a_changed_file_applies_new_routes_and_an_invalid_one_changes_nothing() 
         .unwrap();
     let reloader = running.reloader(path.clone());
     let watching = reloader.clone().spawn();
-    let proxy = Proxy {
-        running,
-        client: support::client(),
-    };
+    let proxy = Proxy::around(running);
     assert_eq!(
         proxy.get("/page").await.cache_status(),
         "sidecache; fwd=bypass"

@@ -67,8 +67,8 @@ async fn stale_entry_is_refreshed_by_304_and_replaced_by_200_rfc9111_4_3_4() {
     );
     let proxy = proxy(&origin, "").await;
     proxy.get("/v").await;
-    // Freshness is the subject: the entry must really age past max-age=1.
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    // Freshness is the subject: the entry ages past max-age=1 on the proxy's clock.
+    proxy.advance(Duration::from_millis(2100));
     let refreshed = proxy.get("/v").await;
     assert_eq!(
         refreshed.cache_status(),
@@ -86,7 +86,7 @@ async fn stale_entry_is_refreshed_by_304_and_replaced_by_200_rfc9111_4_3_4() {
             .header("cache-control", "max-age=60")
             .etag("\"b\""),
     );
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    proxy.advance(Duration::from_millis(2100));
     let replaced = proxy.get("/v").await;
     assert_eq!(
         replaced.cache_status(),
@@ -223,7 +223,7 @@ async fn max_stale_serves_stale_unless_the_response_forbids_it_rfc9111_5_2_1_2()
     let proxy = proxy(&origin, "").await;
     proxy.get("/ms").await;
     proxy.get("/mr").await;
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    proxy.advance(Duration::from_millis(2100));
     let stale = proxy
         .send("GET", "/ms", &[("cache-control", "max-stale=60")])
         .await;
@@ -622,7 +622,7 @@ async fn a_head_response_updates_the_stored_headers_rfc9111_4_3_5() {
     );
     let proxy = proxy(&origin, "").await;
     proxy.get("/hd").await;
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    proxy.advance(Duration::from_millis(2100));
     // The origin ignores conditions on HEAD and answers 200, same ETag.
     origin.on(
         "/hd",

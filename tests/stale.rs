@@ -24,8 +24,8 @@ async fn stale_while_revalidate_answers_at_once_and_refreshes_once_rfc5861_3() {
             .await,
     );
     proxy.get("/swr").await;
-    // Freshness is the subject: the entry must really go stale.
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    // Freshness is the subject: the entry goes stale on the proxy's clock.
+    proxy.advance(Duration::from_millis(2100));
     origin.on(
         "/swr",
         Reply::ok()
@@ -88,7 +88,7 @@ async fn stale_if_error_stands_in_for_a_failing_origin_within_its_window_rfc5861
         .start()
         .await;
     proxy.get("/sie/a").await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    proxy.advance(Duration::from_millis(1500));
 
     // A 5xx from the origin: the stale copy stands in.
     origin.on("/sie/a", Reply::ok().status(503));
@@ -109,7 +109,7 @@ async fn stale_if_error_stands_in_for_a_failing_origin_within_its_window_rfc5861
     );
 
     // Past the window the failure reaches the client.
-    tokio::time::sleep(Duration::from_millis(2000)).await;
+    proxy.advance(Duration::from_millis(2000));
     origin.on("/sie/a", Reply::ok().status(503));
     assert_eq!(proxy.get("/sie/a").await.status, 503);
     origin.on("/sie/a", Reply::ok().delay(Duration::from_secs(3)));
@@ -130,7 +130,7 @@ async fn the_response_directive_sets_the_stale_if_error_window_rfc5861_4() {
         .start()
         .await;
     proxy.get("/sie-d").await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    proxy.advance(Duration::from_millis(1500));
     origin.on("/sie-d", Reply::ok().status(500));
     let answer = proxy.get("/sie-d").await;
     assert_eq!(

@@ -9,7 +9,6 @@
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
-use std::time::SystemTime;
 
 use bytes::{Bytes, BytesMut};
 use http::header;
@@ -85,8 +84,9 @@ impl Fill {
             return Err(NoCacheReason::Incomplete);
         }
         self.entry.body = self.buffer.freeze();
+        let now = self.cache.now();
         self.cache
-            .store(self.entry, self.variants, self.leader, SystemTime::now());
+            .store(self.entry, self.variants, self.leader, now);
         Ok(())
     }
 }

@@ -23,6 +23,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use sidecache::Running;
+use sidecache::clock::Clock;
 use sidecache::config::Config;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -138,6 +139,9 @@ impl Paths {
 pub struct Origin {
     pub addr: SocketAddr,
     paths: Paths,
+    /// Stamps `Date` on every answer; proxies started with
+    /// [`ProxyConfig::new`] share it, so moving it ages their entries.
+    clock: Clock,
 }
 
 impl Origin {
@@ -148,6 +152,7 @@ impl Origin {
         let origin = Origin {
             addr,
             paths: Paths::default(),
+            clock: Clock::default(),
         };
         let server = origin.clone();
         tokio::spawn(async move {
@@ -224,7 +229,10 @@ impl Origin {
                 .is_some_and(|v| v.to_str().unwrap().split(',').any(|t| t.trim() == etag));
             if matches {
                 self.paths.update(&path, |state| state.not_modified += 1);
-                let mut response = Response::builder().status(304).header("etag", etag);
+                let mut response = Response::builder()
+                    .status(304)
+                    .header("etag", etag)
+                    .header("date", httpdate::fmt_http_date(self.clock.now()));
                 for (name, value) in &reply.headers {
                     response = response.header(name, value);
                 }
@@ -239,6 +247,13 @@ impl Origin {
         let mut response = Response::builder().status(reply.status);
         for (name, value) in &reply.headers {
             response = response.header(name, value);
+        }
+        if !reply
+            .headers
+            .iter()
+            .any(|(name, _)| name.eq_ignore_ascii_case("date"))
+        {
+            response = response.header("date", httpdate::fmt_http_date(self.clock.now()));
         }
         if !reply.chunked {
             response = response.header("content-length", body.len());
@@ -295,6 +310,8 @@ impl Body for ChannelBody {
 /// Config text for a proxy on loopback port 0 in front of `origin`.
 pub struct ProxyConfig {
     origin_url: String,
+    /// The origin's clock, so that both age together.
+    clock: Clock,
     origin_timeout: &'static str,
     shutdown_grace: &'static str,
     shutdown_delay: &'static str,
@@ -303,11 +320,15 @@ pub struct ProxyConfig {
 
 impl ProxyConfig {
     pub fn new(origin: &Origin) -> ProxyConfig {
-        ProxyConfig::for_url(&format!("http://{}", origin.addr))
+        ProxyConfig {
+            clock: origin.clock.clone(),
+            ..ProxyConfig::for_url(&format!("http://{}", origin.addr))
+        }
     }
     pub fn for_url(url: &str) -> ProxyConfig {
         ProxyConfig {
             origin_url: url.into(),
+            clock: Clock::default(),
             origin_timeout: "5s",
             shutdown_grace: "10s",
             shutdown_delay: "0s",
@@ -347,8 +368,11 @@ impl ProxyConfig {
         let config =
             Config::from_toml(&self.toml()).unwrap_or_else(|e| panic!("{e}\n{}", self.toml()));
         Proxy {
-            running: sidecache::start(config).await.unwrap(),
+            running: sidecache::start_with_clock(config, self.clock.clone())
+                .await
+                .unwrap(),
             client: client(),
+            clock: self.clock,
         }
     }
 }
@@ -368,6 +392,8 @@ pub mod routes {
 pub struct Proxy {
     pub running: Running,
     pub client: LegacyClient<HttpConnector, Full<Bytes>>,
+    /// The clock its entries age by, shared with its origin.
+    clock: Clock,
 }
 
 /// A fully read response.
@@ -395,6 +421,21 @@ pub fn client() -> LegacyClient<HttpConnector, Full<Bytes>> {
 }
 
 impl Proxy {
+    /// A client for a proxy the test started itself.
+    pub fn around(running: Running) -> Proxy {
+        Proxy {
+            running,
+            client: client(),
+            clock: Clock::default(),
+        }
+    }
+
+    /// Lets `by` pass for what the proxy and its origin have stored: where
+    /// freshness running out is the subject, without waiting for it.
+    pub fn advance(&self, by: Duration) {
+        self.clock.advance(by);
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.running.addr())
     }
