@@ -14,8 +14,8 @@
 //! - [`origin`]: pooled upstream client, deadlines, hop-by-hop and forwarding headers.
 //! - [`cache::status`]: the RFC 9211 `Cache-Status` header.
 //!
-//! Around them: [`config`] (TOML to validated settings), [`admin`] (probes
-//! and metrics port) and [`metrics`] (Prometheus).
+//! Around them: [`config`] (TOML to validated settings, a module per
+//! section), [`admin`] (probes and metrics port) and [`metrics`] (Prometheus).
 //!
 //! [`start`] runs everything on the current tokio runtime and returns the
 //! bound addresses, so tests run the real proxy on port 0.
