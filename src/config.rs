@@ -2,7 +2,8 @@
 //!
 //! Validation collects every problem instead of stopping at the first, and
 //! each message names the key it is about (`routes[1].ttl: ...`), so a user
-//! fixes a file in one go.
+//! fixes a file in one go. It reads nothing from outside the text: the
+//! environment (for `redis.password_env`) is passed in.
 //!
 //! Sections: `server` (`[server]`, `[origin]`, `[cache]`), `redis`
 //! (`[redis]`) and `routes` (`[[routes]]`); each keeps its raw struct,
@@ -81,8 +82,18 @@ impl LoadError {
     }
 }
 
+/// Looks up an environment variable by name; `None` when it is unset (or not
+/// UTF-8). Validation takes one so that tests need not touch the process
+/// environment, which is shared by every test thread.
+pub type Environment<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+/// The process environment, as the running proxy reads it.
+pub fn process_environment(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
 impl Config {
-    /// Reads and validates a config file.
+    /// Reads and validates a config file against the process environment.
     pub fn load(path: &Path) -> Result<Config, LoadError> {
         let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
             path: path.to_owned(),
@@ -91,10 +102,15 @@ impl Config {
         Config::from_toml(&text)
     }
 
-    /// Parses and validates config text.
+    /// Parses and validates config text against the process environment.
     pub fn from_toml(text: &str) -> Result<Config, LoadError> {
+        Config::from_toml_with(text, &process_environment)
+    }
+
+    /// Parses and validates config text, looking variables up in `env`.
+    pub fn from_toml_with(text: &str, env: Environment<'_>) -> Result<Config, LoadError> {
         let (raw, mut errors) = parse(text).map_err(LoadError::Invalid)?;
-        match raw.validate() {
+        match raw.validate(env) {
             Ok(config) if errors.is_empty() => Ok(config),
             Ok(_) => Err(LoadError::Invalid(errors)),
             Err(invalid) => {
@@ -123,13 +139,13 @@ struct RawConfig {
 }
 
 impl RawConfig {
-    fn validate(self) -> Result<Config, Vec<ConfigError>> {
+    fn validate(self, env: Environment<'_>) -> Result<Config, Vec<ConfigError>> {
         let mut problems = Problems::default();
         let p = &mut problems;
         let server = self.server.validate(p);
         let origin = self.origin.unwrap_or_default().validate(p);
         let cache = self.cache.validate(p);
-        let redis = self.redis.and_then(|raw| raw.validate(p));
+        let redis = self.redis.and_then(|raw| raw.validate(env, p));
         let routes = routes::validate(self.routes, &cache, p);
         if problems.0.is_empty() {
             Ok(Config {
@@ -252,8 +268,14 @@ mod tests {
     /// The smallest valid file: only the origin has no default.
     pub(super) const MINIMAL: &str = "[origin]\nurl = \"http://127.0.0.1:3000\"\n";
 
+    /// An environment in which no variable is set.
+    pub(super) fn empty_environment(_name: &str) -> Option<String> {
+        None
+    }
+
+    /// `text` validated without touching the process environment.
     pub(super) fn config(text: &str) -> Result<Config, LoadError> {
-        Config::from_toml(text)
+        Config::from_toml_with(text, &empty_environment)
     }
 
     pub(super) fn errors(text: &str) -> Vec<String> {

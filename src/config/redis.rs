@@ -5,7 +5,7 @@ use std::time::Duration;
 use fred::prelude::{Config as ClientConfig, ServerConfig as Servers};
 use serde::Deserialize;
 
-use super::{Problems, parse_positive_duration};
+use super::{Environment, Problems, parse_positive_duration};
 
 /// Default deadline for every Redis call: a miss costs at most this much.
 pub const DEFAULT_REDIS_COMMAND_TIMEOUT: Duration = Duration::from_millis(50);
@@ -68,7 +68,7 @@ fn parse_node(text: &str) -> Result<(String, u16), String> {
 }
 
 impl RawRedis {
-    pub(super) fn validate(self, p: &mut Problems) -> Option<RedisConfig> {
+    pub(super) fn validate(self, env: Environment<'_>, p: &mut Problems) -> Option<RedisConfig> {
         let errors_before = p.0.len();
         let mut client = match (&self.url, self.mode.as_deref()) {
             (Some(url), None)
@@ -111,9 +111,9 @@ impl RawRedis {
             client.username = Some(username);
         }
         if let Some(var) = self.password_env {
-            match std::env::var(&var) {
-                Ok(password) => client.password = Some(password),
-                Err(_) => p.push(
+            match env(&var) {
+                Some(password) => client.password = Some(password),
+                None => p.push(
                     "redis.password_env",
                     format!("environment variable {var} is not set"),
                 ),
@@ -205,6 +205,7 @@ impl RawRedis {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
     use crate::config::tests::{MINIMAL, config, with_minimal};
 
     #[test]
@@ -305,6 +306,20 @@ mod tests {
         assert!(
             url[0].starts_with("redis.url: invalid Redis URL"),
             "{url:?}"
+        );
+    }
+
+    #[test]
+    fn the_password_comes_from_the_given_environment() {
+        let env = |name: &str| (name == "REDIS_PASSWORD").then(|| "hunter2".to_owned());
+        let config = Config::from_toml_with(
+            &format!("{MINIMAL}[redis]\nnodes = [\"a:1\"]\npassword_env = \"REDIS_PASSWORD\"\n"),
+            &env,
+        )
+        .unwrap();
+        assert_eq!(
+            config.redis.unwrap().client.password.as_deref(),
+            Some("hunter2")
         );
     }
 }
