@@ -23,7 +23,7 @@ use crate::route::RouteTable;
 
 pub use redis::{
     DEFAULT_REDIS_COMMAND_TIMEOUT, DEFAULT_REDIS_CONNECT_TIMEOUT, DEFAULT_REDIS_WRITE_QUEUE,
-    RedisConfig,
+    Password, RedisConfig,
 };
 pub use routes::DEFAULT_LOCK_TIMEOUT;
 #[cfg(test)]

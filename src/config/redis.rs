@@ -1,5 +1,6 @@
-//! `[redis]`: the shared L2 tier's servers, credentials, TLS and deadlines, with their defaults.
+//! `[redis]`: the shared L2 tier's servers, credentials and deadlines, as plain settings; the client is built in `cache::redis`.
 
+use std::fmt;
 use std::time::Duration;
 
 use fred::prelude::{Config as ClientConfig, ServerConfig as Servers};
@@ -33,13 +34,37 @@ pub(super) struct RawRedis {
 /// The shared Redis tier (L2).
 #[derive(Debug)]
 pub struct RedisConfig {
-    /// Servers, credentials and TLS, as fred takes them.
+    /// Servers, username and database, as fred takes them. The password and
+    /// TLS are kept out of it (below), so that this prints and compares
+    /// without the secret and holds no TLS state.
     pub client: ClientConfig,
+    /// From `redis.password_env`, or from the URL.
+    pub password: Option<Password>,
+    /// Connect with TLS (rustls, system roots): `redis.tls` or a `rediss` URL.
+    pub tls: bool,
     /// Deadline for every cache call; past it the call is a miss.
     pub command_timeout: Duration,
     pub connect_timeout: Duration,
     /// L2 writes waiting to be sent, off the response path.
     pub write_queue: usize,
+}
+
+/// The Redis password: its `Debug` prints no secret, so a config can be
+/// logged; [`Password::expose`] is the one way to read it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Password(String);
+
+impl Password {
+    /// The password itself, for the client that authenticates with it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Password {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
 }
 
 /// URL schemes fred understands (`rediss` is TLS).
@@ -50,6 +75,16 @@ const REDIS_URL_SCHEMES: [&str; 5] = [
     "rediss-cluster://",
     "redis-sentinel://",
 ];
+
+/// The URL without its TLS `s` (`rediss://` to `redis://`), and whether it
+/// had one: fred would build a TLS connector while parsing a `rediss` URL,
+/// and validation builds none.
+fn without_tls(url: &str) -> (String, bool) {
+    match url.strip_prefix("rediss") {
+        Some(rest) => (format!("redis{rest}"), true),
+        None => (url.to_owned(), false),
+    }
+}
 
 /// `host:port` of a Redis node.
 fn parse_node(text: &str) -> Result<(String, u16), String> {
@@ -70,6 +105,7 @@ fn parse_node(text: &str) -> Result<(String, u16), String> {
 impl RawRedis {
     pub(super) fn validate(self, env: Environment<'_>, p: &mut Problems) -> Option<RedisConfig> {
         let errors_before = p.0.len();
+        let mut tls = self.tls == Some(true);
         let mut client = match (&self.url, self.mode.as_deref()) {
             (Some(url), None)
                 if self.nodes.is_none()
@@ -83,13 +119,17 @@ impl RawRedis {
                 );
                 ClientConfig::default()
             }
-            (Some(url), None) if self.nodes.is_none() => match ClientConfig::from_url(url) {
-                Ok(client) => client,
-                Err(e) => {
-                    p.push("redis.url", format!("invalid Redis URL: {}", e.details()));
-                    ClientConfig::default()
+            (Some(url), None) if self.nodes.is_none() => {
+                let (plain, url_tls) = without_tls(url);
+                tls |= url_tls;
+                match ClientConfig::from_url(&plain) {
+                    Ok(client) => client,
+                    Err(e) => {
+                        p.push("redis.url", format!("invalid Redis URL: {}", e.details()));
+                        ClientConfig::default()
+                    }
                 }
-            },
+            }
             (Some(_), _) => {
                 p.push("redis.url", "give either url, or mode and nodes, not both");
                 ClientConfig::default()
@@ -110,19 +150,14 @@ impl RawRedis {
         if let Some(username) = self.username {
             client.username = Some(username);
         }
+        let mut password = client.password.take().map(Password);
         if let Some(var) = self.password_env {
             match env(&var) {
-                Some(password) => client.password = Some(password),
+                Some(value) => password = Some(Password(value)),
                 None => p.push(
                     "redis.password_env",
                     format!("environment variable {var} is not set"),
                 ),
-            }
-        }
-        if self.tls == Some(true) {
-            match fred::prelude::TlsConnector::default_rustls() {
-                Ok(connector) => client.tls = Some(connector.into()),
-                Err(e) => p.push("redis.tls", format!("cannot set up TLS: {}", e.details())),
             }
         }
         let command_timeout = p.parse(
@@ -143,6 +178,8 @@ impl RawRedis {
         }
         (p.0.len() == errors_before).then_some(RedisConfig {
             client,
+            password,
+            tls,
             command_timeout,
             connect_timeout,
             write_queue,
@@ -307,19 +344,70 @@ mod tests {
             url[0].starts_with("redis.url: invalid Redis URL"),
             "{url:?}"
         );
+        assert_eq!(
+            with_minimal("[redis]\nurl = \"rediss://\""),
+            vec!["redis.url: invalid Redis URL: Invalid or missing host."]
+        );
+    }
+
+    /// The `[redis]` section of `extra`, validated with `REDIS_PASSWORD` set
+    /// to `password` and nothing else in the environment.
+    fn redis_with_password(extra: &str, password: &str) -> RedisConfig {
+        let env = |name: &str| (name == "REDIS_PASSWORD").then(|| password.to_owned());
+        Config::from_toml_with(&format!("{MINIMAL}[redis]\n{extra}"), &env)
+            .unwrap()
+            .redis
+            .unwrap()
     }
 
     #[test]
-    fn the_password_comes_from_the_given_environment() {
-        let env = |name: &str| (name == "REDIS_PASSWORD").then(|| "hunter2".to_owned());
-        let config = Config::from_toml_with(
-            &format!("{MINIMAL}[redis]\nnodes = [\"a:1\"]\npassword_env = \"REDIS_PASSWORD\"\n"),
-            &env,
-        )
-        .unwrap();
+    fn the_password_comes_from_the_given_environment_and_never_prints() {
+        let redis = redis_with_password(
+            "nodes = [\"a:1\"]\npassword_env = \"REDIS_PASSWORD\"\nusername = \"app\"",
+            "hunter2",
+        );
         assert_eq!(
-            config.redis.unwrap().client.password.as_deref(),
+            redis.password.as_ref().map(Password::expose),
             Some("hunter2")
         );
+        assert_eq!(redis.client.username.as_deref(), Some("app"));
+        assert_eq!(redis.client.password, None);
+        let printed = format!("{redis:?}");
+        assert!(!printed.contains("hunter2"), "{printed}");
+        assert!(printed.contains("<redacted>"), "{printed}");
+
+        // A password in the URL is kept apart the same way; the
+        // environment's wins when both are given.
+        let from_url = redis_with_password("url = \"redis://app:inurl@a:1\"", "unused");
+        assert_eq!(
+            from_url.password.as_ref().map(Password::expose),
+            Some("inurl")
+        );
+        assert!(!format!("{from_url:?}").contains("inurl"));
+        let both = redis_with_password(
+            "url = \"redis://app:inurl@a:1\"\npassword_env = \"REDIS_PASSWORD\"",
+            "fromenv",
+        );
+        assert_eq!(
+            both.password.as_ref().map(Password::expose),
+            Some("fromenv")
+        );
+    }
+
+    #[test]
+    fn tls_is_a_setting_not_a_connector() {
+        let tls = |extra: &str| redis_with_password(extra, "").tls;
+        assert!(!tls("nodes = [\"a:1\"]"));
+        assert!(tls("nodes = [\"a:1\"]\ntls = true"));
+        assert!(tls("url = \"rediss://a:1/2\""));
+        assert!(tls("url = \"rediss-cluster://a:1?node=b:2\"\ntls = false"));
+        assert!(!tls("url = \"redis://a:1\""));
+
+        let url = redis_with_password("url = \"rediss://a:1/2\"", "");
+        assert!(url.client.tls.is_none());
+        assert_eq!(url.client.database, Some(2));
+        assert!(matches!(url.client.server, Servers::Centralized { .. }));
+        let cluster = redis_with_password("url = \"rediss-cluster://a:1?node=b:2\"", "");
+        assert!(matches!(cluster.client.server, Servers::Clustered { .. }));
     }
 }
