@@ -27,7 +27,7 @@ pub use redis::{
 };
 pub use routes::DEFAULT_LOCK_TIMEOUT;
 #[cfg(test)]
-pub(crate) use routes::compile_path;
+pub(crate) use routes::test_route;
 pub use server::{
     CacheConfig, DEFAULT_ADMIN_LISTEN, DEFAULT_CONNECT_TIMEOUT, DEFAULT_KEEP_STALE, DEFAULT_LISTEN,
     DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_OBJECT_SIZE, DEFAULT_MEMORY_CAPACITY, DEFAULT_NAMESPACE,

@@ -1,4 +1,4 @@
-//! `[[routes]]`: path patterns and per-route cache rules, with their defaults.
+//! `[[routes]]`: path patterns and per-route cache rules; the defaults here are the only copy, unit tests' routes included.
 
 use std::time::Duration;
 
@@ -210,6 +210,24 @@ impl RawRoute {
     }
 }
 
+/// A route for unit tests: `name`, `path` and `key_headers` as given and
+/// every other key at its default, by the same validation a config file
+/// goes through, so that tests cannot drift from the real defaults.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+pub(crate) fn test_route(name: &str, path: &str, key_headers: &[&str]) -> Route {
+    let raw = RawRoute {
+        name: Some(name.into()),
+        path: Some(path.into()),
+        key_headers: key_headers.iter().map(|h| h.to_string()).collect(),
+        ..RawRoute::default()
+    };
+    let mut problems = Problems::default();
+    let route = raw.validate(0, &[], &mut problems);
+    assert!(problems.0.is_empty(), "{:?}", problems.0);
+    route.unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -234,6 +252,26 @@ mod tests {
         assert_eq!(routes[1].name, "rest");
         assert_eq!(routes[1].methods, vec![Method::GET, Method::HEAD]);
         assert!(!routes[1].cache);
+    }
+
+    #[test]
+    fn test_routes_get_the_documented_defaults() {
+        let route = test_route("users", "/users/*", &["accept-language"]);
+        assert_eq!(route.methods, vec![Method::GET, Method::HEAD]);
+        assert_eq!(route.ttl, Duration::ZERO);
+        assert!(route.cache);
+        assert_eq!(route.statuses, DEFAULT_CACHE_STATUSES.to_vec());
+        assert!(!route.heuristic_freshness);
+        assert!(!route.range_fill);
+        assert!(route.coalesce);
+        assert_eq!(route.lock_timeout, Duration::from_secs(5));
+        assert_eq!(route.stale_while_revalidate, Duration::ZERO);
+        assert_eq!(route.stale_if_error, Duration::ZERO);
+        assert_eq!(
+            route.key_headers,
+            vec![HeaderName::from_static("accept-language")]
+        );
+        assert!(route.forward_headers.is_empty());
     }
 
     #[test]
