@@ -101,7 +101,7 @@ pub struct Running {
     /// For reloads: the handler whose routes are swapped.
     proxy: Arc<Proxy>,
     /// The settings only a restart changes, as started.
-    fixed_settings: String,
+    fixed_settings: reload::RestartOnly,
 }
 
 impl Running {
@@ -148,7 +148,7 @@ impl Running {
 
 /// Binds the listeners and starts serving on the current tokio runtime.
 pub async fn start(config: Config) -> Result<Running, StartError> {
-    let fixed_settings = reload::restart_only(&config);
+    let fixed_settings = reload::RestartOnly::of(&config);
     let Config {
         server,
         origin,

@@ -32,7 +32,7 @@ pub(super) struct RawRedis {
 }
 
 /// The shared Redis tier (L2).
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisConfig {
     /// Servers, username and database, as fred takes them. The password and
     /// TLS are kept out of it (below), so that this prints and compares

@@ -31,7 +31,7 @@ pub(super) struct RawServer {
     max_connections: Option<usize>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerConfig {
     /// Where clients connect (HTTP/1.1 and h2c).
     pub listen: SocketAddr,
@@ -108,7 +108,7 @@ pub(super) struct RawOrigin {
     timeout: Option<String>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OriginConfig {
     /// Scheme and authority of the origin; request paths are appended.
     pub url: Uri,
@@ -198,7 +198,7 @@ struct RawMemory {
     capacity: Option<String>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CacheConfig {
     /// Part of every key: changing it starts with an empty cache.
     pub namespace: String,
@@ -211,7 +211,7 @@ pub struct CacheConfig {
     pub memory: MemoryConfig,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MemoryConfig {
     /// Byte budget of the in-process tier (bodies, headers and keys); zero
     /// turns the tier off (every lookup goes to L2).
