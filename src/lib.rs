@@ -14,8 +14,8 @@
 //! - [`origin`]: pooled upstream client, deadlines, hop-by-hop and forwarding headers.
 //! - [`cache::status`]: the RFC 9211 `Cache-Status` header.
 //!
-//! Around them: [`config`] (TOML to validated settings), [`admin`] (probes
-//! and metrics port) and [`metrics`] (Prometheus).
+//! Around them: [`config`] (TOML to validated settings, a module per
+//! section), [`admin`] (probes and metrics port) and [`metrics`] (Prometheus).
 //!
 //! [`start`] runs everything on the current tokio runtime and returns the
 //! bound addresses, so tests run the real proxy on port 0.
@@ -112,7 +112,7 @@ pub struct Running {
     /// For reloads: the handler whose routes are swapped.
     proxy: Arc<Proxy>,
     /// The settings only a restart changes, as started.
-    fixed_settings: String,
+    fixed_settings: reload::RestartOnly,
 }
 
 impl Running {
@@ -177,7 +177,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
 /// [`start`], with ages and freshness measured by `clock`: tests move it
 /// forward instead of waiting for responses to go stale.
 pub async fn start_with_clock(config: Config, clock: Clock) -> Result<Running, StartError> {
-    let fixed_settings = reload::restart_only(&config);
+    let fixed_settings = reload::RestartOnly::of(&config);
     let Config {
         server,
         origin,

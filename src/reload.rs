@@ -12,7 +12,7 @@ use std::time::Duration;
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
-use crate::config::{Config, LoadError};
+use crate::config::{CacheConfig, Config, LoadError, OriginConfig, RedisConfig, ServerConfig};
 use crate::proxy::Proxy;
 
 /// Quiet time after a file event before reading: one ConfigMap update is
@@ -23,23 +23,36 @@ const SETTLE: Duration = Duration::from_millis(200);
 pub struct Reloader {
     path: PathBuf,
     proxy: Arc<Proxy>,
-    /// The settings only a restart changes, as running (their debug form).
-    fixed: String,
+    /// The settings only a restart changes, as running.
+    fixed: RestartOnly,
     /// The text last loaded, so that unrelated events in the directory do
     /// not reload (and log) for nothing.
     loaded: Mutex<String>,
 }
 
-/// The settings a reload cannot change, in a comparable form.
-pub(crate) fn restart_only(config: &Config) -> String {
-    format!(
-        "{:?}{:?}{:?}{:?}",
-        config.server, config.origin, config.cache, config.redis
-    )
+/// The settings a reload cannot change: they are built into sockets and
+/// clients at start.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct RestartOnly {
+    server: ServerConfig,
+    origin: OriginConfig,
+    cache: CacheConfig,
+    redis: Option<RedisConfig>,
+}
+
+impl RestartOnly {
+    pub(crate) fn of(config: &Config) -> RestartOnly {
+        RestartOnly {
+            server: config.server.clone(),
+            origin: config.origin.clone(),
+            cache: config.cache.clone(),
+            redis: config.redis.clone(),
+        }
+    }
 }
 
 impl Reloader {
-    pub(crate) fn new(path: PathBuf, proxy: Arc<Proxy>, fixed: String) -> Reloader {
+    pub(crate) fn new(path: PathBuf, proxy: Arc<Proxy>, fixed: RestartOnly) -> Reloader {
         let loaded = std::fs::read_to_string(&path).unwrap_or_default();
         Reloader {
             path,
@@ -56,7 +69,7 @@ impl Reloader {
             source,
         })?;
         let config = Config::from_toml(&text)?;
-        if restart_only(&config) != self.fixed {
+        if RestartOnly::of(&config) != self.fixed {
             tracing::warn!(
                 path = %self.path.display(),
                 "server, origin, cache or redis settings changed: they apply at the next restart"
@@ -144,5 +157,56 @@ impl Reloader {
                 }
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = "[origin]\nurl = \"http://127.0.0.1:3000\"\n\
+                        [redis]\nnodes = [\"10.0.0.1:6379\"]\npassword_env = \"REDIS_PASSWORD\"\n";
+
+    fn restart_only(text: &str, password: &str) -> RestartOnly {
+        let env = |name: &str| (name == "REDIS_PASSWORD").then(|| password.to_owned());
+        RestartOnly::of(&Config::from_toml_with(text, &env).unwrap())
+    }
+
+    #[test]
+    fn only_changes_to_restart_only_settings_need_a_restart() {
+        let running = restart_only(BASE, "first-secret");
+        assert_eq!(restart_only(BASE, "first-secret"), running, "same file");
+        assert_eq!(
+            restart_only(
+                &format!("{BASE}[[routes]]\npath = \"/a\"\n"),
+                "first-secret"
+            ),
+            running,
+            "routes apply on reload"
+        );
+        assert_ne!(
+            restart_only(
+                &format!("{BASE}command_timeout = \"20ms\"\n"),
+                "first-secret"
+            ),
+            running,
+            "a redis setting"
+        );
+        assert_ne!(
+            restart_only(&format!("{BASE}tls = true\n"), "first-secret"),
+            running,
+            "redis TLS"
+        );
+        assert_ne!(
+            restart_only(BASE, "second-secret"),
+            running,
+            "the redis password"
+        );
+        assert_ne!(
+            restart_only(&BASE.replace("3000", "3001"), "first-secret"),
+            running,
+            "the origin"
+        );
+        assert!(!format!("{running:?}").contains("first-secret"));
     }
 }

@@ -103,28 +103,9 @@ impl RouteTable {
     }
 }
 
-/// A caching GET/HEAD route for unit tests.
+/// A caching GET/HEAD route for unit tests, built with the config's defaults.
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
-pub(crate) fn test_route(name: &str, path: &str, key_headers: &[&str]) -> Route {
-    Route {
-        name: name.into(),
-        path: path.into(),
-        matcher: crate::config::compile_path(path).unwrap(),
-        methods: vec![Method::GET, Method::HEAD],
-        ttl: Duration::ZERO,
-        cache: true,
-        statuses: crate::cache::policy::DEFAULT_CACHE_STATUSES.to_vec(),
-        heuristic_freshness: false,
-        range_fill: false,
-        coalesce: true,
-        lock_timeout: Duration::from_secs(5),
-        stale_while_revalidate: Duration::ZERO,
-        stale_if_error: Duration::ZERO,
-        key_headers: key_headers.iter().map(|h| h.parse().unwrap()).collect(),
-        forward_headers: vec![],
-    }
-}
+pub(crate) use crate::config::test_route;
 
 #[cfg(test)]
 mod tests {

@@ -75,6 +75,10 @@ impl RedisTier {
         invalidated: impl Fn(&[u8; 32]) + Send + 'static,
     ) -> Result<RedisTier, fred::error::Error> {
         let mut client_config = config.client.clone();
+        client_config.password = config.password.as_ref().map(|p| p.expose().to_owned());
+        if config.tls {
+            client_config.tls = Some(fred::prelude::TlsConnector::default_rustls()?.into());
+        }
         // Keep retrying the first connection too, instead of failing start-up.
         client_config.fail_fast = false;
         let mut builder = Builder::from_config(client_config);

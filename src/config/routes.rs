@@ -1,0 +1,349 @@
+//! `[[routes]]`: path patterns and per-route cache rules; the defaults here are the only copy, unit tests' routes included.
+
+use std::time::Duration;
+
+use globset::{GlobBuilder, GlobMatcher};
+use http::{HeaderName, Method};
+use serde::Deserialize;
+
+use super::server::CacheConfig;
+use super::{Problems, parse_duration, parse_positive_duration};
+use crate::cache::policy::DEFAULT_CACHE_STATUSES;
+use crate::route::Route;
+
+/// Default time a collapsed request waits for the fetch it joined.
+pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(5);
+/// Methods whose responses this version can store, and the default for `methods`.
+const CACHEABLE_METHODS: [Method; 2] = [Method::GET, Method::HEAD];
+
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct RawRoute {
+    name: Option<String>,
+    path: Option<String>,
+    methods: Option<Vec<String>>,
+    ttl: Option<String>,
+    cache: Option<bool>,
+    cache_status: Option<Vec<u16>>,
+    heuristic_freshness: Option<bool>,
+    range_fill: Option<bool>,
+    coalesce: Option<bool>,
+    lock_timeout: Option<String>,
+    stale_while_revalidate: Option<String>,
+    stale_if_error: Option<String>,
+    #[serde(default)]
+    key_headers: Vec<String>,
+    #[serde(default)]
+    forward_headers: Vec<String>,
+}
+
+/// Validates every route, in order, then their stale windows against how
+/// long `cache` keeps stale entries.
+pub(super) fn validate(raw: Vec<RawRoute>, cache: &CacheConfig, p: &mut Problems) -> Vec<Route> {
+    let mut routes = Vec::with_capacity(raw.len());
+    for (index, raw) in raw.into_iter().enumerate() {
+        if let Some(route) = raw.validate(index, &routes, p) {
+            routes.push(route);
+        }
+    }
+    for (index, route) in routes.iter().enumerate() {
+        for (field, window) in [
+            ("stale_while_revalidate", route.stale_while_revalidate),
+            ("stale_if_error", route.stale_if_error),
+        ] {
+            if window > cache.keep_stale {
+                p.push(
+                    format!("routes[{index}].{field}"),
+                    format!(
+                        "longer than cache.keep_stale ({}); stale entries are kept only that long",
+                        humantime::format_duration(cache.keep_stale)
+                    ),
+                );
+            }
+        }
+    }
+    routes
+}
+
+/// Compiles a route path pattern: `*` matches within one segment, `**` across.
+pub(crate) fn compile_path(pattern: &str) -> Result<GlobMatcher, String> {
+    if !pattern.starts_with('/') {
+        return Err(format!("{pattern:?} must start with \"/\""));
+    }
+    GlobBuilder::new(pattern)
+        .literal_separator(true)
+        .backslash_escape(true)
+        .build()
+        .map(|glob| glob.compile_matcher())
+        .map_err(|e| format!("invalid pattern {pattern:?}: {}", e.kind()))
+}
+
+fn parse_header_names(problems: &mut Problems, key: &str, names: &[String]) -> Vec<HeaderName> {
+    names
+        .iter()
+        .filter_map(|name| match HeaderName::from_bytes(name.as_bytes()) {
+            Ok(header) => Some(header),
+            Err(_) => {
+                problems.push(key, format!("invalid header name {name:?}"));
+                None
+            }
+        })
+        .collect()
+}
+
+impl RawRoute {
+    /// `earlier` are the routes before this one, whose names it must not reuse.
+    fn validate(self, index: usize, earlier: &[Route], p: &mut Problems) -> Option<Route> {
+        let key = |field: &str| format!("routes[{index}].{field}");
+        let (path, matcher) = match self.path {
+            None => {
+                p.push(key("path"), "missing; e.g. \"/users/*\"");
+                (String::new(), None)
+            }
+            Some(path) => match compile_path(&path) {
+                Ok(matcher) => (path, Some(matcher)),
+                Err(message) => {
+                    p.push(key("path"), message);
+                    (path, None)
+                }
+            },
+        };
+        let methods = match self.methods {
+            None => CACHEABLE_METHODS.to_vec(),
+            Some(names) if names.is_empty() => {
+                p.push(key("methods"), "must not be empty");
+                vec![]
+            }
+            Some(names) => names
+                .iter()
+                .filter_map(|name| {
+                    let method = Method::from_bytes(name.as_bytes())
+                        .ok()
+                        .filter(|m| CACHEABLE_METHODS.contains(m));
+                    if method.is_none() {
+                        p.push(
+                            key("methods"),
+                            format!("{name:?} cannot be cached; use \"GET\" and/or \"HEAD\""),
+                        );
+                    }
+                    method
+                })
+                .collect(),
+        };
+        let ttl = p.parse(
+            &key("ttl"),
+            self.ttl.as_deref(),
+            Duration::ZERO,
+            parse_duration,
+        );
+        let name = self.name.unwrap_or_else(|| path.clone());
+        if name.is_empty() && !path.is_empty() {
+            p.push(key("name"), "must not be empty");
+        } else if let Some(other) = earlier.iter().position(|r| r.name == name) {
+            p.push(
+                key("name"),
+                format!("{name:?} is already the name of routes[{other}]; names label metrics and must be unique"),
+            );
+        }
+        let statuses = match self.cache_status {
+            None => DEFAULT_CACHE_STATUSES.to_vec(),
+            Some(list) if list.is_empty() => {
+                p.push(
+                    key("cache_status"),
+                    "must not be empty; use cache = false to store nothing",
+                );
+                vec![]
+            }
+            Some(list) => {
+                for status in &list {
+                    match status {
+                        206 => p.push(
+                            key("cache_status"),
+                            "206 cannot be listed: partial responses are never stored as complete",
+                        ),
+                        200..=599 => {}
+                        other => p.push(
+                            key("cache_status"),
+                            format!("{other} is not a final status (200-599)"),
+                        ),
+                    }
+                }
+                list
+            }
+        };
+        let lock_timeout = p.parse(
+            &key("lock_timeout"),
+            self.lock_timeout.as_deref(),
+            DEFAULT_LOCK_TIMEOUT,
+            parse_positive_duration,
+        );
+        let stale_while_revalidate = p.parse(
+            &key("stale_while_revalidate"),
+            self.stale_while_revalidate.as_deref(),
+            Duration::ZERO,
+            parse_duration,
+        );
+        let stale_if_error = p.parse(
+            &key("stale_if_error"),
+            self.stale_if_error.as_deref(),
+            Duration::ZERO,
+            parse_duration,
+        );
+        let key_headers = parse_header_names(p, &key("key_headers"), &self.key_headers);
+        let forward_headers = parse_header_names(p, &key("forward_headers"), &self.forward_headers);
+        Some(Route {
+            name,
+            path,
+            matcher: matcher?,
+            methods,
+            ttl,
+            cache: self.cache.unwrap_or(true),
+            statuses,
+            heuristic_freshness: self.heuristic_freshness.unwrap_or(false),
+            range_fill: self.range_fill.unwrap_or(false),
+            coalesce: self.coalesce.unwrap_or(true),
+            lock_timeout,
+            stale_while_revalidate,
+            stale_if_error,
+            key_headers,
+            forward_headers,
+        })
+    }
+}
+
+/// A route for unit tests: `name`, `path` and `key_headers` as given and
+/// every other key at its default, by the same validation a config file
+/// goes through, so that tests cannot drift from the real defaults.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+pub(crate) fn test_route(name: &str, path: &str, key_headers: &[&str]) -> Route {
+    let raw = RawRoute {
+        name: Some(name.into()),
+        path: Some(path.into()),
+        key_headers: key_headers.iter().map(|h| h.to_string()).collect(),
+        ..RawRoute::default()
+    };
+    let mut problems = Problems::default();
+    let route = raw.validate(0, &[], &mut problems);
+    assert!(problems.0.is_empty(), "{:?}", problems.0);
+    route.unwrap()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::tests::{MINIMAL, config, with_minimal};
+
+    #[test]
+    fn route_values_are_parsed() {
+        let config = config(&format!(
+            "{MINIMAL}[[routes]]\npath = \"/users/*\"\nmethods = [\"GET\"]\nttl = \"1m 30s\"\n\
+             key_headers = [\"Accept-Language\"]\n[[routes]]\nname = \"rest\"\npath = \"/**\"\ncache = false\n"
+        ))
+        .unwrap();
+        let routes: Vec<_> = config.routes.iter().collect();
+        assert_eq!(routes[0].name, "/users/*");
+        assert_eq!(routes[0].methods, vec![Method::GET]);
+        assert_eq!(routes[0].ttl, Duration::from_secs(90));
+        assert_eq!(
+            routes[0].key_headers,
+            vec![HeaderName::from_static("accept-language")]
+        );
+        assert!(routes[0].cache);
+        assert_eq!(routes[1].name, "rest");
+        assert_eq!(routes[1].methods, vec![Method::GET, Method::HEAD]);
+        assert!(!routes[1].cache);
+    }
+
+    #[test]
+    fn test_routes_get_the_documented_defaults() {
+        let route = test_route("users", "/users/*", &["accept-language"]);
+        assert_eq!(route.methods, vec![Method::GET, Method::HEAD]);
+        assert_eq!(route.ttl, Duration::ZERO);
+        assert!(route.cache);
+        assert_eq!(route.statuses, DEFAULT_CACHE_STATUSES.to_vec());
+        assert!(!route.heuristic_freshness);
+        assert!(!route.range_fill);
+        assert!(route.coalesce);
+        assert_eq!(route.lock_timeout, Duration::from_secs(5));
+        assert_eq!(route.stale_while_revalidate, Duration::ZERO);
+        assert_eq!(route.stale_if_error, Duration::ZERO);
+        assert_eq!(
+            route.key_headers,
+            vec![HeaderName::from_static("accept-language")]
+        );
+        assert!(route.forward_headers.is_empty());
+    }
+
+    #[test]
+    fn route_validation_messages() {
+        let cases: &[(&str, &str)] = &[
+            (
+                "[[routes]]\nttl = \"1s\"",
+                "routes[0].path: missing; e.g. \"/users/*\"",
+            ),
+            (
+                "[[routes]]\npath = \"users\"",
+                "routes[0].path: \"users\" must start with \"/\"",
+            ),
+            (
+                "[[routes]]\npath = \"/a/[b\"",
+                "routes[0].path: invalid pattern \"/a/[b\": unclosed character class; missing ']'",
+            ),
+            (
+                "[[routes]]\npath = \"/a\"\nmethods = []",
+                "routes[0].methods: must not be empty",
+            ),
+            (
+                "[[routes]]\npath = \"/a\"\nmethods = [\"POST\"]",
+                "routes[0].methods: \"POST\" cannot be cached; use \"GET\" and/or \"HEAD\"",
+            ),
+            (
+                "[[routes]]\npath = \"/a\"\nttl = \"1 fortnight\"",
+                "routes[0].ttl: invalid duration \"1 fortnight\" (unknown time unit \"fortnight\", supported units: ns, us/µs, ms, sec, min, hours, days, weeks, months, years (and few variations)); use e.g. \"250ms\", \"30s\", \"5m\"",
+            ),
+            (
+                "[[routes]]\npath = \"/a\"\n[[routes]]\npath = \"/a\"",
+                "routes[1].name: \"/a\" is already the name of routes[0]; names label metrics and must be unique",
+            ),
+            (
+                "[[routes]]\npath = \"/a\"\nname = \"\"",
+                "routes[0].name: must not be empty",
+            ),
+            (
+                "[[routes]]\npath = \"/a\"\nstale_if_error = \"1h\"",
+                "routes[0].stale_if_error: longer than cache.keep_stale (10m); stale entries are kept only that long",
+            ),
+            (
+                "[[routes]]\npath = \"/a\"\nlock_timeout = \"0s\"",
+                "routes[0].lock_timeout: must be greater than zero",
+            ),
+            (
+                "[[routes]]\npath = \"/a\"\ncache_status = []",
+                "routes[0].cache_status: must not be empty; use cache = false to store nothing",
+            ),
+            (
+                "[[routes]]\npath = \"/a\"\ncache_status = [200, 206]",
+                "routes[0].cache_status: 206 cannot be listed: partial responses are never stored as complete",
+            ),
+            (
+                "[[routes]]\npath = \"/a\"\ncache_status = [200, 100]",
+                "routes[0].cache_status: 100 is not a final status (200-599)",
+            ),
+            (
+                "[[routes]]\npath = \"/a\"\nkey_headers = [\"bad header\"]",
+                "routes[0].key_headers: invalid header name \"bad header\"",
+            ),
+            (
+                "[[routes]]\npath = \"/a\"\nforward_headers = [\"x:y\"]",
+                "routes[0].forward_headers: invalid header name \"x:y\"",
+            ),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(
+                with_minimal(text),
+                vec![expected.to_string()],
+                "for {text:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,372 @@
+//! `[server]`, `[origin]` and `[cache]`: the listeners, the upstream and the cache's sizes, each with its defaults.
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::time::Duration;
+
+use http::Uri;
+use serde::Deserialize;
+
+use super::{Problems, parse_duration, parse_positive_duration, parse_size};
+
+// [server]
+
+/// Default client-facing listen address.
+pub const DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 8080));
+/// Default admin listen address: loopback, so probes and metrics stay private.
+pub const DEFAULT_ADMIN_LISTEN: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9090));
+/// Default time in-flight requests get to finish after SIGTERM.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// Default cap on concurrent client connections, so a flood queues in the
+/// kernel's backlog instead of exhausting memory.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct RawServer {
+    listen: Option<String>,
+    admin_listen: Option<String>,
+    shutdown_grace: Option<String>,
+    shutdown_delay: Option<String>,
+    max_connections: Option<usize>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// Where clients connect (HTTP/1.1 and h2c).
+    pub listen: SocketAddr,
+    /// Where probes and metrics are served.
+    pub admin_listen: SocketAddr,
+    /// How long in-flight requests may run on after a shutdown signal.
+    pub shutdown_grace: Duration,
+    /// How long to keep serving, not ready, after a shutdown signal and
+    /// before draining: for pods whose app and proxy stop together.
+    pub shutdown_delay: Duration,
+    /// Concurrent client connections; further accepts wait.
+    pub max_connections: usize,
+}
+
+impl RawServer {
+    pub(super) fn validate(self, p: &mut Problems) -> ServerConfig {
+        let server = ServerConfig {
+            listen: p.parse(
+                "server.listen",
+                self.listen.as_deref(),
+                DEFAULT_LISTEN,
+                parse_addr,
+            ),
+            admin_listen: p.parse(
+                "server.admin_listen",
+                self.admin_listen.as_deref(),
+                DEFAULT_ADMIN_LISTEN,
+                parse_addr,
+            ),
+            shutdown_grace: p.parse(
+                "server.shutdown_grace",
+                self.shutdown_grace.as_deref(),
+                DEFAULT_SHUTDOWN_GRACE,
+                parse_duration,
+            ),
+            shutdown_delay: p.parse(
+                "server.shutdown_delay",
+                self.shutdown_delay.as_deref(),
+                Duration::ZERO,
+                parse_duration,
+            ),
+            max_connections: self.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS),
+        };
+        if server.max_connections == 0 {
+            p.push("server.max_connections", "must be at least 1");
+        }
+        // Port 0 asks for any free port, so two of them do not collide.
+        if server.listen == server.admin_listen && server.listen.port() != 0 {
+            p.push(
+                "server.admin_listen",
+                format!("same address as server.listen ({})", server.listen),
+            );
+        }
+        server
+    }
+}
+
+fn parse_addr(text: &str) -> Result<SocketAddr, String> {
+    text.parse()
+        .map_err(|_| format!("invalid address {text:?}; use IP:PORT, e.g. \"0.0.0.0:8080\""))
+}
+
+// [origin]
+
+/// Default deadline for the TCP connect to the origin.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default deadline for the origin's response head.
+pub const DEFAULT_ORIGIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct RawOrigin {
+    url: Option<String>,
+    connect_timeout: Option<String>,
+    timeout: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OriginConfig {
+    /// Scheme and authority of the origin; request paths are appended.
+    pub url: Uri,
+    pub connect_timeout: Duration,
+    /// Deadline for the response head; the body may stream for longer.
+    pub timeout: Duration,
+}
+
+impl RawOrigin {
+    pub(super) fn validate(self, p: &mut Problems) -> OriginConfig {
+        let url = match self.url.as_deref() {
+            None => {
+                p.push(
+                    "origin.url",
+                    "missing; the origin to proxy to, e.g. \"http://127.0.0.1:3000\"",
+                );
+                Uri::default()
+            }
+            Some(text) => match parse_origin_url(text) {
+                Ok(url) => url,
+                Err(message) => {
+                    p.push("origin.url", message);
+                    Uri::default()
+                }
+            },
+        };
+        OriginConfig {
+            url,
+            connect_timeout: p.parse(
+                "origin.connect_timeout",
+                self.connect_timeout.as_deref(),
+                DEFAULT_CONNECT_TIMEOUT,
+                parse_positive_duration,
+            ),
+            timeout: p.parse(
+                "origin.timeout",
+                self.timeout.as_deref(),
+                DEFAULT_ORIGIN_TIMEOUT,
+                parse_positive_duration,
+            ),
+        }
+    }
+}
+
+fn parse_origin_url(text: &str) -> Result<Uri, String> {
+    let url: Uri = text
+        .parse()
+        .map_err(|_| format!("invalid URL {text:?}; use e.g. \"http://127.0.0.1:3000\""))?;
+    if url.scheme_str() != Some("http") {
+        return Err(format!("{text:?}: only http:// origins are supported"));
+    }
+    if url.authority().is_none() {
+        return Err(format!("{text:?} has no host"));
+    }
+    if !matches!(url.path(), "" | "/") || url.query().is_some() {
+        return Err(format!(
+            "{text:?}: a path or query is not supported; the request's own path is sent"
+        ));
+    }
+    Ok(url)
+}
+
+// [cache] and [cache.memory]
+
+/// Default key namespace.
+pub const DEFAULT_NAMESPACE: &str = "default";
+/// Default largest body that is stored; larger ones are streamed only.
+pub const DEFAULT_MAX_OBJECT_SIZE: u64 = 8 * 1024 * 1024;
+/// Default time entries are kept once stale, for revalidation.
+pub const DEFAULT_KEEP_STALE: Duration = Duration::from_secs(600);
+/// Default byte budget of the in-memory tier.
+pub const DEFAULT_MEMORY_CAPACITY: u64 = 256 * 1024 * 1024;
+/// Largest storable object: the in-memory tier weighs entries in `u32`.
+const MAX_OBJECT_SIZE_LIMIT: u64 = u32::MAX as u64 / 2;
+
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct RawCache {
+    namespace: Option<String>,
+    max_object_size: Option<String>,
+    keep_stale: Option<String>,
+    #[serde(default)]
+    memory: RawMemory,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RawMemory {
+    capacity: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheConfig {
+    /// Part of every key: changing it starts with an empty cache.
+    pub namespace: String,
+    /// Bodies larger than this are streamed to the client but never stored.
+    pub max_object_size: u64,
+    /// How long an entry is kept once stale: to be revalidated with a
+    /// conditional request instead of fetched again, or served stale where a
+    /// request allows it.
+    pub keep_stale: Duration,
+    pub memory: MemoryConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemoryConfig {
+    /// Byte budget of the in-process tier (bodies, headers and keys); zero
+    /// turns the tier off (every lookup goes to L2).
+    pub capacity: u64,
+}
+
+impl RawCache {
+    pub(super) fn validate(self, p: &mut Problems) -> CacheConfig {
+        let namespace = self.namespace.unwrap_or_else(|| DEFAULT_NAMESPACE.into());
+        if namespace.is_empty() {
+            p.push("cache.namespace", "must not be empty");
+        }
+        let cache = CacheConfig {
+            namespace,
+            max_object_size: p.parse(
+                "cache.max_object_size",
+                self.max_object_size.as_deref(),
+                DEFAULT_MAX_OBJECT_SIZE,
+                parse_size,
+            ),
+            keep_stale: p.parse(
+                "cache.keep_stale",
+                self.keep_stale.as_deref(),
+                DEFAULT_KEEP_STALE,
+                parse_duration,
+            ),
+            memory: MemoryConfig {
+                capacity: p.parse(
+                    "cache.memory.capacity",
+                    self.memory.capacity.as_deref(),
+                    DEFAULT_MEMORY_CAPACITY,
+                    parse_size,
+                ),
+            },
+        };
+        if cache.max_object_size > MAX_OBJECT_SIZE_LIMIT {
+            p.push(
+                "cache.max_object_size",
+                format!("must be at most {MAX_OBJECT_SIZE_LIMIT} bytes"),
+            );
+        } else if cache.memory.capacity > 0 && cache.max_object_size > cache.memory.capacity {
+            p.push(
+                "cache.max_object_size",
+                format!(
+                    "larger than cache.memory.capacity ({} bytes), so nothing that size could be kept",
+                    cache.memory.capacity
+                ),
+            );
+        }
+        cache
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::tests::{MINIMAL, config, errors, with_minimal};
+
+    #[test]
+    fn defaults_fill_everything_but_the_origin() {
+        let config = config(MINIMAL).unwrap();
+        assert_eq!(config.server.listen, DEFAULT_LISTEN);
+        assert_eq!(config.server.admin_listen, DEFAULT_ADMIN_LISTEN);
+        assert_eq!(config.server.shutdown_grace, DEFAULT_SHUTDOWN_GRACE);
+        assert_eq!(config.origin.timeout, DEFAULT_ORIGIN_TIMEOUT);
+        assert_eq!(config.origin.connect_timeout, DEFAULT_CONNECT_TIMEOUT);
+        assert_eq!(config.cache.namespace, "default");
+        assert_eq!(config.cache.max_object_size, 8 * 1024 * 1024);
+        assert_eq!(config.cache.memory.capacity, 256 * 1024 * 1024);
+        assert!(config.routes.is_empty());
+    }
+
+    #[test]
+    fn origin_validation_messages() {
+        let cases: &[(&str, &str)] = &[
+            (
+                "",
+                "origin.url: missing; the origin to proxy to, e.g. \"http://127.0.0.1:3000\"",
+            ),
+            (
+                "[origin]\nurl = \"ftp://x\"",
+                "origin.url: \"ftp://x\": only http:// origins are supported",
+            ),
+            (
+                "[origin]\nurl = \"http://\"",
+                "origin.url: invalid URL \"http://\"; use e.g. \"http://127.0.0.1:3000\"",
+            ),
+            (
+                "[origin]\nurl = \"http://a:1/api\"",
+                "origin.url: \"http://a:1/api\": a path or query is not supported; the request's own path is sent",
+            ),
+            (
+                "[origin]\nurl = \"http://a:1\"\ntimeout = \"0s\"",
+                "origin.timeout: must be greater than zero",
+            ),
+            (
+                "[origin]\nurl = \"http://a:1\"\nconnect_timeout = \"2 parsecs\"",
+                "origin.connect_timeout: invalid duration \"2 parsecs\" (unknown time unit \"parsecs\", supported units: ns, us/µs, ms, sec, min, hours, days, weeks, months, years (and few variations)); use e.g. \"250ms\", \"30s\", \"5m\"",
+            ),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(errors(text), vec![expected.to_string()], "for {text:?}");
+        }
+    }
+
+    #[test]
+    fn server_and_cache_validation_messages() {
+        let cases: &[(&str, &str)] = &[
+            (
+                "[server]\nlisten = \"localhost\"",
+                "server.listen: invalid address \"localhost\"; use IP:PORT, e.g. \"0.0.0.0:8080\"",
+            ),
+            (
+                "[server]\nadmin_listen = \"1.2.3.4\"",
+                "server.admin_listen: invalid address \"1.2.3.4\"; use IP:PORT, e.g. \"0.0.0.0:8080\"",
+            ),
+            (
+                "[server]\nlisten = \"127.0.0.1:80\"\nadmin_listen = \"127.0.0.1:80\"",
+                "server.admin_listen: same address as server.listen (127.0.0.1:80)",
+            ),
+            (
+                "[server]\nshutdown_grace = \"soon\"",
+                "server.shutdown_grace: invalid duration \"soon\" (expected number at 0); use e.g. \"250ms\", \"30s\", \"5m\"",
+            ),
+            (
+                "[server]\nmax_connections = 0",
+                "server.max_connections: must be at least 1",
+            ),
+            (
+                "[cache]\nnamespace = \"\"",
+                "cache.namespace: must not be empty",
+            ),
+            (
+                "[cache]\nmax_object_size = \"lots\"",
+                "cache.max_object_size: invalid size \"lots\"; use e.g. \"512KiB\", \"8MiB\", \"1GiB\"",
+            ),
+            (
+                "[cache]\nmax_object_size = \"4GiB\"",
+                "cache.max_object_size: must be at most 2147483647 bytes",
+            ),
+            (
+                "[cache]\nmax_object_size = \"2MiB\"\n[cache.memory]\ncapacity = \"1MiB\"",
+                "cache.max_object_size: larger than cache.memory.capacity (1048576 bytes), so nothing that size could be kept",
+            ),
+            (
+                "[cache.memory]\ncapacity = \"-1\"",
+                "cache.memory.capacity: invalid size \"-1\"; use e.g. \"512KiB\", \"8MiB\", \"1GiB\"",
+            ),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(
+                with_minimal(text),
+                vec![expected.to_string()],
+                "for {text:?}"
+            );
+        }
+    }
+}
