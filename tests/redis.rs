@@ -490,3 +490,68 @@ async fn an_invalidation_through_one_pod_reaches_the_others_memory() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn an_invalidation_queued_at_shutdown_still_reaches_the_other_pods() {
+    let redis = Arc::new(blocking(RedisStandalone::start).await);
+    let origin = Origin::start().await;
+    let node = format!("[\"127.0.0.1:{}\"]", redis.node.port);
+    // Deadlines longer than the pause below: B's writes wait it out in its
+    // queue instead of being dropped.
+    let config = format!(
+        "[redis]\nmode = \"standalone\"\nnodes = {node}\ncommand_timeout = \"5s\"\nconnect_timeout = \"5s\"\n"
+    );
+    let start = || {
+        ProxyConfig::new(&origin)
+            .with(&config)
+            .with(route())
+            .start()
+    };
+    let (a, b) = (start().await, start().await);
+    a.wait_redis_connected().await;
+    b.wait_redis_connected().await;
+    get(&a, "/r/gone").await;
+    let r = redis.clone();
+    eventually("A's L2 write", Duration::from_secs(5), async || {
+        let r = r.clone();
+        blocking(move || r.cli(&["dbsize"])).await.as_deref() == Some("1")
+    })
+    .await;
+    let r = redis.clone();
+    eventually("both subscribed", Duration::from_secs(10), async || {
+        let r = r.clone();
+        let numsub =
+            blocking(move || r.cli(&["pubsub", "numsub", "sidecache:invalidations"])).await;
+        numsub.is_some_and(|n| n.ends_with("\n2"))
+    })
+    .await;
+    let cached = get(&a, "/r/gone").await.cache_status().to_owned();
+    assert!(cached.contains("hit") && !cached.contains("l2"), "{cached}");
+
+    // Redis stops answering for a while, so B's DEL and PUBLISH are still
+    // queued when B is told to stop right after accepting the POST.
+    let pause = Duration::from_millis(1500);
+    let millis = pause.as_millis().to_string();
+    let r = redis.clone();
+    let paused = blocking(move || r.cli(&["client", "pause", &millis, "ALL"])).await;
+    assert_eq!(paused.as_deref(), Some("OK"));
+    origin.on("/r/gone", support::Reply::ok().status(204));
+    let posted = b.send("POST", "/r/gone", &[("host", HOST)]).await;
+    assert_eq!(posted.status, 204);
+    let stopping = std::time::Instant::now();
+    b.running.shutdown().await;
+    assert!(
+        stopping.elapsed() >= pause / 2,
+        "shutdown waited for the queued writes ({:?})",
+        stopping.elapsed()
+    );
+    // Sent before B was gone: A drops its copy at once, not whenever a
+    // writer task left behind gets round to it.
+    origin.on("/r/gone", support::Reply::ok());
+    eventually(
+        "A's copy invalidated",
+        Duration::from_millis(500),
+        async || !get(&a, "/r/gone").await.cache_status().contains("hit"),
+    )
+    .await;
+}
