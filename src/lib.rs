@@ -4,18 +4,27 @@
 //! One request flows through these modules, in this order:
 //! - [`server`]: accept loops, connection limit, graceful shutdown.
 //! - [`proxy`]: the pipeline; the only module that calls the others in order.
-//! - [`respond`]: answers made from a stored response (304, 206/416, HEAD).
+//!   Its outer handler matches the route and writes `Cache-Status`, metrics
+//!   and the access log from the [`proxy::Served`] the inner one returns.
 //! - [`route`]: the first route whose path pattern matches decides caching.
-//! - [`cache::policy`]: RFC 9111 decisions (lookup? store? how fresh? how old?), pure.
 //! - [`cache::key`]: canonical, length-prefixed, hashed cache keys.
-//! - [`cache`]: the tiers facade; [`cache::memory`] is L1, [`cache::redis`]
-//!   is the shared L2 (fred, deadlines, circuit breaker), [`cache::fill`]
-//!   stores a streamed body once it is complete, [`cache::entry`] is what is stored.
+//! - [`cache`]: the tiers facade: lookup ([`cache::memory`] is L1,
+//!   [`cache::redis`] the shared L2 with deadlines and a breaker), `admit`
+//!   (single-flight in the pod, [`cache::flight`], and in the fleet, a Redis
+//!   lease), and `store`, the one way in.
+//! - [`cache::decide`]: what a lookup, a response head or an origin failure
+//!   means for the request (`on_lookup`, `on_head`, `on_error`), pure; built
+//!   on [`cache::policy`] (RFC 9111 rules) and [`cache::validation`].
 //! - [`origin`]: pooled upstream client, deadlines, hop-by-hop and forwarding headers.
+//! - [`cache::fill`] stores a streamed body once it is complete;
+//!   [`respond`] makes answers from a stored [`cache::entry`] (304, 206/416, HEAD).
 //! - [`cache::status`]: the RFC 9211 `Cache-Status` header.
 //!
 //! Around them: [`config`] (TOML to validated settings, a module per
-//! section), [`admin`] (probes and metrics port) and [`metrics`] (Prometheus).
+//! section), [`reload`], [`admin`] (probes, metrics and purge port).
+//! Leaves that anything may use and that use nothing of ours: [`metrics`]
+//! (Prometheus), [`body`] (response body types) and [`clock`] (the time
+//! ages are measured by; tests move it).
 //!
 //! [`start`] runs everything on the current tokio runtime and returns the
 //! bound addresses, so tests run the real proxy on port 0.
