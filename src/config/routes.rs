@@ -107,28 +107,7 @@ impl RawRoute {
                 }
             },
         };
-        let methods = match self.methods {
-            None => CACHEABLE_METHODS.to_vec(),
-            Some(names) if names.is_empty() => {
-                p.push(key("methods"), "must not be empty");
-                vec![]
-            }
-            Some(names) => names
-                .iter()
-                .filter_map(|name| {
-                    let method = Method::from_bytes(name.as_bytes())
-                        .ok()
-                        .filter(|m| CACHEABLE_METHODS.contains(m));
-                    if method.is_none() {
-                        p.push(
-                            key("methods"),
-                            format!("{name:?} cannot be cached; use \"GET\" and/or \"HEAD\""),
-                        );
-                    }
-                    method
-                })
-                .collect(),
-        };
+        let methods = methods(self.methods, &key("methods"), p);
         let ttl = p.parse(
             &key("ttl"),
             self.ttl.as_deref(),
@@ -144,32 +123,7 @@ impl RawRoute {
                 format!("{name:?} is already the name of routes[{other}]; names label metrics and must be unique"),
             );
         }
-        let statuses = match self.cache_status {
-            None => DEFAULT_CACHE_STATUSES.to_vec(),
-            Some(list) if list.is_empty() => {
-                p.push(
-                    key("cache_status"),
-                    "must not be empty; use cache = false to store nothing",
-                );
-                vec![]
-            }
-            Some(list) => {
-                for status in &list {
-                    match status {
-                        206 => p.push(
-                            key("cache_status"),
-                            "206 cannot be listed: partial responses are never stored as complete",
-                        ),
-                        200..=599 => {}
-                        other => p.push(
-                            key("cache_status"),
-                            format!("{other} is not a final status (200-599)"),
-                        ),
-                    }
-                }
-                list
-            }
-        };
+        let statuses = statuses(self.cache_status, &key("cache_status"), p);
         let lock_timeout = p.parse(
             &key("lock_timeout"),
             self.lock_timeout.as_deref(),
@@ -207,6 +161,57 @@ impl RawRoute {
             key_headers,
             forward_headers,
         })
+    }
+}
+
+/// `methods`: GET and/or HEAD, the methods a cache answers (default both).
+fn methods(names: Option<Vec<String>>, key: &str, p: &mut Problems) -> Vec<Method> {
+    match names {
+        None => CACHEABLE_METHODS.to_vec(),
+        Some(names) if names.is_empty() => {
+            p.push(key, "must not be empty");
+            vec![]
+        }
+        Some(names) => names
+            .iter()
+            .filter_map(|name| {
+                let method = Method::from_bytes(name.as_bytes())
+                    .ok()
+                    .filter(|m| CACHEABLE_METHODS.contains(m));
+                if method.is_none() {
+                    p.push(
+                        key,
+                        format!("{name:?} cannot be cached; use \"GET\" and/or \"HEAD\""),
+                    );
+                }
+                method
+            })
+            .collect(),
+    }
+}
+
+/// `cache_status`: final statuses other than 206 (default: RFC 9110's
+/// heuristically cacheable ones, without 5xx).
+fn statuses(list: Option<Vec<u16>>, key: &str, p: &mut Problems) -> Vec<u16> {
+    match list {
+        None => DEFAULT_CACHE_STATUSES.to_vec(),
+        Some(list) if list.is_empty() => {
+            p.push(key, "must not be empty; use cache = false to store nothing");
+            vec![]
+        }
+        Some(list) => {
+            for status in &list {
+                match status {
+                    206 => p.push(
+                        key,
+                        "206 cannot be listed: partial responses are never stored as complete",
+                    ),
+                    200..=599 => {}
+                    other => p.push(key, format!("{other} is not a final status (200-599)")),
+                }
+            }
+            list
+        }
     }
 }
 
