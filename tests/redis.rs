@@ -431,13 +431,21 @@ async fn three_pods_collapse_concurrent_misses_into_one_origin_fetch() {
     drop(cluster);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_invalidation_through_one_pod_reaches_the_others_memory() {
+/// Two pods, A and B, on one standalone Redis (`deadlines`: extra `[redis]`
+/// keys), both connected and subscribed to invalidations, after A has
+/// fetched `path` and its L2 write has landed.
+struct TwoPods {
+    redis: Arc<RedisStandalone>,
+    origin: Origin,
+    a: Proxy,
+    b: Proxy,
+}
+
+async fn two_pods_after_a_fill(path: &str, deadlines: &str) -> TwoPods {
     let redis = Arc::new(blocking(RedisStandalone::start).await);
     let origin = Origin::start().await;
     let node = format!("[\"127.0.0.1:{}\"]", redis.node.port);
-    let config =
-        format!("[redis]\nmode = \"standalone\"\nnodes = {node}\ncommand_timeout = \"50ms\"\n");
+    let config = format!("[redis]\nmode = \"standalone\"\nnodes = {node}\n{deadlines}");
     let start = || {
         ProxyConfig::new(&origin)
             .with(&config)
@@ -447,14 +455,38 @@ async fn an_invalidation_through_one_pod_reaches_the_others_memory() {
     let (a, b) = (start().await, start().await);
     a.wait_redis_connected().await;
     b.wait_redis_connected().await;
-
-    get(&a, "/r/item").await;
+    get(&a, path).await;
     let r = redis.clone();
-    eventually("the L2 write", Duration::from_secs(5), async || {
+    eventually("A's L2 write", Duration::from_secs(5), async || {
         let r = r.clone();
         blocking(move || r.cli(&["dbsize"])).await.as_deref() == Some("1")
     })
     .await;
+    let r = redis.clone();
+    eventually("both subscribed", Duration::from_secs(10), async || {
+        let r = r.clone();
+        let numsub =
+            blocking(move || r.cli(&["pubsub", "numsub", "sidecache:invalidations"])).await;
+        numsub.is_some_and(|n| n.ends_with("\n2"))
+    })
+    .await;
+    TwoPods {
+        redis,
+        origin,
+        a,
+        b,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalidation_through_one_pod_reaches_the_others_memory() {
+    // `_redis` keeps the server running to the end of the test.
+    let TwoPods {
+        redis: _redis,
+        origin,
+        a,
+        b,
+    } = two_pods_after_a_fill("/r/item", "command_timeout = \"50ms\"\n").await;
     assert!(
         get(&b, "/r/item")
             .await
@@ -469,15 +501,6 @@ async fn an_invalidation_through_one_pod_reaches_the_others_memory() {
             .contains("detail=l2")
     );
 
-    // Both pods listen for invalidations.
-    let r = redis.clone();
-    eventually("both subscribed", Duration::from_secs(10), async || {
-        let r = r.clone();
-        let numsub =
-            blocking(move || r.cli(&["pubsub", "numsub", "sidecache:invalidations"])).await;
-        numsub.is_some_and(|n| n.ends_with("\n2"))
-    })
-    .await;
     // A POST through A invalidates the URL: in A, in Redis, and in B's memory.
     origin.on("/r/item", support::Reply::ok().status(204));
     assert_eq!(
@@ -493,38 +516,15 @@ async fn an_invalidation_through_one_pod_reaches_the_others_memory() {
 
 #[tokio::test]
 async fn an_invalidation_queued_at_shutdown_still_reaches_the_other_pods() {
-    let redis = Arc::new(blocking(RedisStandalone::start).await);
-    let origin = Origin::start().await;
-    let node = format!("[\"127.0.0.1:{}\"]", redis.node.port);
     // Deadlines longer than the pause below: B's writes wait it out in its
     // queue instead of being dropped.
-    let config = format!(
-        "[redis]\nmode = \"standalone\"\nnodes = {node}\ncommand_timeout = \"5s\"\nconnect_timeout = \"5s\"\n"
-    );
-    let start = || {
-        ProxyConfig::new(&origin)
-            .with(&config)
-            .with(route())
-            .start()
-    };
-    let (a, b) = (start().await, start().await);
-    a.wait_redis_connected().await;
-    b.wait_redis_connected().await;
-    get(&a, "/r/gone").await;
-    let r = redis.clone();
-    eventually("A's L2 write", Duration::from_secs(5), async || {
-        let r = r.clone();
-        blocking(move || r.cli(&["dbsize"])).await.as_deref() == Some("1")
-    })
-    .await;
-    let r = redis.clone();
-    eventually("both subscribed", Duration::from_secs(10), async || {
-        let r = r.clone();
-        let numsub =
-            blocking(move || r.cli(&["pubsub", "numsub", "sidecache:invalidations"])).await;
-        numsub.is_some_and(|n| n.ends_with("\n2"))
-    })
-    .await;
+    let deadlines = "command_timeout = \"5s\"\nconnect_timeout = \"5s\"\n";
+    let TwoPods {
+        redis,
+        origin,
+        a,
+        b,
+    } = two_pods_after_a_fill("/r/gone", deadlines).await;
     let cached = get(&a, "/r/gone").await.cache_status().to_owned();
     assert!(cached.contains("hit") && !cached.contains("l2"), "{cached}");
 
