@@ -8,8 +8,8 @@ use http::{Method, Request, Response, StatusCode, Uri, header};
 
 use crate::body::{self, ProxyBody};
 use crate::cache::Cache;
-use crate::cache::key::CacheKey;
 use crate::metrics::Metrics;
+use crate::proxy::Proxy;
 
 /// Content type of the OpenMetrics text that prometheus-client writes.
 const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -20,8 +20,8 @@ pub struct Admin {
     pub ready: Arc<AtomicBool>,
     pub metrics: Arc<Metrics>,
     pub cache: Cache,
-    /// The key namespace, to find a purged URL's key.
-    pub namespace: String,
+    /// Keys a purged URL as a request for it would be keyed.
+    pub proxy: Arc<Proxy>,
 }
 
 impl Admin {
@@ -69,8 +69,10 @@ impl Admin {
     }
 
     /// `POST /purge?url=http://host/path?query`: drops what is stored for
-    /// that URL, every variant included, from L1 here and from L2 for the
-    /// whole fleet. Other pods' L1 copies live on until they expire.
+    /// that URL, every variant included, from L1 here, from L2, and (through
+    /// the invalidation channel) from every other pod's L1. The URL is keyed
+    /// as a request for it would be: under `cache.host` when one is set,
+    /// without the query parameters its route leaves out of keys.
     fn purge(&self, query: &str) -> Response<ProxyBody> {
         let Some(url) = query
             .split('&')
@@ -97,8 +99,7 @@ impl Admin {
         };
         let host = authority.as_str().to_ascii_lowercase();
         let host = host.strip_suffix(":80").unwrap_or(&host);
-        self.cache
-            .remove(&CacheKey::for_url(&self.namespace, host, &uri));
+        self.proxy.purge(host, &uri);
         text(StatusCode::OK, format!("purged {url}\n"))
     }
 }

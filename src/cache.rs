@@ -19,8 +19,8 @@ use crate::clock::Clock;
 use crate::config::{CacheConfig, RedisConfig};
 use crate::metrics::Metrics;
 use entry::{Entry, Stored, Variants};
-use flight::{Flights, Leader, Role};
-use http::HeaderMap;
+use flight::{Filled, Flights, Leader, Role};
+use http::{HeaderMap, HeaderName, header};
 use key::CacheKey;
 use memory::MemoryTier;
 use redis::{Lease, RedisTier};
@@ -53,20 +53,37 @@ pub struct Lookup {
     pub variants: Option<Arc<Variants>>,
 }
 
-/// One fetch that concurrent requests may share: the origin would see the
-/// same request (same URL, same forwarded headers) from each of them.
+/// One fetch that concurrent requests may share: the same URL, and the same
+/// values of the headers known to select its answer before it arrives.
 #[derive(Clone, Copy)]
 pub struct Flight<'a> {
-    pub url_key: &'a CacheKey,
+    id: [u8; 32],
+    url_key: &'a CacheKey,
     /// The headers the origin gets, which also select among variants.
-    pub forwarded: &'a HeaderMap,
+    forwarded: &'a HeaderMap,
     /// Longest wait for another request's fetch (and the fleet lease's life).
-    pub lock_timeout: Duration,
+    lock_timeout: Duration,
 }
 
-impl Flight<'_> {
-    fn id(&self) -> [u8; 32] {
-        self.url_key.flight(self.forwarded)
+impl<'a> Flight<'a> {
+    /// The fetch of `url_key` for a request the origin gets as `forwarded`:
+    /// requests that agree on the `selecting` headers (the route's key
+    /// headers, and those the URL's stored variants vary on) and on their
+    /// credentials share it; one its answer turns out not to select fetches
+    /// for itself.
+    pub fn new(
+        url_key: &'a CacheKey,
+        forwarded: &'a HeaderMap,
+        selecting: impl IntoIterator<Item = &'a HeaderName>,
+        lock_timeout: Duration,
+    ) -> Flight<'a> {
+        let names = selecting.into_iter().chain([&header::AUTHORIZATION]);
+        Flight {
+            id: url_key.flight(names, forwarded),
+            url_key,
+            forwarded,
+            lock_timeout,
+        }
     }
 }
 
@@ -209,6 +226,7 @@ impl Cache {
     ) -> Option<Arc<Entry>> {
         let keep_for = entry.retention(now, self.keep_stale)?;
         let entry = Arc::new(entry);
+        let variants_for_followers = variants.clone();
         // The index lives as long as its latest variant.
         let objects = variants
             .map(Stored::Variants)
@@ -221,7 +239,10 @@ impl Cache {
             self.memory.insert(object, keep_for);
         }
         if let Some(leader) = leader {
-            leader.stored(entry.clone());
+            leader.stored(Filled {
+                entry: entry.clone(),
+                variants: variants_for_followers,
+            });
         }
         Some(entry)
     }
@@ -230,14 +251,17 @@ impl Cache {
     /// and the others wait for what it stores; across the fleet, the leader
     /// takes a Redis lease, or waits for the pod that holds it.
     pub async fn admit(&self, flight: Flight<'_>) -> Admission {
-        match self.flights.join(flight.id()) {
+        match self.flights.join(flight.id) {
             Role::Follower(follower) => match follower.wait(flight.lock_timeout).await {
-                Some(entry) => Admission::Collapsed(entry),
-                None => Admission::Alone,
+                Some(filled) if filled.selects(flight.forwarded) => {
+                    Admission::Collapsed(filled.entry)
+                }
+                _ => Admission::Alone,
             },
             Role::Leader(mut leader) => match self.lead_in_fleet(flight, &mut leader).await {
-                Some(entry) => {
-                    leader.stored(entry.clone());
+                Some(filled) => {
+                    let entry = filled.entry.clone();
+                    leader.stored(filled);
                     Admission::Collapsed(entry)
                 }
                 None => Admission::Lead(leader),
@@ -247,7 +271,7 @@ impl Cache {
 
     /// Whether a fetch of `flight` is under way in this process.
     pub fn in_flight(&self, flight: Flight<'_>) -> bool {
-        self.flights.in_flight(&flight.id())
+        self.flights.in_flight(&flight.id)
     }
 
     /// The fleet-wide part of single-flight, for this process's leader: take
@@ -256,9 +280,9 @@ impl Cache {
     /// until it lands, the lease goes away, or `lock_timeout` passes.
     /// `Some` is the other pod's entry; `None` means fetch. Redis trouble
     /// means fetch, never wait.
-    async fn lead_in_fleet(&self, flight: Flight<'_>, leader: &mut Leader) -> Option<Arc<Entry>> {
+    async fn lead_in_fleet(&self, flight: Flight<'_>, leader: &mut Leader) -> Option<Filled> {
         let redis = self.redis.as_ref()?.clone();
-        let id = flight.id();
+        let id = flight.id;
         match redis.lease(&id, flight.lock_timeout).await {
             Lease::Won => {
                 leader.on_finish(move || redis.release_lease(&id));
@@ -275,7 +299,8 @@ impl Cache {
                         .found
                         .filter(|(e, _)| e.remaining_freshness(now).is_some())
                     {
-                        return Some(entry);
+                        let variants = lookup.variants;
+                        return Some(Filled { entry, variants });
                     }
                     if redis.lease_held(&id).await != Some(true) {
                         return None;

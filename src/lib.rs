@@ -39,6 +39,7 @@ pub mod metrics;
 pub mod origin;
 pub mod proxy;
 pub mod reload;
+pub mod request;
 pub mod respond;
 pub mod route;
 pub mod server;
@@ -225,7 +226,7 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> Result<Running, S
         ready: ready.clone(),
         metrics,
         cache,
-        namespace: cache_config.namespace.clone(),
+        proxy: proxy.clone(),
     });
 
     let (stop_proxy, proxy_stopped) = watch::channel(false);

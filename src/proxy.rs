@@ -25,8 +25,9 @@ use crate::cache::{Admission, Cache, Flight, validation};
 use crate::config::CacheConfig;
 use crate::metrics::{Metrics, UNROUTED};
 use crate::origin::{self, Origin, OriginBody, OriginError};
+use crate::request;
 use crate::respond::{answer, not_modified};
-use crate::route::{Route, RouteTable};
+use crate::route::{Cookies, Route, RouteTable};
 
 /// Why a request got a synthetic error response instead of the origin's.
 #[derive(Debug, thiserror::Error)]
@@ -86,7 +87,8 @@ impl Failed {
 #[derive(Clone)]
 struct CacheableRequest {
     route: Arc<Route>,
-    /// The request target, to fetch it again in the background.
+    /// The request target as the origin gets it, to fetch it again in the
+    /// background.
     uri: Uri,
     /// The URL's key: a response, or the index of its variants.
     url_key: CacheKey,
@@ -101,19 +103,18 @@ struct CacheableRequest {
 }
 
 impl CacheableRequest {
-    /// Reads what caching needs from `parts`, and cuts its headers down to
-    /// what the origin may see: only keyed or allow-listed headers (and
-    /// credentials) are forwarded, so nothing the key does not capture can
-    /// change what is stored for everyone. The client's conditions are
-    /// judged by the proxy, so the origin's answer can always fill the cache.
-    fn new(namespace: &str, route: Arc<Route>, parts: &mut Parts) -> CacheableRequest {
-        let authorization = parts.headers.contains_key(header::AUTHORIZATION);
+    /// Reads what caching needs from `parts`, and turns it into what the
+    /// origin receives (the request model, [`request::prepare`]): the
+    /// key is built from that, and `Vary` selects by the headers in it.
+    fn new(
+        namespace: &str,
+        canonical_host: Option<&str>,
+        route: Arc<Route>,
+        parts: &mut Parts,
+    ) -> CacheableRequest {
         let client_headers = parts.headers.clone();
-        origin::retain_headers(&mut parts.headers, |name| {
-            name == header::HOST
-                || route.forwards(name)
-                || (name == header::AUTHORIZATION && authorization)
-        });
+        request::prepare(&route, canonical_host, parts);
+        let authorization = parts.headers.contains_key(header::AUTHORIZATION);
         let plan = Plan::new(
             parts.method == Method::HEAD,
             client_headers.contains_key(header::RANGE),
@@ -181,13 +182,16 @@ impl CacheableRequest {
         plan
     }
 
-    /// The fetch that requests the origin would answer alike may share.
-    fn flight(&self) -> Flight<'_> {
-        Flight {
-            url_key: &self.url_key,
-            forwarded: &self.forwarded,
-            lock_timeout: self.route.lock_timeout,
-        }
+    /// The fetch that requests the origin would answer alike may share;
+    /// `prior` knows what the URL's stored variants vary on.
+    fn flight<'a>(&'a self, prior: &'a Prior) -> Flight<'a> {
+        let varied = prior.variants.iter().flat_map(|index| index.names.iter());
+        Flight::new(
+            &self.url_key,
+            &self.forwarded,
+            self.route.key_headers.iter().chain(varied),
+            self.route.lock_timeout,
+        )
     }
 
     /// A stored response as this request's answer (304, 206, HEAD as it asks).
@@ -206,6 +210,8 @@ pub struct Proxy {
     metrics: Arc<Metrics>,
     /// First part of every key.
     namespace: String,
+    /// The host cacheable requests are keyed under and sent with, if one is set.
+    canonical_host: Option<String>,
     /// Largest body copied into the cache.
     max_object_size: u64,
     /// Background refreshes, so that shutdown can let them finish.
@@ -226,6 +232,7 @@ impl Proxy {
             cache,
             metrics,
             namespace: cache_config.namespace.clone(),
+            canonical_host: cache_config.host.clone(),
             max_object_size: cache_config.max_object_size,
             background: TaskTracker::new(),
         }
@@ -312,8 +319,12 @@ impl Proxy {
     ) -> Result<Served, Failed> {
         let (parts, body) = request.into_parts();
         let caches = route.as_ref().is_some_and(|r| r.caches(&parts.method));
+        let cookies_bypass = route.as_ref().is_some_and(|r| r.cookies == Cookies::Bypass);
         let route_name = route.as_ref().map_or(UNROUTED, |r| r.name.as_str());
-        match (policy::request_policy(caches, &parts.headers), &route) {
+        match (
+            policy::request_policy(caches, cookies_bypass, &parts.headers),
+            &route,
+        ) {
             (RequestPolicy::Lookup, Some(route)) => {
                 self.serve_cacheable(parts, route.clone(), client).await
             }
@@ -321,8 +332,12 @@ impl Proxy {
                 let status = CacheStatus::Request(reason);
                 self.forward(parts, body, client, route_name, status).await
             }
-            _ => {
-                let status = CacheStatus::Bypass;
+            (RequestPolicy::Bypass(detail), _) => {
+                let status = CacheStatus::Bypass(detail);
+                self.forward(parts, body, client, route_name, status).await
+            }
+            (RequestPolicy::Lookup, None) => {
+                let status = CacheStatus::Bypass(None);
                 self.forward(parts, body, client, route_name, status).await
             }
         }
@@ -336,7 +351,8 @@ impl Proxy {
         route: Arc<Route>,
         client: SocketAddr,
     ) -> Result<Served, Failed> {
-        let request = CacheableRequest::new(&self.namespace, route, &mut parts);
+        let canonical_host = self.canonical_host.as_deref();
+        let request = CacheableRequest::new(&self.namespace, canonical_host, route, &mut parts);
         let now = self.cache.now();
         let lookup = self
             .cache
@@ -358,7 +374,7 @@ impl Proxy {
         // Concurrent misses for the same thing wait for one fetch.
         let mut leader = None;
         if request.route.coalesce && request.plan.coalesces() {
-            match self.cache.admit(request.flight()).await {
+            match self.cache.admit(request.flight(&prior)).await {
                 Admission::Lead(lead) => leader = Some(lead),
                 Admission::Collapsed(entry) => {
                     let now = self.cache.now();
@@ -399,7 +415,7 @@ impl Proxy {
                     }
                     // Reported as a bypass until misses that fail get their
                     // own detail (issue 12).
-                    None => Err(Failed::with(CacheStatus::Bypass)(error)),
+                    None => Err(Failed::with(CacheStatus::Bypass(None))(error)),
                 };
             }
         };
@@ -492,13 +508,13 @@ impl Proxy {
         prior: Prior,
         client: SocketAddr,
     ) {
-        if self.cache.in_flight(request.flight()) {
+        if self.cache.in_flight(request.flight(&prior)) {
             return;
         }
         let proxy = self.clone();
         let (request, parts) = request.refresh();
         self.background.spawn(async move {
-            let leader = match proxy.cache.admit(request.flight()).await {
+            let leader = match proxy.cache.admit(request.flight(&prior)).await {
                 Admission::Lead(leader) => leader,
                 Admission::Collapsed(_) => {
                     proxy.metrics.background_refresh("elsewhere");
@@ -564,14 +580,33 @@ impl Proxy {
     /// for its URL and for the same-host `Location` and `Content-Location`
     /// (RFC 9111 §4.4), whatever route they fall under.
     fn invalidate(&self, host: &str, uri: &Uri, response: &HeaderMap) {
+        let hosts = [Some(host), self.canonical_host.as_deref()];
         let linked = [header::LOCATION, header::CONTENT_LOCATION]
             .into_iter()
             .filter_map(|name| response.get(name)?.to_str().ok())
-            .filter_map(|value| key::same_host_target(value, host));
+            .filter_map(|value| {
+                hosts
+                    .iter()
+                    .flatten()
+                    .find_map(|host| key::same_host_target(value, host))
+            });
         for target in std::iter::once(uri.clone()).chain(linked) {
-            self.cache
-                .remove(&CacheKey::for_url(&self.namespace, host, &target));
+            self.purge(host, &target);
         }
+    }
+
+    /// Drops what is stored for a GET of `uri` on `host`, all variants
+    /// included, from every tier and every pod: the URL is keyed as a
+    /// request for it would be (the canonical host, the route's query rule).
+    pub fn purge(&self, host: &str, uri: &Uri) {
+        let routes = self.routes.load();
+        let keyed = routes
+            .find(&key::normalise_path(uri.path()))
+            .and_then(|route| request::keyed_uri(uri, &route.key_query));
+        let host = self.canonical_host.as_deref().unwrap_or(host);
+        let uri = keyed.as_ref().unwrap_or(uri);
+        self.cache
+            .remove(&CacheKey::for_url(&self.namespace, host, uri));
     }
 
     /// Sends a request to the origin with hop-by-hop headers removed and
@@ -649,10 +684,10 @@ mod tests {
     #[test]
     fn cache_status_is_appended_after_upstream_caches() {
         let mut headers = HeaderMap::new();
-        append_cache_status(&mut headers, CacheStatus::Bypass);
+        append_cache_status(&mut headers, CacheStatus::Bypass(None));
         assert_eq!(headers["cache-status"], "sidecache; fwd=bypass");
         headers.insert("cache-status", HeaderValue::from_static("edge; hit"));
-        append_cache_status(&mut headers, CacheStatus::Bypass);
+        append_cache_status(&mut headers, CacheStatus::Bypass(None));
         assert_eq!(headers["cache-status"], "edge; hit, sidecache; fwd=bypass");
     }
 }

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use globset::GlobMatcher;
+use globset::{GlobMatcher, GlobSet};
 use http::{HeaderName, Method};
 
 /// One `[[routes]]` entry after validation.
@@ -41,12 +41,62 @@ pub struct Route {
     /// Serve a stale entry this long past its freshness when the origin
     /// fails, when the origin does not say (RFC 5861).
     pub stale_if_error: Duration,
-    /// Request headers whose values become part of the cache key (and are
-    /// forwarded on cacheable requests).
+    /// Request headers whose values select a variant, as if the origin sent
+    /// `Vary` for them (`cookie` when the route keys cookies).
     pub key_headers: Vec<HeaderName>,
-    /// Request headers forwarded on cacheable requests although they are not in
-    /// the key; the operator vouches that they do not change the response.
+    /// In strict mode, the headers forwarded besides the keyed ones; the
+    /// operator vouches that they do not change the response.
     pub forward_headers: Vec<HeaderName>,
+    /// What the origin receives of a cacheable request's headers.
+    pub forward: Forward,
+    /// What a cacheable request's cookies do.
+    pub cookies: Cookies,
+    /// Which query parameters the key (and so the origin) sees.
+    pub key_query: KeyQuery,
+}
+
+/// What the origin receives of a cacheable request's headers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Forward {
+    /// Every end-to-end header but the guard list and what the cache manages
+    /// (conditions, ranges); `Vary` says which of them select a variant.
+    All,
+    /// Only `Host`, the keyed and the forwarded headers, and credentials.
+    Declared,
+}
+
+/// What a cacheable request's `Cookie` does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Cookies {
+    /// The request is forwarded untouched and nothing is looked up or stored:
+    /// a stored response is shared, a session is not.
+    Bypass,
+    /// The cookie is dropped; the anonymous response is shared.
+    Strip,
+    /// Only these cookies are forwarded, and their values select the variant.
+    Key(Vec<String>),
+}
+
+/// Which query parameters count: the others are dropped from the key and
+/// from the URL the origin receives, so they cannot change the response.
+#[derive(Clone, Debug)]
+pub enum KeyQuery {
+    All,
+    /// Every parameter but those whose name matches.
+    Ignore(GlobSet),
+    /// Only the parameters whose name matches.
+    Only(GlobSet),
+}
+
+impl KeyQuery {
+    /// Whether a parameter named `name` (percent-encoding normalised) counts.
+    pub fn keeps(&self, name: &str) -> bool {
+        match self {
+            KeyQuery::All => true,
+            KeyQuery::Ignore(names) => !names.is_match(name),
+            KeyQuery::Only(names) => names.is_match(name),
+        }
+    }
 }
 
 impl Route {
@@ -64,9 +114,15 @@ impl Route {
         }
     }
 
-    /// Whether a cacheable request forwards this header to the origin.
-    pub fn forwards(&self, name: &HeaderName) -> bool {
-        self.key_headers.contains(name) || self.forward_headers.contains(name)
+    /// Whether the route keys this header: it then reaches the origin even
+    /// in strict mode or when it is on the guard list.
+    pub fn keys(&self, name: &HeaderName) -> bool {
+        self.key_headers.contains(name)
+    }
+
+    /// Whether a cacheable request in strict mode forwards this header.
+    pub fn declares(&self, name: &HeaderName) -> bool {
+        self.keys(name) || self.forward_headers.contains(name)
     }
 }
 

@@ -295,12 +295,13 @@ async fn head_is_answered_from_a_stored_get() {
 }
 
 #[tokio::test]
-async fn cacheable_requests_forward_only_keyed_and_allowed_headers() {
+async fn in_strict_mode_cacheable_requests_forward_only_keyed_and_declared_headers() {
     let origin = Origin::start().await;
     let proxy = ProxyConfig::new(&origin)
         .with(
             routes::cache("/lang/*", "60s")
-                + "key_headers = [\"accept-language\"]\nforward_headers = [\"user-agent\"]\n",
+                + "forward = \"declared\"\ncookies = \"strip\"\n\
+                   key_headers = [\"accept-language\"]\nforward_headers = [\"user-agent\"]\n",
         )
         .with("[[routes]]\npath = \"/pass/*\"\ncache = false\n")
         .start()
@@ -308,6 +309,7 @@ async fn cacheable_requests_forward_only_keyed_and_allowed_headers() {
     let unkeyed = [
         ("accept-language", "en"),
         ("user-agent", "test"),
+        ("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
         ("cookie", "session=1"),
         ("x-forwarded-host", "evil.example"),
         ("connection", "x-hop"),
@@ -318,8 +320,12 @@ async fn cacheable_requests_forward_only_keyed_and_allowed_headers() {
     assert_eq!(seen["accept-language"], "en");
     assert_eq!(seen["user-agent"], "test");
     assert!(
+        !seen.contains_key("traceparent"),
+        "undeclared headers stay behind in strict mode"
+    );
+    assert!(
         !seen.contains_key("cookie"),
-        "unkeyed cookie must not reach the origin"
+        "cookies = \"strip\" drops the cookie"
     );
     assert!(
         !seen.contains_key("x-hop"),

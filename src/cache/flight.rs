@@ -9,16 +9,36 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use http::HeaderMap;
 use tokio::sync::watch;
 
-use super::entry::Entry;
+use super::entry::{Entry, Variants};
+
+/// A stored response as a fetch hands it to the requests that waited for it.
+#[derive(Clone, Debug)]
+pub struct Filled {
+    pub entry: Arc<Entry>,
+    /// The index it was stored under, if it is one variant of its URL.
+    pub variants: Option<Arc<Variants>>,
+}
+
+impl Filled {
+    /// Whether it is the response a request with these (forwarded) headers
+    /// selects: requests wait on a fetch before its `Vary` is known, so
+    /// one that varies on what they differ in is not theirs.
+    pub fn selects(&self, request: &HeaderMap) -> bool {
+        self.variants
+            .as_ref()
+            .is_none_or(|index| index.key_for(request) == self.entry.key)
+    }
+}
 
 /// What followers learn when the leader is done.
 #[derive(Clone, Debug)]
 enum Outcome {
     Pending,
     /// The leader's response was stored: followers answer from it.
-    Stored(Arc<Entry>),
+    Stored(Filled),
     /// Not stored, failed, or the leader went away: followers fetch themselves.
     Released,
 }
@@ -87,9 +107,9 @@ impl Leader {
         self.on_finish = Some(Box::new(hook));
     }
 
-    /// The response was stored: followers answer from `entry`.
-    pub fn stored(mut self, entry: Arc<Entry>) {
-        self.finish(Outcome::Stored(entry));
+    /// The response was stored: followers answer from it if it selects them.
+    pub fn stored(mut self, filled: Filled) {
+        self.finish(Outcome::Stored(filled));
     }
 
     fn finish(&mut self, outcome: Outcome) {
@@ -117,15 +137,15 @@ pub struct Follower {
 }
 
 impl Follower {
-    /// Waits at most `timeout` for the leader: `Some(entry)` when it stored
-    /// one, `None` when the follower should fetch for itself.
-    pub async fn wait(mut self, timeout: Duration) -> Option<Arc<Entry>> {
+    /// Waits at most `timeout` for the leader: `Some` when it stored a
+    /// response, `None` when the follower should fetch for itself.
+    pub async fn wait(mut self, timeout: Duration) -> Option<Filled> {
         let done = self
             .receiver
             .wait_for(|outcome| !matches!(outcome, Outcome::Pending));
         match tokio::time::timeout(timeout, done).await {
             Ok(Ok(outcome)) => match &*outcome {
-                Outcome::Stored(entry) => Some(entry.clone()),
+                Outcome::Stored(filled) => Some(filled.clone()),
                 _ => None,
             },
             // Timed out, or the sender vanished without a word.
@@ -139,9 +159,9 @@ mod tests {
     use super::*;
     use std::time::SystemTime;
 
-    fn entry() -> Arc<Entry> {
+    fn entry() -> Filled {
         let (parts, ()) = http::Request::get("/x").body(()).unwrap().into_parts();
-        Arc::new(Entry {
+        let entry = Arc::new(Entry {
             key: crate::cache::key::CacheKey::for_request("ns", &parts),
             status: http::StatusCode::OK,
             headers: http::HeaderMap::new(),
@@ -149,7 +169,11 @@ mod tests {
             response_time: SystemTime::now(),
             initial_age: Duration::ZERO,
             freshness_lifetime: Duration::from_secs(60),
-        })
+        });
+        Filled {
+            entry,
+            variants: None,
+        }
     }
 
     #[tokio::test]

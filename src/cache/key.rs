@@ -12,7 +12,7 @@ use http::request::Parts;
 use http::{HeaderMap, HeaderName, Method, Uri};
 
 /// Bumped whenever the canonical form changes, so old entries stop matching.
-const KEY_VERSION: &str = "sidecache-key-v1";
+const KEY_VERSION: &str = "sidecache-key-v2";
 
 /// Written instead of a length for a key header the request does not carry,
 /// so "absent" and "empty" are different keys.
@@ -58,19 +58,24 @@ impl CacheKey {
         key.finish()
     }
 
-    /// The identity of a fetch: this URL key and every header the origin
-    /// will see, in a fixed order. Requests with equal flight keys get the
-    /// same answer from the origin, so one fetch can serve them all.
-    pub fn flight(&self, forwarded: &HeaderMap) -> [u8; 32] {
-        let mut fields: Vec<(&str, &[u8])> = forwarded
-            .iter()
-            .map(|(name, value)| (name.as_str(), value.as_bytes()))
-            .collect();
-        fields.sort();
+    /// The identity of a fetch: this URL key and the values of the headers
+    /// known to select its answer (`names`, in a fixed order). Requests
+    /// with equal flight keys are likely to get the same answer, so they
+    /// wait for one fetch; whether its answer really selects each of them
+    /// is checked when it is handed over.
+    pub fn flight<'a>(
+        &self,
+        names: impl IntoIterator<Item = &'a HeaderName>,
+        forwarded: &HeaderMap,
+    ) -> [u8; 32] {
+        let mut names: Vec<&HeaderName> = names.into_iter().collect();
+        names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        names.dedup();
         let mut key = KeyWriter(self.canonical.to_vec());
-        for (name, value) in fields {
-            key.part(name.as_bytes());
-            key.part(value);
+        key.part(b"flight");
+        for name in names {
+            key.part(name.as_str().as_bytes());
+            key.optional_part(normalised_values(forwarded, name).as_deref());
         }
         *blake3::hash(&key.0).as_bytes()
     }
@@ -161,17 +166,62 @@ fn host_of(uri: &Uri, headers: &HeaderMap) -> String {
     host.to_ascii_lowercase()
 }
 
+/// Content-negotiation lists whose items are case-insensitive and whose
+/// order means nothing beyond their q-values (RFC 9110 §12.4.2, §12.5).
+const NEGOTIATION: [HeaderName; 3] = [
+    http::header::ACCEPT,
+    http::header::ACCEPT_LANGUAGE,
+    http::header::ACCEPT_CHARSET,
+];
+
 /// All values of a field as one list, with the whitespace around its commas
 /// removed, so that `a, b`, `a,b` and two lines `a` and `b` select the same
-/// variant (RFC 9111 §4.1).
+/// variant (RFC 9111 §4.1). Negotiation lists are also lowercased and
+/// ordered by weight, so `en;q=0.5, FR` and `fr, en;q=0.5` select the same
+/// variant too; items of equal weight keep their order, which many
+/// frameworks read as the client's preference.
 fn normalised_values(headers: &HeaderMap, name: &HeaderName) -> Option<Vec<u8>> {
     let mut values = headers.get_all(name).iter().peekable();
     values.peek()?;
-    let items: Vec<&[u8]> = values
-        .flat_map(|value| value.as_bytes().split(|b| *b == b','))
-        .map(<[u8]>::trim_ascii)
-        .collect();
+    let items = values.flat_map(|value| value.as_bytes().split(|b| *b == b','));
+    if NEGOTIATION.contains(name) {
+        return Some(negotiation_list(items));
+    }
+    let items: Vec<&[u8]> = items.map(<[u8]>::trim_ascii).collect();
     Some(items.join(&b","[..]))
+}
+
+/// The items of a negotiation list lowercased, without spaces around their
+/// parameters, sorted by q-value (highest first, stably), `q=1` implied.
+/// An item whose q-value is invalid is kept as written, with weight 1.
+fn negotiation_list<'a>(items: impl Iterator<Item = &'a [u8]>) -> Vec<u8> {
+    let mut weighed: Vec<(u16, String)> = items
+        .map(|item| String::from_utf8_lossy(item.trim_ascii()).to_ascii_lowercase())
+        .filter(|item| !item.is_empty())
+        .map(|item| {
+            let mut q = 1000;
+            let mut params = Vec::new();
+            for (index, param) in item.split(';').map(str::trim).enumerate() {
+                match param.split_once('=') {
+                    Some(("q", value)) if index > 0 => {
+                        if let Some(weight) = qvalue(value.trim()) {
+                            q = weight;
+                            continue;
+                        }
+                        params.push(param.to_owned());
+                    }
+                    _ => params.push(param.to_owned()),
+                }
+            }
+            if q < 1000 {
+                params.push(format!("q={}", f64::from(q) / 1000.0));
+            }
+            (q, params.join(";"))
+        })
+        .collect();
+    weighed.sort_by_key(|(q, _)| std::cmp::Reverse(*q));
+    let items: Vec<String> = weighed.into_iter().map(|(_, item)| item).collect();
+    items.join(",").into_bytes()
 }
 
 /// RFC 3986 §6.2.2 normalisation that never changes what the origin sees:
@@ -230,8 +280,23 @@ pub fn canonical_query(query: &str) -> String {
     pairs.join("&")
 }
 
-fn pair_name(pair: &str) -> &str {
+/// The name of a `name=value` query pair.
+pub fn pair_name(pair: &str) -> &str {
     pair.split_once('=').map_or(pair, |(name, _)| name)
+}
+
+/// An RFC 9110 §12.4.2 qvalue (`0`, `0.5`, `1.000`) in thousandths.
+pub fn qvalue(text: &str) -> Option<u16> {
+    let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
+    if fraction.len() > 3 || !fraction.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let thousandths = format!("{fraction:0<3}").parse::<u16>().ok()?;
+    match whole {
+        "0" => Some(thousandths),
+        "1" if thousandths == 0 => Some(1000),
+        _ => None,
+    }
 }
 
 /// The same-host target a `Location` or `Content-Location` value points at
@@ -264,6 +329,10 @@ mod tests {
     }
 
     use crate::testing::headers;
+
+    fn header_name(name: &'static str) -> HeaderName {
+        HeaderName::from_static(name)
+    }
 
     #[test]
     fn query_order_does_not_matter_but_repeated_names_keep_theirs() {
@@ -318,6 +387,67 @@ mod tests {
     }
 
     #[test]
+    fn negotiation_lists_select_by_weight_not_by_spelling_rfc9110_12_4_2() {
+        let url = key("/a");
+        let names = [header_name("accept-language"), header_name("accept")];
+        let variant = |pairs: &[(&str, &str)]| url.variant(1, &names, &headers(pairs));
+        let fr = variant(&[("accept-language", "fr-CH, fr;q=0.9, en;q=0.5")]);
+        assert_eq!(
+            fr,
+            variant(&[("accept-language", "en;q=0.50,FR-ch,fr;Q=0.9")])
+        );
+        assert_eq!(
+            fr,
+            variant(&[("accept-language", "fr-ch;q=1.0, fr;q=0.900, en;q=0.5")])
+        );
+        // An invalid weight is kept as written.
+        assert_ne!(
+            variant(&[("accept-language", "fr;q=x")]),
+            variant(&[("accept-language", "fr")])
+        );
+        assert_eq!(
+            variant(&[("accept-language", "fr;q=1, en")]),
+            variant(&[("accept-language", "FR,  en")])
+        );
+        // Equal weights keep their order: frameworks read it as preference.
+        assert_ne!(
+            variant(&[("accept-language", "fr, en")]),
+            variant(&[("accept-language", "en, fr")])
+        );
+        // Media-type parameters other than q stay part of the item.
+        assert_ne!(
+            variant(&[("accept", "text/html;level=1")]),
+            variant(&[("accept", "text/html")])
+        );
+        assert_eq!(
+            negotiation_list(
+                [
+                    &b"Text/HTML; Level=1 ;q=0.5"[..],
+                    b" */*;q=0.1",
+                    b"application/json"
+                ]
+                .into_iter()
+            ),
+            b"application/json,text/html;level=1;q=0.5,*/*;q=0.1".to_vec()
+        );
+    }
+
+    #[test]
+    fn flights_differ_only_by_the_selecting_headers() {
+        let url = key("/a");
+        let lang = header_name("accept-language");
+        let flight = |pairs: &[(&str, &str)]| url.flight([&lang], &headers(pairs));
+        let fr = flight(&[("accept-language", "fr"), ("traceparent", "1")]);
+        assert_eq!(
+            fr,
+            flight(&[("accept-language", "fr"), ("traceparent", "2")])
+        );
+        assert_ne!(fr, flight(&[("accept-language", "en")]));
+        assert_ne!(fr, flight(&[]));
+        assert_ne!(&fr, url.hash(), "a flight is not the object's own key");
+    }
+
+    #[test]
     fn invalidation_targets_are_same_host_only_rfc9111_4_4() {
         let target = |v| same_host_target(v, "shop.example").map(|u| u.to_string());
         assert_eq!(target("/items/1?x=1").as_deref(), Some("/items/1?x=1"));
@@ -331,6 +461,18 @@ mod tests {
         );
         assert_eq!(target("http://other.example/items/4"), None);
         assert_eq!(target("items/5"), None);
+    }
+
+    #[test]
+    fn qvalues_rfc9110_12_4_2() {
+        assert_eq!(qvalue("1"), Some(1000));
+        assert_eq!(qvalue("1.000"), Some(1000));
+        assert_eq!(qvalue("0.5"), Some(500));
+        assert_eq!(qvalue("0.125"), Some(125));
+        assert_eq!(qvalue("0"), Some(0));
+        for bad in ["1.5", "2", "0.1234", "-1", "", "0.x"] {
+            assert_eq!(qvalue(bad), None, "{bad}");
+        }
     }
 
     #[test]

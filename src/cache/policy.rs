@@ -28,9 +28,10 @@ const HEURISTIC_MAX: Duration = Duration::from_secs(24 * 60 * 60);
 pub enum RequestPolicy {
     /// Answer from the cache when possible, and store the origin's answer.
     Lookup,
-    /// The configuration says not to cache: no route, `cache = false`, or a
-    /// method the route does not list.
-    Bypass,
+    /// The configuration says not to cache: no route, `cache = false`, a
+    /// method the route does not list, or (`Cookie`) cookies on a route
+    /// that does not share answers to them.
+    Bypass(Option<NoCacheReason>),
     /// The request itself rules out the cache: conditions only the origin
     /// can evaluate (`If-Match`, `If-Unmodified-Since`, RFC 9111 §4.3.2).
     Forward(NoCacheReason),
@@ -45,6 +46,9 @@ pub enum NoCacheReason {
     Authorization,
     /// The request has preconditions only the origin can evaluate.
     Precondition,
+    /// The request carries cookies, and its route shares no answers to them
+    /// (`cookies = "bypass"`).
+    Cookie,
     /// The request said `no-store` (§5.2.1.5).
     RequestNoStore,
     /// HEAD misses are forwarded as HEAD and carry no body to store.
@@ -77,6 +81,7 @@ impl NoCacheReason {
         match self {
             NoCacheReason::Authorization => "authorization",
             NoCacheReason::Precondition => "precondition",
+            NoCacheReason::Cookie => "cookie",
             NoCacheReason::RequestNoStore => "request-no-store",
             NoCacheReason::Head => "head",
             NoCacheReason::Status => "status",
@@ -95,10 +100,13 @@ impl NoCacheReason {
 }
 
 /// Decides whether a request may use the cache at all; `caches` says whether
-/// its route caches its method.
-pub fn request_policy(caches: bool, headers: &HeaderMap) -> RequestPolicy {
+/// its route caches its method, `cookies_bypass` whether it keeps requests
+/// with cookies out of the cache.
+pub fn request_policy(caches: bool, cookies_bypass: bool, headers: &HeaderMap) -> RequestPolicy {
     if !caches {
-        RequestPolicy::Bypass
+        RequestPolicy::Bypass(None)
+    } else if cookies_bypass && headers.contains_key(header::COOKIE) {
+        RequestPolicy::Bypass(Some(NoCacheReason::Cookie))
     } else if headers.contains_key(header::IF_MATCH)
         || headers.contains_key(header::IF_UNMODIFIED_SINCE)
     {

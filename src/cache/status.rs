@@ -33,8 +33,9 @@ pub enum CacheStatus {
         fwd_status: StatusCode,
         not_stored: Option<NoCacheReason>,
     },
-    /// The configuration keeps the cache out of this request.
-    Bypass,
+    /// The configuration keeps the cache out of this request (`detail`: a
+    /// rule that applied to this request, such as its cookies).
+    Bypass(Option<NoCacheReason>),
     /// The request itself rules out a shared answer.
     Request(NoCacheReason),
 }
@@ -49,7 +50,7 @@ impl CacheStatus {
             CacheStatus::Collapsed => "collapsed",
             CacheStatus::WhileRevalidate { .. } => "stale-while-revalidate",
             CacheStatus::IfError { .. } => "stale-if-error",
-            CacheStatus::Bypass => "bypass",
+            CacheStatus::Bypass(_) => "bypass",
             CacheStatus::Request(_) => "request",
         }
     }
@@ -101,7 +102,12 @@ impl CacheStatus {
                 params.push("fwd=miss".into());
                 params.push("collapsed".into());
             }
-            CacheStatus::Bypass => params.push("fwd=bypass".into()),
+            CacheStatus::Bypass(detail) => {
+                params.push("fwd=bypass".into());
+                if let Some(reason) = detail {
+                    params.push(format!("detail={}", reason.as_str()));
+                }
+            }
             CacheStatus::Request(reason) => {
                 params.push("fwd=request".into());
                 params.push(format!("detail={}", reason.as_str()));
@@ -162,7 +168,11 @@ mod tests {
                 },
                 "sidecache; fwd=stale; fwd-status=304; stored",
             ),
-            (CacheStatus::Bypass, "sidecache; fwd=bypass"),
+            (CacheStatus::Bypass(None), "sidecache; fwd=bypass"),
+            (
+                CacheStatus::Bypass(Some(NoCacheReason::Cookie)),
+                "sidecache; fwd=bypass; detail=cookie",
+            ),
             (CacheStatus::Collapsed, "sidecache; fwd=miss; collapsed"),
             (
                 CacheStatus::WhileRevalidate { ttl: -4 },

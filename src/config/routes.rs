@@ -2,14 +2,15 @@
 
 use std::time::Duration;
 
-use globset::{GlobBuilder, GlobMatcher};
-use http::{HeaderName, Method};
+use globset::{Glob, GlobBuilder, GlobMatcher, GlobSet, GlobSetBuilder};
+use http::{HeaderName, Method, header};
 use serde::Deserialize;
 
 use super::server::CacheConfig;
 use super::{Problems, parse_duration, parse_positive_duration};
 use crate::cache::policy::DEFAULT_CACHE_STATUSES;
-use crate::route::Route;
+use crate::request;
+use crate::route::{Cookies, Forward, KeyQuery, Route};
 
 /// Default time a collapsed request waits for the fetch it joined.
 pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -34,6 +35,18 @@ pub(super) struct RawRoute {
     key_headers: Vec<String>,
     #[serde(default)]
     forward_headers: Vec<String>,
+    forward: Option<String>,
+    cookies: Option<String>,
+    #[serde(default)]
+    key_cookies: Vec<String>,
+    key_query: Option<RawKeyQuery>,
+}
+
+/// `key_query = { ignore = [...] }` or `{ only = [...] }`.
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct RawKeyQuery {
+    ignore: Option<Vec<String>>,
+    only: Option<Vec<String>>,
 }
 
 /// Validates every route, in order, then their stale windows against how
@@ -142,8 +155,27 @@ impl RawRoute {
             Duration::ZERO,
             parse_duration,
         );
-        let key_headers = parse_header_names(p, &key("key_headers"), &self.key_headers);
+        let mut key_headers = parse_header_names(p, &key("key_headers"), &self.key_headers);
+        if key_headers.contains(&header::COOKIE) {
+            p.push(
+                key("key_headers"),
+                "\"cookie\" cannot be keyed whole; name the cookies in key_cookies",
+            );
+        }
         let forward_headers = parse_header_names(p, &key("forward_headers"), &self.forward_headers);
+        if let Some(guarded) = forward_headers.iter().find(|h| request::is_guarded(h)) {
+            p.push(
+                key("forward_headers"),
+                format!("{guarded:?} can rewrite the URL, method or host; list it in key_headers"),
+            );
+        }
+        let cookies = cookies(self.cookies, self.key_cookies, index, p);
+        if matches!(cookies, Cookies::Key(_)) {
+            // The keyed cookies are forwarded as one canonical `Cookie`.
+            key_headers.push(header::COOKIE);
+        }
+        let forward = forward(self.forward.as_deref(), &key("forward"), p);
+        let key_query = key_query(self.key_query, &key("key_query"), p);
         Some(Route {
             name,
             path,
@@ -160,7 +192,93 @@ impl RawRoute {
             stale_if_error,
             key_headers,
             forward_headers,
+            forward,
+            cookies,
+            key_query,
         })
+    }
+}
+
+/// `forward`: `"all"` (default) or `"declared"` (strict mode).
+fn forward(value: Option<&str>, key: &str, p: &mut Problems) -> Forward {
+    match value {
+        None | Some("all") => Forward::All,
+        Some("declared") => Forward::Declared,
+        Some(other) => {
+            p.push(
+                key,
+                format!("{other:?} is not a mode; use \"all\" or \"declared\""),
+            );
+            Forward::All
+        }
+    }
+}
+
+/// `cookies` (`"bypass"`, the default, or `"strip"`) and `key_cookies`,
+/// which forwards and keys the named cookies and drops the others.
+fn cookies(mode: Option<String>, names: Vec<String>, index: usize, p: &mut Problems) -> Cookies {
+    let key = |field: &str| format!("routes[{index}].{field}");
+    for name in &names {
+        let token = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && !b"=;,\"\\".contains(&b));
+        if !token {
+            p.push(key("key_cookies"), format!("invalid cookie name {name:?}"));
+        }
+    }
+    match (mode.as_deref(), names.is_empty()) {
+        (None | Some("bypass"), true) => Cookies::Bypass,
+        (Some("strip"), true) => Cookies::Strip,
+        (None | Some("strip"), false) => Cookies::Key(names),
+        (Some("bypass"), false) => {
+            p.push(
+                key("key_cookies"),
+                "requests with cookies bypass the cache (cookies = \"bypass\"); use cookies = \"strip\" to key these and drop the others",
+            );
+            Cookies::Bypass
+        }
+        (Some(other), _) => {
+            p.push(
+                key("cookies"),
+                format!(
+                    "{other:?} is not a mode; use \"bypass\" or \"strip\" (or key_cookies = [...])"
+                ),
+            );
+            Cookies::Bypass
+        }
+    }
+}
+
+/// `key_query`: either `ignore` or `only`, each a list of parameter-name
+/// globs (`utm_*`).
+fn key_query(raw: Option<RawKeyQuery>, key: &str, p: &mut Problems) -> KeyQuery {
+    let Some(raw) = raw else {
+        return KeyQuery::All;
+    };
+    let globs = |patterns: &[String], p: &mut Problems| {
+        let mut set = GlobSetBuilder::new();
+        for pattern in patterns {
+            match Glob::new(pattern) {
+                Ok(glob) => {
+                    set.add(glob);
+                }
+                Err(e) => p.push(key, format!("invalid pattern {pattern:?}: {}", e.kind())),
+            }
+        }
+        set.build().unwrap_or_else(|_| GlobSet::empty())
+    };
+    match (raw.ignore, raw.only) {
+        (Some(ignore), None) => KeyQuery::Ignore(globs(&ignore, p)),
+        (None, Some(only)) => KeyQuery::Only(globs(&only, p)),
+        (Some(_), Some(_)) => {
+            p.push(key, "use either ignore or only, not both");
+            KeyQuery::All
+        }
+        (None, None) => {
+            p.push(key, "give ignore = [...] or only = [...]");
+            KeyQuery::All
+        }
     }
 }
 
@@ -341,6 +459,42 @@ mod tests {
             (
                 "[[routes]]\npath = \"/a\"\nforward_headers = [\"x:y\"]",
                 "routes[0].forward_headers: invalid header name \"x:y\"",
+            ),
+            (
+                "[[routes]]\npath = \"/a\"\nforward_headers = [\"X-Forwarded-Host\"]",
+                "routes[0].forward_headers: \"x-forwarded-host\" can rewrite the URL, method or host; list it in key_headers",
+            ),
+            (
+                "[[routes]]\npath = \"/a\"\nkey_headers = [\"Cookie\"]",
+                "routes[0].key_headers: \"cookie\" cannot be keyed whole; name the cookies in key_cookies",
+            ),
+            (
+                "[[routes]]\npath = \"/a\"\ncookies = \"keep\"",
+                "routes[0].cookies: \"keep\" is not a mode; use \"bypass\" or \"strip\" (or key_cookies = [...])",
+            ),
+            (
+                "[[routes]]\npath = \"/a\"\ncookies = \"bypass\"\nkey_cookies = [\"lang\"]",
+                "routes[0].key_cookies: requests with cookies bypass the cache (cookies = \"bypass\"); use cookies = \"strip\" to key these and drop the others",
+            ),
+            (
+                "[[routes]]\npath = \"/a\"\nkey_cookies = [\"a=b\"]",
+                "routes[0].key_cookies: invalid cookie name \"a=b\"",
+            ),
+            (
+                "[[routes]]\npath = \"/a\"\nforward = \"some\"",
+                "routes[0].forward: \"some\" is not a mode; use \"all\" or \"declared\"",
+            ),
+            (
+                "[[routes]]\npath = \"/a\"\nkey_query = { ignore = [\"utm_*\"], only = [\"page\"] }",
+                "routes[0].key_query: use either ignore or only, not both",
+            ),
+            (
+                "[[routes]]\npath = \"/a\"\nkey_query = {}",
+                "routes[0].key_query: give ignore = [...] or only = [...]",
+            ),
+            (
+                "[[routes]]\npath = \"/a\"\nkey_query = { only = [\"[a\"] }",
+                "routes[0].key_query: invalid pattern \"[a\": unclosed character class; missing ']'",
             ),
         ];
         for (text, expected) in cases {

@@ -189,6 +189,7 @@ pub(super) struct RawCache {
     namespace: Option<String>,
     max_object_size: Option<String>,
     keep_stale: Option<String>,
+    host: Option<String>,
     #[serde(default)]
     memory: RawMemory,
 }
@@ -208,6 +209,10 @@ pub struct CacheConfig {
     /// conditional request instead of fetched again, or served stale where a
     /// request allows it.
     pub keep_stale: Duration,
+    /// The one host cacheable requests are keyed under and sent upstream
+    /// with (lowercased, without `:80`), so a fleet shares entries however
+    /// its pods are addressed; `None` keys by the request's own host.
+    pub host: Option<String>,
     pub memory: MemoryConfig,
 }
 
@@ -238,6 +243,16 @@ impl RawCache {
                 DEFAULT_KEEP_STALE,
                 parse_duration,
             ),
+            host: self.host.and_then(|host| match canonical_host(&host) {
+                Some(host) => Some(host),
+                None => {
+                    p.push(
+                        "cache.host",
+                        format!("{host:?} is not a host[:port]; e.g. \"shop.example.com\""),
+                    );
+                    None
+                }
+            }),
             memory: MemoryConfig {
                 capacity: p.parse(
                     "cache.memory.capacity",
@@ -265,6 +280,17 @@ impl RawCache {
     }
 }
 
+/// `host` as an authority with no user info, no path and a host part,
+/// lowercased and without the default port: the form keys use.
+fn canonical_host(host: &str) -> Option<String> {
+    let authority: http::uri::Authority = host.parse().ok()?;
+    if authority.as_str().contains('@') || authority.host().is_empty() {
+        return None;
+    }
+    let host = authority.as_str().to_ascii_lowercase();
+    Some(host.strip_suffix(":80").map_or(host.clone(), str::to_owned))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -273,6 +299,7 @@ mod tests {
     #[test]
     fn defaults_fill_everything_but_the_origin() {
         let config = config(MINIMAL).unwrap();
+        assert_eq!(config.cache.host, None);
         assert_eq!(config.server.listen, DEFAULT_LISTEN);
         assert_eq!(config.server.admin_listen, DEFAULT_ADMIN_LISTEN);
         assert_eq!(config.server.shutdown_grace, DEFAULT_SHUTDOWN_GRACE);
@@ -355,6 +382,18 @@ mod tests {
             (
                 "[cache]\nmax_object_size = \"2MiB\"\n[cache.memory]\ncapacity = \"1MiB\"",
                 "cache.max_object_size: larger than cache.memory.capacity (1048576 bytes), so nothing that size could be kept",
+            ),
+            (
+                "[cache]\nhost = \"https://shop.example.com/\"",
+                "cache.host: \"https://shop.example.com/\" is not a host[:port]; e.g. \"shop.example.com\"",
+            ),
+            (
+                "[cache]\nhost = \"user@shop.example.com\"",
+                "cache.host: \"user@shop.example.com\" is not a host[:port]; e.g. \"shop.example.com\"",
+            ),
+            (
+                "[cache]\nhost = \"\"",
+                "cache.host: \"\" is not a host[:port]; e.g. \"shop.example.com\"",
             ),
             (
                 "[cache.memory]\ncapacity = \"-1\"",
