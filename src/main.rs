@@ -73,11 +73,13 @@ fn init_logging(format: LogFormat) {
 
 #[tokio::main]
 async fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
-    // Handlers first: a SIGTERM that arrives as soon as the proxy says it is
-    // listening must drain it, not kill it (the signal's default action).
+    // Handlers first: a SIGTERM or SIGHUP that arrives as soon as the proxy
+    // says it is listening must drain or reload it, not kill it (the
+    // signals' default action).
     let stop = shutdown_signal()?;
+    let hangup = sidecache::reload::hangup();
     let running = sidecache::start(config).await?;
-    let reloads = running.reloader(path).spawn();
+    let reloads = running.reloader(path).spawn(hangup);
     stop.await;
     reloads.abort();
     tracing::info!("shutdown signal received; draining");

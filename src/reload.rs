@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use notify::{RecursiveMode, Watcher};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::mpsc;
 
 use crate::config::{CacheConfig, Config, LoadError, OriginConfig, RedisConfig, ServerConfig};
@@ -47,6 +48,19 @@ impl RestartOnly {
             origin: config.origin.clone(),
             cache: config.cache.clone(),
             redis: config.redis.clone(),
+        }
+    }
+}
+
+/// Listens for SIGHUP. Call it before the proxy says it is listening, so a
+/// SIGHUP sent as soon as it is up reloads instead of killing it (SIGHUP's
+/// default action).
+pub fn hangup() -> Option<Signal> {
+    match signal(SignalKind::hangup()) {
+        Ok(signal) => Some(signal),
+        Err(error) => {
+            tracing::warn!(%error, "cannot listen for SIGHUP");
+            None
         }
     }
 }
@@ -107,19 +121,9 @@ impl Reloader {
         }
     }
 
-    /// Reloads on SIGHUP and whenever the file's directory changes, until
-    /// the returned task is aborted.
-    pub fn spawn(self: Arc<Self>) -> tokio::task::JoinHandle<()> {
-        // Installed before returning, so a SIGHUP sent as soon as the proxy
-        // is up reloads instead of killing it (SIGHUP's default action).
-        let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        {
-            Ok(signal) => Some(signal),
-            Err(error) => {
-                tracing::warn!(%error, "cannot listen for SIGHUP");
-                None
-            }
-        };
+    /// Reloads on `hangup` (see [`hangup`]) and whenever the file's
+    /// directory changes, until the returned task is aborted.
+    pub fn spawn(self: Arc<Self>, mut hangup: Option<Signal>) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
             let (events, mut changed) = mpsc::channel::<()>(16);
             let watcher = notify::recommended_watcher(move |_event| {

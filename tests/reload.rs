@@ -34,7 +34,7 @@ async fn a_changed_file_applies_new_routes_and_an_invalid_one_changes_nothing() 
         .await
         .unwrap();
     let reloader = running.reloader(path.clone());
-    let watching = reloader.clone().spawn();
+    let watching = reloader.clone().spawn(None);
     let proxy = Proxy::around(running);
     assert_eq!(
         proxy.get("/page").await.cache_status(),
