@@ -22,7 +22,7 @@ use crate::route::{Cookies, Forward, KeyQuery, Route};
 /// CPDoS' method override), so on a cacheable route they reach the origin
 /// only when the route keys them. Sources: James Kettle's "Practical Web
 /// Cache Poisoning" and the CPDoS paper (Nguyen et al., 2019).
-pub const GUARDED: [HeaderName; 19] = [
+pub static GUARDED: [HeaderName; 19] = [
     // The URL (IIS, Symfony, Laravel, Zend).
     HeaderName::from_static("x-original-url"),
     HeaderName::from_static("x-rewrite-url"),

@@ -309,7 +309,10 @@ async fn in_strict_mode_cacheable_requests_forward_only_keyed_and_declared_heade
     let unkeyed = [
         ("accept-language", "en"),
         ("user-agent", "test"),
-        ("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+        (
+            "traceparent",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        ),
         ("cookie", "session=1"),
         ("x-forwarded-host", "evil.example"),
         ("connection", "x-hop"),

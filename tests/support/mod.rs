@@ -45,6 +45,9 @@ pub struct Reply {
     chunked: bool,
     /// Send this `ETag` and answer a matching `If-None-Match` with 304.
     etag: Option<String>,
+    /// Add this request header's value to the default body, as an app
+    /// that renders by it does.
+    echo: Option<String>,
 }
 
 impl Default for Reply {
@@ -58,6 +61,7 @@ impl Default for Reply {
             truncate_after: None,
             chunked: false,
             etag: None,
+            echo: None,
         }
     }
 }
@@ -95,6 +99,13 @@ impl Reply {
         self
     }
     /// Validates with this entity tag (give it quoted: "\"v1\"").
+    /// The default body ends with " `name`=`value`" of this request header
+    /// ("-" when absent).
+    pub fn echo(mut self, name: &str) -> Reply {
+        self.echo = Some(name.into());
+        self
+    }
+
     pub fn etag(mut self, tag: &str) -> Reply {
         self.etag = Some(tag.into());
         self
@@ -107,6 +118,8 @@ struct PathState {
     reply: Reply,
     hits: usize,
     last_headers: HeaderMap,
+    /// Path and query of the last request.
+    last_target: String,
     /// Bodies sent to their end (or their break).
     finished: usize,
     /// 304 answers.
@@ -190,6 +203,11 @@ impl Origin {
         self.paths.read(path, |state| state.last_headers.clone())
     }
 
+    /// Path and query of the last request for `path`.
+    pub fn last_target(&self, path: &str) -> String {
+        self.paths.read(path, |state| state.last_target.clone())
+    }
+
     /// Requests for `path` answered with 304 Not Modified.
     pub fn not_modified(&self, path: &str) -> usize {
         self.paths.read(path, |state| state.not_modified)
@@ -219,6 +237,7 @@ impl Origin {
         let (reply, hit) = self.paths.update(&path, |state| {
             state.hits += 1;
             state.last_headers = request.headers().clone();
+            state.last_target = request.uri().to_string();
             (state.reply.clone(), state.hits)
         });
         tokio::time::sleep(reply.head_delay).await;
@@ -240,10 +259,14 @@ impl Origin {
                 return response.body(ChannelBody(receiver)).unwrap();
             }
         }
-        let body = reply
-            .body
-            .clone()
-            .unwrap_or_else(|| Bytes::from(format!("{path} #{hit}")));
+        let body = reply.body.clone().unwrap_or_else(|| {
+            let echoed = reply.echo.as_ref().map_or(String::new(), |name| {
+                let value = request.headers().get(name.as_str());
+                let value = value.map_or("-", |v| v.to_str().unwrap());
+                format!(" {name}={value}")
+            });
+            Bytes::from(format!("{path} #{hit}{echoed}"))
+        });
         let mut response = Response::builder().status(reply.status);
         for (name, value) in &reply.headers {
             response = response.header(name, value);
@@ -480,6 +503,15 @@ impl Proxy {
 
     pub async fn admin(&self, path: &str) -> Answer {
         let request = Request::get(self.admin_url(path))
+            .body(Full::default())
+            .unwrap();
+        read(self.client.request(request).await.unwrap()).await
+    }
+
+    /// `POST /purge?url=URL` on the admin port.
+    pub async fn purge(&self, url: &str) -> Answer {
+        let url = percent_encoding::utf8_percent_encode(url, percent_encoding::NON_ALPHANUMERIC);
+        let request = Request::post(self.admin_url(&format!("/purge?url={url}")))
             .body(Full::default())
             .unwrap();
         read(self.client.request(request).await.unwrap()).await
