@@ -339,34 +339,56 @@ async fn route_cache_status_widens_and_narrows_what_is_stored_rfc9110_15_1() {
 }
 
 #[tokio::test]
-async fn heuristic_freshness_only_where_the_route_allows_it_rfc9111_4_2_2() {
+async fn heuristic_freshness_is_on_unless_the_route_turns_it_off_rfc9111_4_2_2() {
     let origin = Origin::start().await;
-    let long_ago =
-        httpdate::fmt_http_date(std::time::SystemTime::now() - Duration::from_secs(10 * 86_400));
+    let ago = |days: u64| {
+        httpdate::fmt_http_date(std::time::SystemTime::now() - Duration::from_secs(days * 86_400))
+    };
+    let ten_days = ago(10);
+    origin.on("/h/week", Reply::ok().header("last-modified", &ago(7)));
     for path in ["/h/doc", "/x/doc"] {
-        origin.on(path, Reply::ok().header("last-modified", &long_ago));
+        origin.on(path, Reply::ok().header("last-modified", &ten_days));
     }
+    // Neither route has a ttl; /h/* leaves heuristic_freshness at its default.
     let proxy = ProxyConfig::new(&origin)
-        .with("[[routes]]\npath = \"/h/*\"\nheuristic_freshness = true\n")
-        .with("[[routes]]\npath = \"/x/*\"\n")
+        .with("[[routes]]\npath = \"/h/*\"\n")
+        .with("[[routes]]\npath = \"/x/*\"\nheuristic_freshness = false\n")
         .start()
         .await;
-    proxy.get("/h/doc").await;
-    let hit = proxy.get("/h/doc").await;
-    // A tenth of ten days, capped at one day.
-    assert!(
-        ttl_of(hit.cache_status()) > 86_000,
-        "{}",
-        hit.cache_status()
-    );
-    // ttl = "0s" and no heuristics: only the origin's freshness counts; with
+    for (path, lifetime) in [
+        // A tenth of seven days.
+        ("/h/week", 60_480),
+        // A tenth of ten days is one day, the cap.
+        ("/h/doc", 86_400),
+    ] {
+        assert_eq!(
+            proxy.get(path).await.cache_status(),
+            "sidecache; fwd=miss; stored"
+        );
+        let hit = proxy.get(path).await;
+        // Less the second the Date and Last-Modified lose to rounding.
+        let ttl = ttl_of(hit.cache_status());
+        assert!(
+            (lifetime - 2..=lifetime).contains(&ttl),
+            "{path}: {}",
+            hit.cache_status()
+        );
+        assert_eq!(origin.hits(path), 1, "{path}");
+    }
+    // Turned off: only the origin's freshness counts; with Last-Modified as
     // a validator the response is kept, but every use revalidates.
-    proxy.get("/x/doc").await;
+    assert_eq!(
+        proxy.get("/x/doc").await.cache_status(),
+        "sidecache; fwd=miss; stored"
+    );
     let again = proxy.get("/x/doc").await;
-    assert!(
-        again.cache_status().contains("fwd="),
-        "{}",
-        again.cache_status()
+    assert_eq!(
+        again.cache_status(),
+        "sidecache; fwd=stale; fwd-status=200; stored"
+    );
+    assert_eq!(
+        origin.last_headers("/x/doc")["if-modified-since"],
+        ten_days.as_str()
     );
     assert_eq!(origin.hits("/x/doc"), 2);
 }

@@ -152,7 +152,7 @@ impl RawRoute {
             ttl,
             cache: self.cache.unwrap_or(true),
             statuses,
-            heuristic_freshness: self.heuristic_freshness.unwrap_or(false),
+            heuristic_freshness: self.heuristic_freshness.unwrap_or(true),
             range_fill: self.range_fill.unwrap_or(false),
             coalesce: self.coalesce.unwrap_or(true),
             lock_timeout,
@@ -266,7 +266,7 @@ mod tests {
         assert_eq!(route.ttl, Duration::ZERO);
         assert!(route.cache);
         assert_eq!(route.statuses, DEFAULT_CACHE_STATUSES.to_vec());
-        assert!(!route.heuristic_freshness);
+        assert!(route.heuristic_freshness);
         assert!(!route.range_fill);
         assert!(route.coalesce);
         assert_eq!(route.lock_timeout, Duration::from_secs(5));
