@@ -712,3 +712,64 @@ async fn purge_on_the_admin_port_drops_a_url_with_all_its_variants() {
     let bad = support::read(purge("nope".into()).await.unwrap()).await;
     assert_eq!(bad.status, 400);
 }
+
+/// An IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`) in asctime form
+/// (`Sun Nov  6 08:49:37 1994`).
+fn asctime(imf_fixdate: &str) -> String {
+    let parts: Vec<&str> = imf_fixdate.split(' ').collect();
+    let day = parts[1].trim_start_matches('0');
+    format!(
+        "{} {} {day:>2} {} {}",
+        &parts[0][..3],
+        parts[2],
+        parts[4],
+        parts[3]
+    )
+}
+
+#[tokio::test]
+async fn expires_in_any_date_form_and_case_gives_freshness_rfc9111_5_3() {
+    let origin = Origin::start().await;
+    let in_two_minutes =
+        httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(120));
+    origin.on(
+        "/e/lower",
+        Reply::ok().header("expires", &in_two_minutes.to_lowercase()),
+    );
+    origin.on(
+        "/e/asctime",
+        Reply::ok().header("expires", &asctime(&in_two_minutes)),
+    );
+    origin.on("/e/garbage", Reply::ok().header("expires", "next week"));
+    let proxy = proxy(&origin, "").await;
+    for path in ["/e/lower", "/e/asctime"] {
+        assert_eq!(
+            proxy.get(path).await.cache_status(),
+            "sidecache; fwd=miss; stored",
+            "{path}"
+        );
+        let hit = proxy.get(path).await;
+        // Expires − Date, less the second both lose to rounding; the route's
+        // ttl (60 s) does not count when the origin says Expires.
+        let ttl = ttl_of(hit.cache_status());
+        assert!((118..=120).contains(&ttl), "{path}: {}", hit.cache_status());
+    }
+    // An Expires that is no date means already expired.
+    for _ in 0..2 {
+        assert_eq!(
+            proxy.get("/e/garbage").await.cache_status(),
+            "sidecache; fwd=miss; detail=no-freshness"
+        );
+    }
+    // And the lenient dates do run out.
+    proxy.advance(Duration::from_secs(121));
+    for path in ["/e/lower", "/e/asctime"] {
+        let after = proxy.get(path).await;
+        assert!(
+            !after.cache_status().contains("hit"),
+            "{path}: {}",
+            after.cache_status()
+        );
+        assert_eq!(origin.hits(path), 2, "{path}");
+    }
+}

@@ -508,8 +508,82 @@ pub fn current_age(
     corrected_initial_age + now.duration_since(response_time).unwrap_or(Duration::ZERO)
 }
 
+/// A header field's HTTP-date, read as leniently as [`parse_http_date`] reads it.
 fn http_date(value: Option<&http::HeaderValue>) -> Option<SystemTime> {
-    httpdate::parse_http_date(value?.to_str().ok()?).ok()
+    parse_http_date(value?.to_str().ok()?)
+}
+
+/// Day names: short in IMF-fixdate and asctime, long in the RFC 850 form.
+const WEEKDAYS: [(&str, &str); 7] = [
+    ("Mon", "Monday"),
+    ("Tue", "Tuesday"),
+    ("Wed", "Wednesday"),
+    ("Thu", "Thursday"),
+    ("Fri", "Friday"),
+    ("Sat", "Saturday"),
+    ("Sun", "Sunday"),
+];
+/// Month names, as all three forms write them.
+const MONTHS: [&str; 12] = [
+    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+];
+
+/// An HTTP-date in any of its three forms (RFC 9110 §5.6.7): IMF-fixdate
+/// (`Sun, 06 Nov 1994 08:49:37 GMT`), the obsolete RFC 850 form (`Sunday,
+/// 06-Nov-94 08:49:37 GMT`) and asctime (`Sun Nov  6 08:49:37 1994`). Day and
+/// month names are matched in any case, as RFC 9111 §4.2 asks of caches,
+/// and any run of whitespace (or commas) separates the parts. The parts are picked out here
+/// by hand because httpdate rejects those case variants; the date is then
+/// handed to httpdate as an IMF-fixdate for the calendar checks (ranges,
+/// day of the month, weekday).
+fn parse_http_date(text: &str) -> Option<SystemTime> {
+    let parts: Vec<&str> = text
+        .split(|c: char| c.is_ascii_whitespace() || c == ',')
+        .filter(|part| !part.is_empty())
+        .collect();
+    let (weekday, day, month, year, time) = match parts[..] {
+        [weekday, day, month, year, time, zone] if zone.eq_ignore_ascii_case("GMT") => {
+            (weekday, day, month, year, time)
+        }
+        [weekday, date, time, zone] if zone.eq_ignore_ascii_case("GMT") => {
+            let mut date = date.split('-');
+            match (date.next(), date.next(), date.next(), date.next()) {
+                (Some(day), Some(month), Some(year), None) => (weekday, day, month, year, time),
+                _ => return None,
+            }
+        }
+        [weekday, month, day, time, year] => (weekday, day, month, year, time),
+        _ => return None,
+    };
+    let (weekday, _) = WEEKDAYS.iter().find(|(short, long)| {
+        weekday.eq_ignore_ascii_case(short) || weekday.eq_ignore_ascii_case(long)
+    })?;
+    let month = MONTHS
+        .iter()
+        .find(|name| month.eq_ignore_ascii_case(name))?;
+    let day = digits(day, 2)?;
+    let imf_fixdate = |year: u16| {
+        let text = format!("{weekday}, {day:02} {month} {year:04} {time} GMT");
+        httpdate::parse_http_date(&text).ok()
+    };
+    match year.len() {
+        4 => imf_fixdate(digits(year, 4)?),
+        // The weekday tells the century of a two-digit year: 100 years are
+        // 36,524 or 36,525 days, never whole weeks, so a date falls on
+        // another weekday in 19yy than in 20yy, and httpdate checks it.
+        2 => {
+            let year = digits(year, 2)?;
+            imf_fixdate(2000 + year).or_else(|| imf_fixdate(1900 + year))
+        }
+        _ => None,
+    }
+}
+
+/// A number of at most `max_len` ASCII digits.
+fn digits(text: &str, max_len: usize) -> Option<u16> {
+    let valid =
+        !text.is_empty() && text.len() <= max_len && text.bytes().all(|b| b.is_ascii_digit());
+    valid.then(|| text.parse().ok()).flatten()
 }
 
 #[cfg(test)]
@@ -648,6 +722,83 @@ mod tests {
             lifetime(307, &[("cache-control", "max-age=9")], rules(TTL, true)),
             Some(Duration::from_secs(9))
         );
+    }
+
+    #[test]
+    fn http_dates_in_all_three_forms_any_case_rfc9110_5_6_7_rfc9111_4_2() {
+        let sunday = Some(SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_777));
+        let cases: &[(&str, Option<SystemTime>)] = &[
+            ("Sun, 06 Nov 1994 08:49:37 GMT", sunday),
+            ("Sunday, 06-Nov-94 08:49:37 GMT", sunday),
+            ("Sun Nov  6 08:49:37 1994", sunday),
+            // §4.2: names in any case.
+            ("sun, 06 nov 1994 08:49:37 gmt", sunday),
+            ("SUNDAY, 06-NOV-94 08:49:37 GMT", sunday),
+            ("sUN nOV  6 08:49:37 1994", sunday),
+            // Whitespace: any run, around and between the parts.
+            (" Sun,  06 Nov 1994\t08:49:37  GMT ", sunday),
+            ("Sun Nov 6 08:49:37 1994", sunday),
+            ("Sun,06 Nov 1994 08:49:37 GMT", sunday),
+            // Anything else is no date.
+            ("0", None),
+            ("-1", None),
+            ("", None),
+            ("Sun, 06 Nov 1994 08:49:37", None),
+            ("Sun, 06 Nov 1994 08:49:37 PST", None),
+            ("Sun, 06 Nov 1994 08:49:37 GMT+1", None),
+            ("Sun, 06 Nov 1994 08:49:37 GMT x", None),
+            ("Mon, 06 Nov 1994 08:49:37 GMT", None),
+            ("Sun, 31 Nov 1994 08:49:37 GMT", None),
+            ("Sun, 06 Nov 1994 8:49:37 GMT", None),
+            ("Sun, 06 Nov 1994 24:00:00 GMT", None),
+            ("Sun, 06 Nov 01994 08:49:37 GMT", None),
+            ("Sun, 006 Nov 1994 08:49:37 GMT", None),
+            ("Sun, 06 November 1994 08:49:37 GMT", None),
+            ("Sonntag, 06-Nov-94 08:49:37 GMT", None),
+            ("Sunday, 06-Nov-94-1 08:49:37 GMT", None),
+            ("Sun, 06 Nov 1969 08:49:37 GMT", None),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(parse_http_date(text), *expected, "{text:?}");
+        }
+        // A two-digit year is in the century whose calendar has its weekday.
+        let year_2070 = SystemTime::UNIX_EPOCH + Duration::from_secs(3_155_760_000);
+        assert_eq!(
+            parse_http_date("Wednesday, 01-Jan-70 00:00:00 GMT"),
+            Some(year_2070)
+        );
+        assert_eq!(
+            parse_http_date("Thursday, 01-Jan-70 00:00:00 GMT"),
+            Some(SystemTime::UNIX_EPOCH)
+        );
+    }
+
+    #[test]
+    fn expires_is_read_leniently_and_invalid_means_expired_rfc9111_5_3() {
+        let r = rules(TTL, false);
+        let secs = |s| Some(Duration::from_secs(s));
+        assert_eq!(date(100), "Tue, 14 Nov 2023 22:15:00 GMT");
+        let d0 = date(0);
+        let cases: &[(&str, Option<Duration>)] = &[
+            ("Tue, 14 Nov 2023 22:15:00 GMT", secs(100)),
+            ("tue, 14 nov 2023 22:15:00 gmt", secs(100)),
+            ("Tuesday, 14-Nov-23 22:15:00 GMT", secs(100)),
+            ("Tue Nov 14 22:15:00 2023", secs(100)),
+            ("0", secs(0)),
+            ("never", secs(0)),
+            ("Tue, 14 Nov 2023 22:15:00", secs(0)),
+        ];
+        for (expires, expected) in cases {
+            let pairs = [("date", d0.as_str()), ("expires", expires)];
+            assert_eq!(lifetime(200, &pairs, r), *expected, "{expires:?}");
+        }
+        // Date and Last-Modified are read the same way (§4.2.2: a tenth of
+        // the 100 s between them).
+        let pairs = [
+            ("date", "tue nov 14 22:15:00 2023"),
+            ("last-modified", "TUE, 14 NOV 2023 22:13:20 GMT"),
+        ];
+        assert_eq!(lifetime(200, &pairs, rules(Duration::ZERO, true)), secs(10));
     }
 
     #[test]
