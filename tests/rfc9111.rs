@@ -773,3 +773,30 @@ async fn expires_in_any_date_form_and_case_gives_freshness_rfc9111_5_3() {
         assert_eq!(origin.hits(path), 2, "{path}");
     }
 }
+
+#[tokio::test]
+async fn an_age_list_counts_its_first_member_rfc9111_5_1() {
+    let origin = Origin::start().await;
+    origin.on(
+        "/al/one-line",
+        Reply::ok()
+            .header("cache-control", "max-age=100")
+            .header("age", "30, 10"),
+    );
+    origin.on(
+        "/al/two-lines",
+        Reply::ok()
+            .header("cache-control", "max-age=100")
+            .header("age", "30")
+            .header("age", "10"),
+    );
+    let proxy = proxy(&origin, "").await;
+    for path in ["/al/one-line", "/al/two-lines"] {
+        proxy.get(path).await;
+        let hit = proxy.get(path).await;
+        let age: u64 = hit.header("age").parse().unwrap();
+        assert!((30..=32).contains(&age), "{path}: age {age}");
+        let ttl = ttl_of(hit.cache_status());
+        assert!((68..=70).contains(&ttl), "{path}: ttl {ttl}");
+    }
+}

@@ -486,13 +486,16 @@ pub fn corrected_initial_age(
     let apparent_age = http_date(headers.get(header::DATE))
         .and_then(|date| response_time.duration_since(date).ok())
         .unwrap_or(Duration::ZERO);
-    let age_value = headers
-        .get(header::AGE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map_or(Duration::ZERO, |s| {
-            Duration::from_secs(s.min(MAX_DELTA_SECONDS))
-        });
+    // Broken intermediaries send a list (`Age: 5, 7`, or two lines): the
+    // first member counts; an invalid one (bytes that are not text
+    // included) counts as no Age (§5.1).
+    let first_age = headers
+        .get_all(header::AGE)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("invalid").split(','))
+        .map(str::trim)
+        .find(|member| !member.is_empty());
+    let age_value = Duration::from_secs(delta_seconds(first_age));
     let response_delay = response_time
         .duration_since(request_time)
         .unwrap_or(Duration::ZERO);
@@ -1028,6 +1031,24 @@ mod tests {
             usability(&none, secs(60), secs(0), &req("no-cache")),
             Usability::Revalidate
         );
+    }
+
+    #[test]
+    fn an_age_list_counts_its_first_member_rfc9111_5_1() {
+        let cases: &[(Pairs, u64)] = &[
+            (&[("age", "30")], 30),
+            (&[("age", "30, 10")], 30),
+            (&[("age", "30"), ("age", "10")], 30),
+            (&[("age", " , 30")], 30),
+            (&[("age", "x, 10")], 0),
+            (&[("age", "-5, 10")], 0),
+            (&[("age", "99999999999999999999999, 1")], MAX_DELTA_SECONDS),
+        ];
+        for (pairs, expected) in cases {
+            // No Date and no round trip: the Age value alone.
+            let age = corrected_initial_age(&headers(pairs), at(0), at(0));
+            assert_eq!(age, Duration::from_secs(*expected), "{pairs:?}");
+        }
     }
 
     #[test]
