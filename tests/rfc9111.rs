@@ -800,3 +800,56 @@ async fn an_age_list_counts_its_first_member_rfc9111_5_1() {
         assert!((68..=70).contains(&ttl), "{path}: ttl {ttl}");
     }
 }
+
+#[tokio::test]
+async fn temporary_redirects_are_stored_by_default_only_with_explicit_freshness_rfc9111_3() {
+    let origin = Origin::start().await;
+    for status in [302, 303, 307] {
+        origin.on(
+            &format!("/tr/{status}"),
+            Reply::ok()
+                .status(status)
+                .header("location", "/elsewhere")
+                .header("cache-control", "max-age=60"),
+        );
+    }
+    // Not heuristically cacheable: the route's ttl does not make them fresh.
+    origin.on(
+        "/tr/302-bare",
+        Reply::ok().status(302).header("location", "/elsewhere"),
+    );
+    // Errors stay out unless a route lists them (CPDoS).
+    for status in [400, 500] {
+        origin.on(
+            &format!("/tr/{status}"),
+            Reply::ok()
+                .status(status)
+                .header("cache-control", "max-age=60"),
+        );
+    }
+    // The route leaves cache_status at its default.
+    let proxy = proxy(&origin, "").await;
+    for status in [302, 303, 307] {
+        let path = format!("/tr/{status}");
+        assert_eq!(
+            proxy.get(&path).await.cache_status(),
+            "sidecache; fwd=miss; stored",
+            "{path}"
+        );
+        let hit = proxy.get(&path).await;
+        assert_eq!(hit.status, status, "{path}");
+        assert_eq!(hit.header("location"), "/elsewhere", "{path}");
+        assert!(hit.cache_status().contains("hit"), "{path}");
+        assert_eq!(origin.hits(&path), 1, "{path}");
+    }
+    for path in ["/tr/302-bare", "/tr/400", "/tr/500"] {
+        for _ in 0..2 {
+            assert_eq!(
+                proxy.get(path).await.cache_status(),
+                "sidecache; fwd=miss; detail=status",
+                "{path}"
+            );
+        }
+        assert_eq!(origin.hits(path), 2, "{path}");
+    }
+}

@@ -15,8 +15,14 @@ const MAX_DELTA_SECONDS: u64 = 1 << 31;
 /// unless a route lists it.)
 pub const HEURISTIC_STATUSES: [u16; 11] = [200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501];
 
-/// Statuses stored when a route does not say `cache_status`.
-pub const DEFAULT_CACHE_STATUSES: [u16; 10] = [200, 203, 204, 300, 301, 308, 404, 405, 410, 414];
+/// Statuses stored when a route does not say `cache_status`: the heuristic
+/// ones without 501, and the temporary redirects 302, 303 and 307, which
+/// [`freshness_lifetime`] lets in only with explicit freshness. No 5xx and
+/// no 400: an error that one request's headers provoked would be served to
+/// everyone (cache-poisoned denial of service, CPDoS).
+pub const DEFAULT_CACHE_STATUSES: [u16; 13] = [
+    200, 203, 204, 300, 301, 302, 303, 307, 308, 404, 405, 410, 414,
+];
 
 /// Share of the time since `Last-Modified` taken as heuristic freshness (§4.2.2).
 const HEURISTIC_FRACTION: u32 = 10;
@@ -802,6 +808,47 @@ mod tests {
             ("last-modified", "TUE, 14 NOV 2023 22:13:20 GMT"),
         ];
         assert_eq!(lifetime(200, &pairs, rules(Duration::ZERO, true)), secs(10));
+    }
+
+    #[test]
+    fn default_statuses_take_redirects_with_explicit_freshness_only_rfc9111_3() {
+        let h = |pairs: &[(&str, &str)]| headers(pairs);
+        let store = |status: u16, h: &HeaderMap| {
+            let no_cc = CacheControl::default();
+            let request = RequestFacts {
+                cc: &no_cc,
+                authorization: false,
+            };
+            let status = StatusCode::from_u16(status).unwrap();
+            storability(
+                status,
+                h,
+                &CacheControl::parse(h),
+                request,
+                rules(TTL, true),
+                at(0),
+            )
+        };
+        let max_age = h(&[("cache-control", "max-age=60")]);
+        let none = h(&[]);
+        let ok = Ok(Duration::from_secs(60));
+        let cases: &[(u16, &HeaderMap, Result<Duration, NoCacheReason>)] = &[
+            (302, &max_age, ok),
+            (303, &max_age, ok),
+            (307, &max_age, ok),
+            // Not heuristically cacheable: nothing without explicit freshness.
+            (302, &none, Err(NoCacheReason::Status)),
+            (303, &none, Err(NoCacheReason::Status)),
+            (307, &none, Err(NoCacheReason::Status)),
+            // Errors stay out unless a route lists them (CPDoS).
+            (400, &max_age, Err(NoCacheReason::Status)),
+            (500, &max_age, Err(NoCacheReason::Status)),
+            (503, &max_age, Err(NoCacheReason::Status)),
+            (501, &max_age, Err(NoCacheReason::Status)),
+        ];
+        for (status, h, expected) in cases {
+            assert_eq!(store(*status, h), *expected, "{status} {h:?}");
+        }
     }
 
     #[test]

@@ -190,8 +190,8 @@ fn methods(names: Option<Vec<String>>, key: &str, p: &mut Problems) -> Vec<Metho
     }
 }
 
-/// `cache_status`: final statuses other than 206 (default: RFC 9110's
-/// heuristically cacheable ones, without 5xx).
+/// `cache_status`: final statuses other than 206 (default:
+/// `DEFAULT_CACHE_STATUSES`).
 fn statuses(list: Option<Vec<u16>>, key: &str, p: &mut Problems) -> Vec<u16> {
     match list {
         None => DEFAULT_CACHE_STATUSES.to_vec(),
