@@ -541,10 +541,10 @@ const MONTHS: [&str; 12] = [
 /// (`Sun, 06 Nov 1994 08:49:37 GMT`), the obsolete RFC 850 form (`Sunday,
 /// 06-Nov-94 08:49:37 GMT`) and asctime (`Sun Nov  6 08:49:37 1994`). Day and
 /// month names are matched in any case, as RFC 9111 §4.2 asks of caches,
-/// and any run of whitespace (or commas) separates the parts. The parts are picked out here
-/// by hand because httpdate rejects those case variants; the date is then
-/// handed to httpdate as an IMF-fixdate for the calendar checks (ranges,
-/// day of the month, weekday).
+/// and any run of whitespace (or commas) separates the parts. The parts are
+/// picked out here by hand because httpdate rejects those case variants; the
+/// date is then handed to httpdate as an IMF-fixdate for the calendar checks
+/// (ranges, day of the month, weekday).
 fn parse_http_date(text: &str) -> Option<SystemTime> {
     let parts: Vec<&str> = text
         .split(|c: char| c.is_ascii_whitespace() || c == ',')
