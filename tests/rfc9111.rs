@@ -339,34 +339,56 @@ async fn route_cache_status_widens_and_narrows_what_is_stored_rfc9110_15_1() {
 }
 
 #[tokio::test]
-async fn heuristic_freshness_only_where_the_route_allows_it_rfc9111_4_2_2() {
+async fn heuristic_freshness_is_on_unless_the_route_turns_it_off_rfc9111_4_2_2() {
     let origin = Origin::start().await;
-    let long_ago =
-        httpdate::fmt_http_date(std::time::SystemTime::now() - Duration::from_secs(10 * 86_400));
+    let ago = |days: u64| {
+        httpdate::fmt_http_date(std::time::SystemTime::now() - Duration::from_secs(days * 86_400))
+    };
+    let ten_days = ago(10);
+    origin.on("/h/week", Reply::ok().header("last-modified", &ago(7)));
     for path in ["/h/doc", "/x/doc"] {
-        origin.on(path, Reply::ok().header("last-modified", &long_ago));
+        origin.on(path, Reply::ok().header("last-modified", &ten_days));
     }
+    // Neither route has a ttl; /h/* leaves heuristic_freshness at its default.
     let proxy = ProxyConfig::new(&origin)
-        .with("[[routes]]\npath = \"/h/*\"\nheuristic_freshness = true\n")
-        .with("[[routes]]\npath = \"/x/*\"\n")
+        .with("[[routes]]\npath = \"/h/*\"\n")
+        .with("[[routes]]\npath = \"/x/*\"\nheuristic_freshness = false\n")
         .start()
         .await;
-    proxy.get("/h/doc").await;
-    let hit = proxy.get("/h/doc").await;
-    // A tenth of ten days, capped at one day.
-    assert!(
-        ttl_of(hit.cache_status()) > 86_000,
-        "{}",
-        hit.cache_status()
-    );
-    // ttl = "0s" and no heuristics: only the origin's freshness counts; with
+    for (path, lifetime) in [
+        // A tenth of seven days.
+        ("/h/week", 60_480),
+        // A tenth of ten days is one day, the cap.
+        ("/h/doc", 86_400),
+    ] {
+        assert_eq!(
+            proxy.get(path).await.cache_status(),
+            "sidecache; fwd=miss; stored"
+        );
+        let hit = proxy.get(path).await;
+        // Less the second the Date and Last-Modified lose to rounding.
+        let ttl = ttl_of(hit.cache_status());
+        assert!(
+            (lifetime - 2..=lifetime).contains(&ttl),
+            "{path}: {}",
+            hit.cache_status()
+        );
+        assert_eq!(origin.hits(path), 1, "{path}");
+    }
+    // Turned off: only the origin's freshness counts; with Last-Modified as
     // a validator the response is kept, but every use revalidates.
-    proxy.get("/x/doc").await;
+    assert_eq!(
+        proxy.get("/x/doc").await.cache_status(),
+        "sidecache; fwd=miss; stored"
+    );
     let again = proxy.get("/x/doc").await;
-    assert!(
-        again.cache_status().contains("fwd="),
-        "{}",
-        again.cache_status()
+    assert_eq!(
+        again.cache_status(),
+        "sidecache; fwd=stale; fwd-status=200; stored"
+    );
+    assert_eq!(
+        origin.last_headers("/x/doc")["if-modified-since"],
+        ten_days.as_str()
     );
     assert_eq!(origin.hits("/x/doc"), 2);
 }
@@ -689,4 +711,145 @@ async fn purge_on_the_admin_port_drops_a_url_with_all_its_variants() {
     assert_eq!(origin.hits("/pv"), 4);
     let bad = support::read(purge("nope".into()).await.unwrap()).await;
     assert_eq!(bad.status, 400);
+}
+
+/// An IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`) in asctime form
+/// (`Sun Nov  6 08:49:37 1994`).
+fn asctime(imf_fixdate: &str) -> String {
+    let parts: Vec<&str> = imf_fixdate.split(' ').collect();
+    let day = parts[1].trim_start_matches('0');
+    format!(
+        "{} {} {day:>2} {} {}",
+        &parts[0][..3],
+        parts[2],
+        parts[4],
+        parts[3]
+    )
+}
+
+#[tokio::test]
+async fn expires_in_any_date_form_and_case_gives_freshness_rfc9111_5_3() {
+    let origin = Origin::start().await;
+    let in_two_minutes =
+        httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(120));
+    origin.on(
+        "/e/lower",
+        Reply::ok().header("expires", &in_two_minutes.to_lowercase()),
+    );
+    origin.on(
+        "/e/asctime",
+        Reply::ok().header("expires", &asctime(&in_two_minutes)),
+    );
+    origin.on("/e/garbage", Reply::ok().header("expires", "next week"));
+    let proxy = proxy(&origin, "").await;
+    for path in ["/e/lower", "/e/asctime"] {
+        assert_eq!(
+            proxy.get(path).await.cache_status(),
+            "sidecache; fwd=miss; stored",
+            "{path}"
+        );
+        let hit = proxy.get(path).await;
+        // Expires − Date, less the second both lose to rounding; the route's
+        // ttl (60 s) does not count when the origin says Expires.
+        let ttl = ttl_of(hit.cache_status());
+        assert!((118..=120).contains(&ttl), "{path}: {}", hit.cache_status());
+    }
+    // An Expires that is no date means already expired.
+    for _ in 0..2 {
+        assert_eq!(
+            proxy.get("/e/garbage").await.cache_status(),
+            "sidecache; fwd=miss; detail=no-freshness"
+        );
+    }
+    // And the lenient dates do run out.
+    proxy.advance(Duration::from_secs(121));
+    for path in ["/e/lower", "/e/asctime"] {
+        let after = proxy.get(path).await;
+        assert!(
+            !after.cache_status().contains("hit"),
+            "{path}: {}",
+            after.cache_status()
+        );
+        assert_eq!(origin.hits(path), 2, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn an_age_list_counts_its_first_member_rfc9111_5_1() {
+    let origin = Origin::start().await;
+    origin.on(
+        "/al/one-line",
+        Reply::ok()
+            .header("cache-control", "max-age=100")
+            .header("age", "30, 10"),
+    );
+    origin.on(
+        "/al/two-lines",
+        Reply::ok()
+            .header("cache-control", "max-age=100")
+            .header("age", "30")
+            .header("age", "10"),
+    );
+    let proxy = proxy(&origin, "").await;
+    for path in ["/al/one-line", "/al/two-lines"] {
+        proxy.get(path).await;
+        let hit = proxy.get(path).await;
+        let age: u64 = hit.header("age").parse().unwrap();
+        assert!((30..=32).contains(&age), "{path}: age {age}");
+        let ttl = ttl_of(hit.cache_status());
+        assert!((68..=70).contains(&ttl), "{path}: ttl {ttl}");
+    }
+}
+
+#[tokio::test]
+async fn temporary_redirects_are_stored_by_default_only_with_explicit_freshness_rfc9111_3() {
+    let origin = Origin::start().await;
+    for status in [302, 303, 307] {
+        origin.on(
+            &format!("/tr/{status}"),
+            Reply::ok()
+                .status(status)
+                .header("location", "/elsewhere")
+                .header("cache-control", "max-age=60"),
+        );
+    }
+    // Not heuristically cacheable: the route's ttl does not make them fresh.
+    origin.on(
+        "/tr/302-bare",
+        Reply::ok().status(302).header("location", "/elsewhere"),
+    );
+    // Errors stay out unless a route lists them (CPDoS).
+    for status in [400, 500] {
+        origin.on(
+            &format!("/tr/{status}"),
+            Reply::ok()
+                .status(status)
+                .header("cache-control", "max-age=60"),
+        );
+    }
+    // The route leaves cache_status at its default.
+    let proxy = proxy(&origin, "").await;
+    for status in [302, 303, 307] {
+        let path = format!("/tr/{status}");
+        assert_eq!(
+            proxy.get(&path).await.cache_status(),
+            "sidecache; fwd=miss; stored",
+            "{path}"
+        );
+        let hit = proxy.get(&path).await;
+        assert_eq!(hit.status, status, "{path}");
+        assert_eq!(hit.header("location"), "/elsewhere", "{path}");
+        assert!(hit.cache_status().contains("hit"), "{path}");
+        assert_eq!(origin.hits(&path), 1, "{path}");
+    }
+    for path in ["/tr/302-bare", "/tr/400", "/tr/500"] {
+        for _ in 0..2 {
+            assert_eq!(
+                proxy.get(path).await.cache_status(),
+                "sidecache; fwd=miss; detail=status",
+                "{path}"
+            );
+        }
+        assert_eq!(origin.hits(path), 2, "{path}");
+    }
 }

@@ -15,8 +15,14 @@ const MAX_DELTA_SECONDS: u64 = 1 << 31;
 /// unless a route lists it.)
 pub const HEURISTIC_STATUSES: [u16; 11] = [200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501];
 
-/// Statuses stored when a route does not say `cache_status`.
-pub const DEFAULT_CACHE_STATUSES: [u16; 10] = [200, 203, 204, 300, 301, 308, 404, 405, 410, 414];
+/// Statuses stored when a route does not say `cache_status`: the heuristic
+/// ones without 501, and the temporary redirects 302, 303 and 307, which
+/// [`freshness_lifetime`] lets in only with explicit freshness. No 5xx and
+/// no 400: an error that one request's headers provoked would be served to
+/// everyone (cache-poisoned denial of service, CPDoS).
+pub const DEFAULT_CACHE_STATUSES: [u16; 13] = [
+    200, 203, 204, 300, 301, 302, 303, 307, 308, 404, 405, 410, 414,
+];
 
 /// Share of the time since `Last-Modified` taken as heuristic freshness (§4.2.2).
 const HEURISTIC_FRACTION: u32 = 10;
@@ -494,13 +500,16 @@ pub fn corrected_initial_age(
     let apparent_age = http_date(headers.get(header::DATE))
         .and_then(|date| response_time.duration_since(date).ok())
         .unwrap_or(Duration::ZERO);
-    let age_value = headers
-        .get(header::AGE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map_or(Duration::ZERO, |s| {
-            Duration::from_secs(s.min(MAX_DELTA_SECONDS))
-        });
+    // Broken intermediaries send a list (`Age: 5, 7`, or two lines): the
+    // first member counts; an invalid one (bytes that are not text
+    // included) counts as no Age (§5.1).
+    let first_age = headers
+        .get_all(header::AGE)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("invalid").split(','))
+        .map(str::trim)
+        .find(|member| !member.is_empty());
+    let age_value = Duration::from_secs(delta_seconds(first_age));
     let response_delay = response_time
         .duration_since(request_time)
         .unwrap_or(Duration::ZERO);
@@ -516,8 +525,82 @@ pub fn current_age(
     corrected_initial_age + now.duration_since(response_time).unwrap_or(Duration::ZERO)
 }
 
+/// A header field's HTTP-date, read as leniently as [`parse_http_date`] reads it.
 fn http_date(value: Option<&http::HeaderValue>) -> Option<SystemTime> {
-    httpdate::parse_http_date(value?.to_str().ok()?).ok()
+    parse_http_date(value?.to_str().ok()?)
+}
+
+/// Day names: short in IMF-fixdate and asctime, long in the RFC 850 form.
+const WEEKDAYS: [(&str, &str); 7] = [
+    ("Mon", "Monday"),
+    ("Tue", "Tuesday"),
+    ("Wed", "Wednesday"),
+    ("Thu", "Thursday"),
+    ("Fri", "Friday"),
+    ("Sat", "Saturday"),
+    ("Sun", "Sunday"),
+];
+/// Month names, as all three forms write them.
+const MONTHS: [&str; 12] = [
+    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+];
+
+/// An HTTP-date in any of its three forms (RFC 9110 §5.6.7): IMF-fixdate
+/// (`Sun, 06 Nov 1994 08:49:37 GMT`), the obsolete RFC 850 form (`Sunday,
+/// 06-Nov-94 08:49:37 GMT`) and asctime (`Sun Nov  6 08:49:37 1994`). Day and
+/// month names are matched in any case, as RFC 9111 §4.2 asks of caches,
+/// and any run of whitespace (or commas) separates the parts. The parts are
+/// picked out here by hand because httpdate rejects those case variants; the
+/// date is then handed to httpdate as an IMF-fixdate for the calendar checks
+/// (ranges, day of the month, weekday).
+fn parse_http_date(text: &str) -> Option<SystemTime> {
+    let parts: Vec<&str> = text
+        .split(|c: char| c.is_ascii_whitespace() || c == ',')
+        .filter(|part| !part.is_empty())
+        .collect();
+    let (weekday, day, month, year, time) = match parts[..] {
+        [weekday, day, month, year, time, zone] if zone.eq_ignore_ascii_case("GMT") => {
+            (weekday, day, month, year, time)
+        }
+        [weekday, date, time, zone] if zone.eq_ignore_ascii_case("GMT") => {
+            let mut date = date.split('-');
+            match (date.next(), date.next(), date.next(), date.next()) {
+                (Some(day), Some(month), Some(year), None) => (weekday, day, month, year, time),
+                _ => return None,
+            }
+        }
+        [weekday, month, day, time, year] => (weekday, day, month, year, time),
+        _ => return None,
+    };
+    let (weekday, _) = WEEKDAYS.iter().find(|(short, long)| {
+        weekday.eq_ignore_ascii_case(short) || weekday.eq_ignore_ascii_case(long)
+    })?;
+    let month = MONTHS
+        .iter()
+        .find(|name| month.eq_ignore_ascii_case(name))?;
+    let day = digits(day, 2)?;
+    let imf_fixdate = |year: u16| {
+        let text = format!("{weekday}, {day:02} {month} {year:04} {time} GMT");
+        httpdate::parse_http_date(&text).ok()
+    };
+    match year.len() {
+        4 => imf_fixdate(digits(year, 4)?),
+        // The weekday tells the century of a two-digit year: 100 years are
+        // 36,524 or 36,525 days, never whole weeks, so a date falls on
+        // another weekday in 19yy than in 20yy, and httpdate checks it.
+        2 => {
+            let year = digits(year, 2)?;
+            imf_fixdate(2000 + year).or_else(|| imf_fixdate(1900 + year))
+        }
+        _ => None,
+    }
+}
+
+/// A number of at most `max_len` ASCII digits.
+fn digits(text: &str, max_len: usize) -> Option<u16> {
+    let valid =
+        !text.is_empty() && text.len() <= max_len && text.bytes().all(|b| b.is_ascii_digit());
+    valid.then(|| text.parse().ok()).flatten()
 }
 
 #[cfg(test)]
@@ -656,6 +739,124 @@ mod tests {
             lifetime(307, &[("cache-control", "max-age=9")], rules(TTL, true)),
             Some(Duration::from_secs(9))
         );
+    }
+
+    #[test]
+    fn http_dates_in_all_three_forms_any_case_rfc9110_5_6_7_rfc9111_4_2() {
+        let sunday = Some(SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_777));
+        let cases: &[(&str, Option<SystemTime>)] = &[
+            ("Sun, 06 Nov 1994 08:49:37 GMT", sunday),
+            ("Sunday, 06-Nov-94 08:49:37 GMT", sunday),
+            ("Sun Nov  6 08:49:37 1994", sunday),
+            // §4.2: names in any case.
+            ("sun, 06 nov 1994 08:49:37 gmt", sunday),
+            ("SUNDAY, 06-NOV-94 08:49:37 GMT", sunday),
+            ("sUN nOV  6 08:49:37 1994", sunday),
+            // Whitespace: any run, around and between the parts.
+            (" Sun,  06 Nov 1994\t08:49:37  GMT ", sunday),
+            ("Sun Nov 6 08:49:37 1994", sunday),
+            ("Sun,06 Nov 1994 08:49:37 GMT", sunday),
+            // Anything else is no date.
+            ("0", None),
+            ("-1", None),
+            ("", None),
+            ("Sun, 06 Nov 1994 08:49:37", None),
+            ("Sun, 06 Nov 1994 08:49:37 PST", None),
+            ("Sun, 06 Nov 1994 08:49:37 GMT+1", None),
+            ("Sun, 06 Nov 1994 08:49:37 GMT x", None),
+            ("Mon, 06 Nov 1994 08:49:37 GMT", None),
+            ("Sun, 31 Nov 1994 08:49:37 GMT", None),
+            ("Sun, 06 Nov 1994 8:49:37 GMT", None),
+            ("Sun, 06 Nov 1994 24:00:00 GMT", None),
+            ("Sun, 06 Nov 01994 08:49:37 GMT", None),
+            ("Sun, 006 Nov 1994 08:49:37 GMT", None),
+            ("Sun, 06 November 1994 08:49:37 GMT", None),
+            ("Sonntag, 06-Nov-94 08:49:37 GMT", None),
+            ("Sunday, 06-Nov-94-1 08:49:37 GMT", None),
+            ("Sun, 06 Nov 1969 08:49:37 GMT", None),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(parse_http_date(text), *expected, "{text:?}");
+        }
+        // A two-digit year is in the century whose calendar has its weekday.
+        let year_2070 = SystemTime::UNIX_EPOCH + Duration::from_secs(3_155_760_000);
+        assert_eq!(
+            parse_http_date("Wednesday, 01-Jan-70 00:00:00 GMT"),
+            Some(year_2070)
+        );
+        assert_eq!(
+            parse_http_date("Thursday, 01-Jan-70 00:00:00 GMT"),
+            Some(SystemTime::UNIX_EPOCH)
+        );
+    }
+
+    #[test]
+    fn expires_is_read_leniently_and_invalid_means_expired_rfc9111_5_3() {
+        let r = rules(TTL, false);
+        let secs = |s| Some(Duration::from_secs(s));
+        assert_eq!(date(100), "Tue, 14 Nov 2023 22:15:00 GMT");
+        let d0 = date(0);
+        let cases: &[(&str, Option<Duration>)] = &[
+            ("Tue, 14 Nov 2023 22:15:00 GMT", secs(100)),
+            ("tue, 14 nov 2023 22:15:00 gmt", secs(100)),
+            ("Tuesday, 14-Nov-23 22:15:00 GMT", secs(100)),
+            ("Tue Nov 14 22:15:00 2023", secs(100)),
+            ("0", secs(0)),
+            ("never", secs(0)),
+            ("Tue, 14 Nov 2023 22:15:00", secs(0)),
+        ];
+        for (expires, expected) in cases {
+            let pairs = [("date", d0.as_str()), ("expires", expires)];
+            assert_eq!(lifetime(200, &pairs, r), *expected, "{expires:?}");
+        }
+        // Date and Last-Modified are read the same way (§4.2.2: a tenth of
+        // the 100 s between them).
+        let pairs = [
+            ("date", "tue nov 14 22:15:00 2023"),
+            ("last-modified", "TUE, 14 NOV 2023 22:13:20 GMT"),
+        ];
+        assert_eq!(lifetime(200, &pairs, rules(Duration::ZERO, true)), secs(10));
+    }
+
+    #[test]
+    fn default_statuses_take_redirects_with_explicit_freshness_only_rfc9111_3() {
+        let h = |pairs: &[(&str, &str)]| headers(pairs);
+        let store = |status: u16, h: &HeaderMap| {
+            let no_cc = CacheControl::default();
+            let request = RequestFacts {
+                cc: &no_cc,
+                authorization: false,
+            };
+            let status = StatusCode::from_u16(status).unwrap();
+            storability(
+                status,
+                h,
+                &CacheControl::parse(h),
+                request,
+                rules(TTL, true),
+                at(0),
+            )
+        };
+        let max_age = h(&[("cache-control", "max-age=60")]);
+        let none = h(&[]);
+        let ok = Ok(Duration::from_secs(60));
+        let cases: &[(u16, &HeaderMap, Result<Duration, NoCacheReason>)] = &[
+            (302, &max_age, ok),
+            (303, &max_age, ok),
+            (307, &max_age, ok),
+            // Not heuristically cacheable: nothing without explicit freshness.
+            (302, &none, Err(NoCacheReason::Status)),
+            (303, &none, Err(NoCacheReason::Status)),
+            (307, &none, Err(NoCacheReason::Status)),
+            // Errors stay out unless a route lists them (CPDoS).
+            (400, &max_age, Err(NoCacheReason::Status)),
+            (500, &max_age, Err(NoCacheReason::Status)),
+            (503, &max_age, Err(NoCacheReason::Status)),
+            (501, &max_age, Err(NoCacheReason::Status)),
+        ];
+        for (status, h, expected) in cases {
+            assert_eq!(store(*status, h), *expected, "{status} {h:?}");
+        }
     }
 
     #[test]
@@ -885,6 +1086,24 @@ mod tests {
             usability(&none, secs(60), secs(0), &req("no-cache")),
             Usability::Revalidate
         );
+    }
+
+    #[test]
+    fn an_age_list_counts_its_first_member_rfc9111_5_1() {
+        let cases: &[(Pairs, u64)] = &[
+            (&[("age", "30")], 30),
+            (&[("age", "30, 10")], 30),
+            (&[("age", "30"), ("age", "10")], 30),
+            (&[("age", " , 30")], 30),
+            (&[("age", "x, 10")], 0),
+            (&[("age", "-5, 10")], 0),
+            (&[("age", "99999999999999999999999, 1")], MAX_DELTA_SECONDS),
+        ];
+        for (pairs, expected) in cases {
+            // No Date and no round trip: the Age value alone.
+            let age = corrected_initial_age(&headers(pairs), at(0), at(0));
+            assert_eq!(age, Duration::from_secs(*expected), "{pairs:?}");
+        }
     }
 
     #[test]

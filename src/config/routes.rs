@@ -184,7 +184,7 @@ impl RawRoute {
             ttl,
             cache: self.cache.unwrap_or(true),
             statuses,
-            heuristic_freshness: self.heuristic_freshness.unwrap_or(false),
+            heuristic_freshness: self.heuristic_freshness.unwrap_or(true),
             range_fill: self.range_fill.unwrap_or(false),
             coalesce: self.coalesce.unwrap_or(true),
             lock_timeout,
@@ -308,8 +308,8 @@ fn methods(names: Option<Vec<String>>, key: &str, p: &mut Problems) -> Vec<Metho
     }
 }
 
-/// `cache_status`: final statuses other than 206 (default: RFC 9110's
-/// heuristically cacheable ones, without 5xx).
+/// `cache_status`: final statuses other than 206 (default:
+/// `DEFAULT_CACHE_STATUSES`).
 fn statuses(list: Option<Vec<u16>>, key: &str, p: &mut Problems) -> Vec<u16> {
     match list {
         None => DEFAULT_CACHE_STATUSES.to_vec(),
@@ -384,7 +384,7 @@ mod tests {
         assert_eq!(route.ttl, Duration::ZERO);
         assert!(route.cache);
         assert_eq!(route.statuses, DEFAULT_CACHE_STATUSES.to_vec());
-        assert!(!route.heuristic_freshness);
+        assert!(route.heuristic_freshness);
         assert!(!route.range_fill);
         assert!(route.coalesce);
         assert_eq!(route.lock_timeout, Duration::from_secs(5));
