@@ -47,6 +47,9 @@ pub struct Route {
     /// Request headers forwarded on cacheable requests although they are not in
     /// the key; the operator vouches that they do not change the response.
     pub forward_headers: Vec<HeaderName>,
+    /// `cache.targeted_fields`, copied here because responses are judged
+    /// with the route's other storing rules.
+    pub targeted_fields: Vec<HeaderName>,
 }
 
 impl Route {
@@ -61,6 +64,7 @@ impl Route {
             ttl: self.ttl,
             statuses: &self.statuses,
             heuristic: self.heuristic_freshness,
+            targeted: &self.targeted_fields,
         }
     }
 

@@ -3,10 +3,11 @@
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::Duration;
 
-use http::Uri;
+use http::{HeaderName, Uri, header};
 use serde::Deserialize;
 
-use super::{Problems, parse_duration, parse_positive_duration, parse_size};
+use super::{Problems, parse_duration, parse_header_names, parse_positive_duration, parse_size};
+use crate::cache::policy::{CDN_CACHE_CONTROL, SIDECACHE_CACHE_CONTROL};
 
 // [server]
 
@@ -179,6 +180,9 @@ pub const DEFAULT_NAMESPACE: &str = "default";
 pub const DEFAULT_MAX_OBJECT_SIZE: u64 = 8 * 1024 * 1024;
 /// Default time entries are kept once stale, for revalidation.
 pub const DEFAULT_KEEP_STALE: Duration = Duration::from_secs(600);
+/// Default targeted cache-control fields (RFC 9213), the most specific
+/// first: the one for sidecache alone, then the one for every CDN.
+pub const DEFAULT_TARGETED_FIELDS: [&str; 2] = [SIDECACHE_CACHE_CONTROL, CDN_CACHE_CONTROL];
 /// Default byte budget of the in-memory tier.
 pub const DEFAULT_MEMORY_CAPACITY: u64 = 256 * 1024 * 1024;
 /// Largest storable object: the in-memory tier weighs entries in `u32`.
@@ -189,6 +193,7 @@ pub(super) struct RawCache {
     namespace: Option<String>,
     max_object_size: Option<String>,
     keep_stale: Option<String>,
+    targeted_fields: Option<Vec<String>>,
     #[serde(default)]
     memory: RawMemory,
 }
@@ -208,6 +213,9 @@ pub struct CacheConfig {
     /// conditional request instead of fetched again, or served stale where a
     /// request allows it.
     pub keep_stale: Duration,
+    /// Fields whose directives override `Cache-Control` and `Expires` for
+    /// this cache (RFC 9213): the first one present and valid counts.
+    pub targeted_fields: Vec<HeaderName>,
     pub memory: MemoryConfig,
 }
 
@@ -238,6 +246,7 @@ impl RawCache {
                 DEFAULT_KEEP_STALE,
                 parse_duration,
             ),
+            targeted_fields: targeted_fields(self.targeted_fields, p),
             memory: MemoryConfig {
                 capacity: p.parse(
                     "cache.memory.capacity",
@@ -265,6 +274,29 @@ impl RawCache {
     }
 }
 
+/// `cache.targeted_fields`: header names, each once, and not `Cache-Control`,
+/// the field they override.
+fn targeted_fields(names: Option<Vec<String>>, p: &mut Problems) -> Vec<HeaderName> {
+    const KEY: &str = "cache.targeted_fields";
+    let Some(names) = names else {
+        return DEFAULT_TARGETED_FIELDS
+            .map(HeaderName::from_static)
+            .to_vec();
+    };
+    let fields = parse_header_names(p, KEY, &names);
+    for (index, field) in fields.iter().enumerate() {
+        if field == header::CACHE_CONTROL {
+            p.push(
+                KEY,
+                "Cache-Control is the field targeted fields override; list only fields like \"CDN-Cache-Control\"",
+            );
+        } else if fields[..index].contains(field) {
+            p.push(KEY, format!("{:?} is listed twice", field.as_str()));
+        }
+    }
+    fields
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -281,6 +313,10 @@ mod tests {
         assert_eq!(config.cache.namespace, "default");
         assert_eq!(config.cache.max_object_size, 8 * 1024 * 1024);
         assert_eq!(config.cache.memory.capacity, 256 * 1024 * 1024);
+        assert_eq!(
+            config.cache.targeted_fields,
+            ["sidecache-cache-control", "cdn-cache-control"]
+        );
         assert!(config.routes.is_empty());
     }
 
@@ -355,6 +391,18 @@ mod tests {
             (
                 "[cache]\nmax_object_size = \"2MiB\"\n[cache.memory]\ncapacity = \"1MiB\"",
                 "cache.max_object_size: larger than cache.memory.capacity (1048576 bytes), so nothing that size could be kept",
+            ),
+            (
+                "[cache]\ntargeted_fields = [\"CDN Cache Control\"]",
+                "cache.targeted_fields: invalid header name \"CDN Cache Control\"",
+            ),
+            (
+                "[cache]\ntargeted_fields = [\"Cache-Control\"]",
+                "cache.targeted_fields: Cache-Control is the field targeted fields override; list only fields like \"CDN-Cache-Control\"",
+            ),
+            (
+                "[cache]\ntargeted_fields = [\"X-CC\", \"x-cc\"]",
+                "cache.targeted_fields: \"x-cc\" is listed twice",
             ),
             (
                 "[cache.memory]\ncapacity = \"-1\"",
