@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
-use http::{HeaderMap, HeaderValue, Request, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, StatusCode};
 use sidecache::cache::entry::{Entry, Stored};
 use sidecache::cache::key::CacheKey;
 use sidecache::cache::memory::MemoryTier;
@@ -61,14 +61,17 @@ fn hot_path(c: &mut Criterion) {
 
     let headers = response_headers();
     let request_cc = CacheControl::default();
+    // The default targeted fields, absent here: looked for, then Cache-Control read.
+    let targeted = sidecache::config::DEFAULT_TARGETED_FIELDS.map(HeaderName::from_static);
     let rules = StoreRules {
         ttl: Duration::from_secs(60),
         statuses: &DEFAULT_CACHE_STATUSES,
         heuristic: false,
+        targeted: &targeted,
     };
     c.bench_function("policy: parse Cache-Control + storability", |b| {
         b.iter(|| {
-            let cc = CacheControl::parse(std::hint::black_box(&headers));
+            let cc = CacheControl::parse_response(std::hint::black_box(&headers), &targeted);
             let facts = RequestFacts {
                 cc: &request_cc,
                 authorization: false,

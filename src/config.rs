@@ -17,6 +17,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use http::HeaderName;
 use serde::Deserialize;
 
 use crate::route::RouteTable;
@@ -31,7 +32,8 @@ pub(crate) use routes::test_route;
 pub use server::{
     CacheConfig, DEFAULT_ADMIN_LISTEN, DEFAULT_CONNECT_TIMEOUT, DEFAULT_KEEP_STALE, DEFAULT_LISTEN,
     DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_OBJECT_SIZE, DEFAULT_MEMORY_CAPACITY, DEFAULT_NAMESPACE,
-    DEFAULT_ORIGIN_TIMEOUT, DEFAULT_SHUTDOWN_GRACE, MemoryConfig, OriginConfig, ServerConfig,
+    DEFAULT_ORIGIN_TIMEOUT, DEFAULT_SHUTDOWN_GRACE, DEFAULT_TARGETED_FIELDS, MemoryConfig,
+    OriginConfig, ServerConfig,
 };
 
 /// The validated configuration.
@@ -253,6 +255,19 @@ fn parse_positive_duration(text: &str) -> Result<Duration, String> {
         Duration::ZERO => Err("must be greater than zero".into()),
         duration => Ok(duration),
     }
+}
+
+fn parse_header_names(problems: &mut Problems, key: &str, names: &[String]) -> Vec<HeaderName> {
+    names
+        .iter()
+        .filter_map(|name| match HeaderName::from_bytes(name.as_bytes()) {
+            Ok(header) => Some(header),
+            Err(_) => {
+                problems.push(key, format!("invalid header name {name:?}"));
+                None
+            }
+        })
+        .collect()
 }
 
 fn parse_size(text: &str) -> Result<u64, String> {

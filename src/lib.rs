@@ -14,7 +14,8 @@
 //!   lease), and `store`, the one way in.
 //! - [`cache::decide`]: what a lookup, a response head or an origin failure
 //!   means for the request (`on_lookup`, `on_head`, `on_error`), pure; built
-//!   on [`cache::policy`] (RFC 9111 rules) and [`cache::validation`].
+//!   on [`cache::policy`] (RFC 9111 rules, with RFC 9213's targeted fields)
+//!   and [`cache::validation`].
 //! - [`origin`]: pooled upstream client, deadlines, hop-by-hop and forwarding headers.
 //! - [`cache::fill`] stores a streamed body once it is complete;
 //!   [`respond`] makes answers from a stored [`cache::entry`] (304, 206/416, HEAD).

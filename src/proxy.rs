@@ -252,8 +252,9 @@ impl Proxy {
     }
 
     /// Outer handler: never fails. Matches the route, runs the pipeline in a
-    /// span, turns errors into responses, adds `Cache-Status`, and writes
-    /// metrics and the access log from what the pipeline returned.
+    /// span, turns errors into responses, removes `Sidecache-Cache-Control`,
+    /// adds `Cache-Status`, and writes metrics and the access log from what
+    /// the pipeline returned.
     pub async fn handle(
         self: Arc<Self>,
         request: Request<Incoming>,
@@ -292,6 +293,11 @@ impl Proxy {
                 }
             };
             tracing::Span::current().record("cache_status", status.as_str());
+            // Addressed to this cache alone; stored entries keep it, so that
+            // later decisions still read it.
+            response
+                .headers_mut()
+                .remove(policy::SIDECACHE_CACHE_CONTROL);
             append_cache_status(response.headers_mut(), status);
             self.metrics.request(route_name, status.as_str());
             tracing::info!(

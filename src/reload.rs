@@ -46,7 +46,11 @@ impl RestartOnly {
         RestartOnly {
             server: config.server.clone(),
             origin: config.origin.clone(),
-            cache: config.cache.clone(),
+            cache: CacheConfig {
+                // Copied into every route, so it applies with them on reload.
+                targeted_fields: Vec::new(),
+                ..config.cache.clone()
+            },
             redis: config.redis.clone(),
         }
     }
@@ -187,6 +191,14 @@ mod tests {
             ),
             running,
             "routes apply on reload"
+        );
+        assert_eq!(
+            restart_only(
+                &format!("[cache]\ntargeted_fields = [\"X-My-CC\"]\n{BASE}"),
+                "first-secret"
+            ),
+            running,
+            "targeted fields apply with the routes"
         );
         assert_ne!(
             restart_only(

@@ -53,6 +53,9 @@ pub struct Route {
     pub cookies: Cookies,
     /// Which query parameters the key (and so the origin) sees.
     pub key_query: KeyQuery,
+    /// `cache.targeted_fields`, copied here because responses are judged
+    /// with the route's other storing rules.
+    pub targeted_fields: Vec<HeaderName>,
 }
 
 /// What the origin receives of a cacheable request's headers.
@@ -111,6 +114,7 @@ impl Route {
             ttl: self.ttl,
             statuses: &self.statuses,
             heuristic: self.heuristic_freshness,
+            targeted: &self.targeted_fields,
         }
     }
 

@@ -95,6 +95,11 @@ impl Presented<'_> {
             authorization: self.authorization,
         }
     }
+
+    /// The directives this cache acts on for a response on this route.
+    fn directives(&self, response: &HeaderMap) -> CacheControl {
+        CacheControl::parse_response(response, self.rules.targeted)
+    }
 }
 
 /// What the cache held for a request it could not answer from its store.
@@ -141,14 +146,17 @@ pub fn on_lookup(request: &Presented<'_>, lookup: Lookup, now: SystemTime) -> On
     let Lookup { found, variants } = lookup;
     // §3.5: credentials may only be answered by a shareable response.
     let found = found.filter(|(entry, _)| {
-        !request.authorization || CacheControl::parse(&entry.headers).shareable_with_authorization()
+        !request.authorization
+            || request
+                .directives(&entry.headers)
+                .shareable_with_authorization()
     });
     let mut prior = Prior {
         stale: None,
         variants,
     };
     if let Some((entry, tier)) = found {
-        let stored = CacheControl::parse(&entry.headers);
+        let stored = request.directives(&entry.headers);
         let lifetime = entry.freshness_lifetime;
         let age = entry.age(now);
         match policy::usability(&stored, lifetime, age, request.cc) {
@@ -236,7 +244,7 @@ pub fn on_head(
         Plan::Full | Plan::RangeFill => policy::storability(
             head.status,
             &head.headers,
-            &CacheControl::parse(&head.headers),
+            &request.directives(&head.headers),
             request.facts(),
             request.rules,
             times.response,
@@ -288,7 +296,7 @@ fn refresh(
     let storable = policy::storability(
         entry.status,
         &entry.headers,
-        &CacheControl::parse(&entry.headers),
+        &request.directives(&entry.headers),
         request.facts(),
         request.rules,
         times.response,
@@ -326,7 +334,7 @@ fn to_store(
     let entry = Entry {
         key,
         status: head.status,
-        headers: entry::storable_headers(&head.headers),
+        headers: entry::storable_headers(&head.headers, request.rules.targeted),
         body: bytes::Bytes::new(),
         response_time: times.response,
         initial_age: policy::corrected_initial_age(&head.headers, times.request, times.response),
@@ -351,7 +359,7 @@ pub fn on_error(
 fn stand_in(request: &Presented<'_>, prior: &Prior, now: SystemTime) -> Option<Arc<Entry>> {
     let entry = prior.stale.as_ref()?;
     policy::serve_on_error(
-        &CacheControl::parse(&entry.headers),
+        &request.directives(&entry.headers),
         entry.freshness_lifetime,
         entry.age(now),
         request.stale_if_error,
@@ -385,6 +393,11 @@ mod tests {
     use crate::testing::headers;
 
     const MINUTE: Duration = Duration::from_secs(60);
+    /// The default targeted fields (RFC 9213).
+    static TARGETED: [HeaderName; 2] = [
+        HeaderName::from_static(policy::SIDECACHE_CACHE_CONTROL),
+        HeaderName::from_static(policy::CDN_CACHE_CONTROL),
+    ];
 
     type Fields<'a> = &'a [(&'a str, &'a str)];
     /// Why; request fields; stored fields; stored (age, lifetime); route
@@ -447,6 +460,7 @@ mod tests {
                     ttl: Duration::ZERO,
                     statuses: &DEFAULT_CACHE_STATUSES,
                     heuristic: false,
+                    targeted: &TARGETED,
                 },
                 stale_while_revalidate: self.stale_while_revalidate,
                 stale_if_error: self.stale_if_error,
@@ -549,6 +563,8 @@ mod tests {
             ("§5.2.1.7 only-if-cached with a stale one", &[("cache-control", "only-if-cached")], &[], Some(stale), Duration::ZERO, ("refuse", miss(NoCacheReason::OnlyIfCached), false)),
             ("§3.5 credentials skip an unshareable response", &[("authorization", "Bearer x")], &[], Some(fresh), Duration::ZERO, ("forward", None, false)),
             ("§3.5 credentials may use a public one", &[("authorization", "Bearer x")], &[("cache-control", "public")], Some(fresh), Duration::ZERO, ("serve", hit(60, Tier::Memory), false)),
+            ("RFC 9213 a stored targeted no-cache is validated", &[], &[("sidecache-cache-control", "no-cache")], Some(fresh), Duration::ZERO, ("forward", None, true)),
+            ("RFC 9213 a targeted must-revalidate refuses max-stale", &[("cache-control", "max-stale")], &[("cdn-cache-control", "must-revalidate")], Some(stale), Duration::ZERO, ("forward", None, true)),
         ];
         for (why, request, response, entry, swr, expected) in rows {
             let mut ask = ask(request);
@@ -636,6 +652,9 @@ mod tests {
             ("a stale response without validators is fetched again", Plan::Full, old_without_validators(), Duration::ZERO, 200, fresh_200, ("store", stale(200, None))),
             ("RFC 5861 §4 a 5xx within stale-if-error gets the stale copy", Plan::Full, old(), 2 * MINUTE, 503, &[], ("stand-in", CacheStatus::IfError { fwd_status: StatusCode::SERVICE_UNAVAILABLE })),
             ("RFC 5861 §4 past the window the 5xx goes through", Plan::Full, old(), Duration::ZERO, 503, &[], ("pass", stale(503, Some(NoCacheReason::Status)))),
+            ("RFC 9213 a targeted max-age overrides no-store", Plan::Full, none.clone(), Duration::ZERO, 200, &[("cache-control", "no-store"), ("sidecache-cache-control", "max-age=60")], ("store", miss(None))),
+            ("RFC 9213 a targeted no-store overrides max-age", Plan::Full, none.clone(), Duration::ZERO, 200, &[("cache-control", "max-age=60"), ("cdn-cache-control", "no-store")], ("pass", miss(Some(NoCacheReason::NoStore)))),
+            ("RFC 9213 a 304's targeted private is served, not stored", Plan::Full, old(), Duration::ZERO, 304, &[("cdn-cache-control", "private")], ("refresh", stale(304, Some(NoCacheReason::Private)))),
         ];
         for (why, plan, stale_entry, sie, status, response, expected) in rows {
             let mut ask = ask(&[]);
@@ -705,6 +724,50 @@ mod tests {
         };
         assert_eq!(status, CacheStatus::VaryMiss { not_stored: None });
         assert!(Arc::ptr_eq(&kept, &index));
+    }
+
+    #[test]
+    fn a_stored_copy_follows_the_targeted_field_rfc9213_2_2() {
+        let times = Times {
+            request: now(),
+            response: now(),
+        };
+        let response = head(
+            200,
+            &[
+                ("cache-control", "no-store"),
+                ("sidecache-cache-control", "max-age=30, private=\"x-user\""),
+                ("x-user", "ann"),
+            ],
+        );
+        let ask = ask(&[]);
+        let decided = on_head(
+            &ask.presented(),
+            Plan::Full,
+            &Prior::default(),
+            &response,
+            times,
+        );
+        let OnHead::Store { entry, .. } = decided else {
+            panic!("stored: {decided:?}");
+        };
+        assert_eq!(entry.freshness_lifetime, Duration::from_secs(30));
+        assert!(!entry.headers.contains_key("x-user"), "private=\"x-user\"");
+        assert!(
+            entry.headers.contains_key("sidecache-cache-control"),
+            "kept for later decisions"
+        );
+        // A stale copy's targeted stale-if-error stands in for a failing origin.
+        let old = stored(
+            &[("cdn-cache-control", "stale-if-error=300")],
+            3 * MINUTE,
+            2 * MINUTE,
+        );
+        let prior = Prior {
+            stale: Some(old),
+            variants: None,
+        };
+        assert!(on_error(&ask.presented(), &prior, StatusCode::BAD_GATEWAY, now()).is_some());
     }
 
     #[test]

@@ -70,8 +70,9 @@ pub fn refreshed(
     request_time: SystemTime,
     response_time: SystemTime,
 ) -> Entry {
-    let headers = storable_headers(&validation::merge_not_modified(&stored.headers, update));
-    let cc = CacheControl::parse(&headers);
+    let merged = validation::merge_not_modified(&stored.headers, update);
+    let headers = storable_headers(&merged, rules.targeted);
+    let cc = CacheControl::parse_response(&headers, rules.targeted);
     let freshness_lifetime =
         policy::freshness_lifetime(stored.status, &headers, &cc, rules, response_time)
             .unwrap_or(Duration::ZERO);
@@ -88,11 +89,11 @@ pub fn refreshed(
 
 /// The response fields that go into the store: not `Age` (recomputed on
 /// every answer), nor fields named by `private="..."` or `no-cache="..."`
-/// (RFC 9111 §5.2.2.4, §5.2.2.7).
-pub fn storable_headers(headers: &HeaderMap) -> HeaderMap {
+/// (RFC 9111 §5.2.2.4, §5.2.2.7) in the directives this cache acts on.
+pub fn storable_headers(headers: &HeaderMap, targeted: &[HeaderName]) -> HeaderMap {
     let mut stored = headers.clone();
     stored.remove(header::AGE);
-    let cc = CacheControl::parse(headers);
+    let cc = CacheControl::parse_response(headers, targeted);
     validation::strip_fields(&mut stored, &cc.private_fields);
     validation::strip_fields(&mut stored, &cc.no_cache_fields);
     stored

@@ -3,9 +3,13 @@
 //! Every function here is pure: headers and times in, a decision out, so the
 //! rules are unit-tested without sockets or clocks.
 
+mod targeted;
+
 use std::time::{Duration, SystemTime};
 
 use http::{HeaderMap, HeaderName, StatusCode, header};
+
+pub use targeted::{CDN_CACHE_CONTROL, SIDECACHE_CACHE_CONTROL};
 
 /// Largest delta-seconds honoured (RFC 9111 §1.2.2): 2^31 seconds.
 const MAX_DELTA_SECONDS: u64 = 1 << 31;
@@ -159,6 +163,9 @@ pub struct CacheControl {
     pub stale_while_revalidate: Option<u64>,
     /// RFC 5861: seconds a stale response may be served when the origin fails.
     pub stale_if_error: Option<u64>,
+    /// Read from a targeted field (RFC 9213), which overrides `Expires` as
+    /// well as `Cache-Control` (§2.2).
+    pub targeted: bool,
 }
 
 impl CacheControl {
@@ -209,6 +216,16 @@ impl CacheControl {
             }
         }
         cc
+    }
+
+    /// The directives this cache acts on for a response: those of the first
+    /// of the targeted `fields` (RFC 9213) with a valid, non-empty value,
+    /// else `Cache-Control`'s.
+    pub fn parse_response(headers: &HeaderMap, fields: &[HeaderName]) -> CacheControl {
+        fields
+            .iter()
+            .find_map(|name| targeted::directives(headers, name))
+            .unwrap_or_else(|| CacheControl::parse(headers))
     }
 
     /// Request directives, with `Pragma: no-cache` read as `no-cache` when
@@ -278,6 +295,8 @@ pub struct StoreRules<'a> {
     pub statuses: &'a [u16],
     /// Whether heuristic freshness from `Last-Modified` is allowed (§4.2.2).
     pub heuristic: bool,
+    /// Targeted cache-control fields (RFC 9213), the most specific first.
+    pub targeted: &'a [HeaderName],
 }
 
 /// The request facts that storing depends on.
@@ -381,7 +400,7 @@ pub fn freshness_lifetime(
         return Some(Duration::from_secs(seconds));
     }
     let date = http_date(headers.get(header::DATE)).unwrap_or(response_time);
-    if let Some(expires) = headers.get(header::EXPIRES) {
+    if let Some(expires) = headers.get(header::EXPIRES).filter(|_| !cc.targeted) {
         // An invalid Expires (e.g. "0") means already expired (§5.3).
         return Some(
             http_date(Some(expires))
@@ -685,6 +704,7 @@ mod tests {
             ttl,
             statuses: &DEFAULT_CACHE_STATUSES,
             heuristic,
+            targeted: &[],
         }
     }
 
@@ -878,6 +898,7 @@ mod tests {
                         &DEFAULT_CACHE_STATUSES
                     },
                     heuristic: false,
+                    targeted: &[],
                 };
                 let facts = RequestFacts {
                     cc: request,

@@ -7,7 +7,7 @@ use http::{HeaderName, Method, header};
 use serde::Deserialize;
 
 use super::server::CacheConfig;
-use super::{Problems, parse_duration, parse_positive_duration};
+use super::{Problems, parse_duration, parse_header_names, parse_positive_duration};
 use crate::cache::policy::DEFAULT_CACHE_STATUSES;
 use crate::request;
 use crate::route::{Cookies, Forward, KeyQuery, Route};
@@ -50,11 +50,11 @@ pub(super) struct RawKeyQuery {
 }
 
 /// Validates every route, in order, then their stale windows against how
-/// long `cache` keeps stale entries.
+/// long `cache` keeps stale entries; each gets `cache`'s targeted fields.
 pub(super) fn validate(raw: Vec<RawRoute>, cache: &CacheConfig, p: &mut Problems) -> Vec<Route> {
     let mut routes = Vec::with_capacity(raw.len());
     for (index, raw) in raw.into_iter().enumerate() {
-        if let Some(route) = raw.validate(index, &routes, p) {
+        if let Some(route) = raw.validate(index, &routes, &cache.targeted_fields, p) {
             routes.push(route);
         }
     }
@@ -90,22 +90,15 @@ pub(crate) fn compile_path(pattern: &str) -> Result<GlobMatcher, String> {
         .map_err(|e| format!("invalid pattern {pattern:?}: {}", e.kind()))
 }
 
-fn parse_header_names(problems: &mut Problems, key: &str, names: &[String]) -> Vec<HeaderName> {
-    names
-        .iter()
-        .filter_map(|name| match HeaderName::from_bytes(name.as_bytes()) {
-            Ok(header) => Some(header),
-            Err(_) => {
-                problems.push(key, format!("invalid header name {name:?}"));
-                None
-            }
-        })
-        .collect()
-}
-
 impl RawRoute {
     /// `earlier` are the routes before this one, whose names it must not reuse.
-    fn validate(self, index: usize, earlier: &[Route], p: &mut Problems) -> Option<Route> {
+    fn validate(
+        self,
+        index: usize,
+        earlier: &[Route],
+        targeted_fields: &[HeaderName],
+        p: &mut Problems,
+    ) -> Option<Route> {
         let key = |field: &str| format!("routes[{index}].{field}");
         let (path, matcher) = match self.path {
             None => {
@@ -195,6 +188,7 @@ impl RawRoute {
             forward,
             cookies,
             key_query,
+            targeted_fields: targeted_fields.to_vec(),
         })
     }
 }
@@ -346,7 +340,8 @@ pub(crate) fn test_route(name: &str, path: &str, key_headers: &[&str]) -> Route 
         ..RawRoute::default()
     };
     let mut problems = Problems::default();
-    let route = raw.validate(0, &[], &mut problems);
+    let targeted_fields = super::server::DEFAULT_TARGETED_FIELDS.map(HeaderName::from_static);
+    let route = raw.validate(0, &[], &targeted_fields, &mut problems);
     assert!(problems.0.is_empty(), "{:?}", problems.0);
     route.unwrap()
 }

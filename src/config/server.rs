@@ -3,10 +3,11 @@
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::Duration;
 
-use http::Uri;
+use http::{HeaderName, Uri, header};
 use serde::Deserialize;
 
-use super::{Problems, parse_duration, parse_positive_duration, parse_size};
+use super::{Problems, parse_duration, parse_header_names, parse_positive_duration, parse_size};
+use crate::cache::policy::{CDN_CACHE_CONTROL, SIDECACHE_CACHE_CONTROL};
 
 // [server]
 
@@ -179,6 +180,9 @@ pub const DEFAULT_NAMESPACE: &str = "default";
 pub const DEFAULT_MAX_OBJECT_SIZE: u64 = 8 * 1024 * 1024;
 /// Default time entries are kept once stale, for revalidation.
 pub const DEFAULT_KEEP_STALE: Duration = Duration::from_secs(600);
+/// Default targeted cache-control fields (RFC 9213), the most specific
+/// first: the one for sidecache alone, then the one for every CDN.
+pub const DEFAULT_TARGETED_FIELDS: [&str; 2] = [SIDECACHE_CACHE_CONTROL, CDN_CACHE_CONTROL];
 /// Default byte budget of the in-memory tier.
 pub const DEFAULT_MEMORY_CAPACITY: u64 = 256 * 1024 * 1024;
 /// Largest storable object: the in-memory tier weighs entries in `u32`.
@@ -190,6 +194,7 @@ pub(super) struct RawCache {
     max_object_size: Option<String>,
     keep_stale: Option<String>,
     host: Option<String>,
+    targeted_fields: Option<Vec<String>>,
     #[serde(default)]
     memory: RawMemory,
 }
@@ -213,6 +218,9 @@ pub struct CacheConfig {
     /// with (lowercased, without `:80`), so a fleet shares entries however
     /// its pods are addressed; `None` keys by the request's own host.
     pub host: Option<String>,
+    /// Fields whose directives override `Cache-Control` and `Expires` for
+    /// this cache (RFC 9213): the first one present and valid counts.
+    pub targeted_fields: Vec<HeaderName>,
     pub memory: MemoryConfig,
 }
 
@@ -253,6 +261,7 @@ impl RawCache {
                     None
                 }
             }),
+            targeted_fields: targeted_fields(self.targeted_fields, p),
             memory: MemoryConfig {
                 capacity: p.parse(
                     "cache.memory.capacity",
@@ -291,6 +300,29 @@ fn canonical_host(host: &str) -> Option<String> {
     Some(host.strip_suffix(":80").map_or(host.clone(), str::to_owned))
 }
 
+/// `cache.targeted_fields`: header names, each once, and not `Cache-Control`,
+/// the field they override.
+fn targeted_fields(names: Option<Vec<String>>, p: &mut Problems) -> Vec<HeaderName> {
+    const KEY: &str = "cache.targeted_fields";
+    let Some(names) = names else {
+        return DEFAULT_TARGETED_FIELDS
+            .map(HeaderName::from_static)
+            .to_vec();
+    };
+    let fields = parse_header_names(p, KEY, &names);
+    for (index, field) in fields.iter().enumerate() {
+        if field == header::CACHE_CONTROL {
+            p.push(
+                KEY,
+                "Cache-Control is the field targeted fields override; list only fields like \"CDN-Cache-Control\"",
+            );
+        } else if fields[..index].contains(field) {
+            p.push(KEY, format!("{:?} is listed twice", field.as_str()));
+        }
+    }
+    fields
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -308,6 +340,10 @@ mod tests {
         assert_eq!(config.cache.namespace, "default");
         assert_eq!(config.cache.max_object_size, 8 * 1024 * 1024);
         assert_eq!(config.cache.memory.capacity, 256 * 1024 * 1024);
+        assert_eq!(
+            config.cache.targeted_fields,
+            ["sidecache-cache-control", "cdn-cache-control"]
+        );
         assert!(config.routes.is_empty());
     }
 
@@ -394,6 +430,18 @@ mod tests {
             (
                 "[cache]\nhost = \"\"",
                 "cache.host: \"\" is not a host[:port]; e.g. \"shop.example.com\"",
+            ),
+            (
+                "[cache]\ntargeted_fields = [\"CDN Cache Control\"]",
+                "cache.targeted_fields: invalid header name \"CDN Cache Control\"",
+            ),
+            (
+                "[cache]\ntargeted_fields = [\"Cache-Control\"]",
+                "cache.targeted_fields: Cache-Control is the field targeted fields override; list only fields like \"CDN-Cache-Control\"",
+            ),
+            (
+                "[cache]\ntargeted_fields = [\"X-CC\", \"x-cc\"]",
+                "cache.targeted_fields: \"x-cc\" is listed twice",
             ),
             (
                 "[cache.memory]\ncapacity = \"-1\"",
