@@ -60,6 +60,10 @@ const MANAGED: [HeaderName; 6] = [
     header::RANGE,
 ];
 
+/// Headers about a request body, which a cacheable request never sends
+/// upstream: a `Content-Length` without its body would stall the origin.
+const UNSENT_BODY: [HeaderName; 2] = [header::CONTENT_LENGTH, header::EXPECT];
+
 /// The content codings this cache picks among, in its order of preference
 /// when the client weighs them alike.
 const CODINGS: [&str; 3] = ["br", "gzip", "identity"];
@@ -104,7 +108,7 @@ pub fn prepare(route: &Route, canonical_host: Option<&str>, parts: &mut Parts) {
 /// Whether a header of a cacheable request reaches the origin as it came
 /// (cookies are rebuilt from the keyed ones by the caller).
 fn forwards(route: &Route, name: &HeaderName) -> bool {
-    if MANAGED.contains(name) || name == header::COOKIE {
+    if MANAGED.contains(name) || UNSENT_BODY.contains(name) || name == header::COOKIE {
         return false;
     }
     match route.forward {
@@ -285,6 +289,8 @@ mod tests {
                 ("x-forwarded-proto", "https"),
                 ("cookie", "session=1"),
                 ("connection", "close"),
+                ("content-length", "5"),
+                ("expect", "100-continue"),
             ],
         );
         assert_eq!(

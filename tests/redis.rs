@@ -431,6 +431,68 @@ async fn three_pods_collapse_concurrent_misses_into_one_origin_fetch() {
     drop(cluster);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_canonical_host_pods_reached_by_different_names_share_every_entry() {
+    let cluster = Arc::new(blocking(RedisCluster::start).await);
+    let origin = Origin::start().await;
+    origin.on(
+        "/r/greeting",
+        support::Reply::ok()
+            .header("vary", "Accept-Language")
+            .echo("accept-language"),
+    );
+    let canonical = "[cache]\nhost = \"shop.example\"\n";
+    let a = proxy_on(&origin, &cluster.seeds(), canonical).await;
+    let b = proxy_on(&origin, &cluster.seeds(), canonical).await;
+    a.wait_redis_connected().await;
+    b.wait_redis_connected().await;
+    let paths = ["/r/page", "/r/greeting"];
+    let through = async |pod: &Proxy, host: &str, path: &str| {
+        pod.send("GET", path, &[("host", host), ("accept-language", "fr")])
+            .await
+    };
+    for path in paths {
+        let filled = through(&a, "10.0.0.7:8080", path).await;
+        assert_eq!(filled.cache_status(), "sidecache; fwd=miss; stored");
+    }
+    assert_eq!(origin.last_headers("/r/page")["host"], "shop.example");
+    // A plain response, and a variant with its index.
+    let c = cluster.clone();
+    eventually("the L2 writes", Duration::from_secs(5), async || {
+        let c = c.clone();
+        blocking(move || c.total_keys()).await == 3
+    })
+    .await;
+    for path in paths {
+        let shared = through(&b, "sidecache.shop.svc.cluster.local", path).await;
+        assert!(
+            shared.cache_status().ends_with("; detail=l2"),
+            "{path}: {}",
+            shared.cache_status()
+        );
+        assert_eq!(origin.hits(path), 1, "{path}");
+    }
+    assert_eq!(
+        through(&b, "localhost:8080", "/r/greeting").await.text(),
+        "/r/greeting #1 accept-language=fr"
+    );
+
+    // A purge through B, naming yet another host, reaches A's memory too.
+    assert_eq!(b.purge("http://pod-9:8080/r/page").await.status, 200);
+    eventually(
+        "A drops the purged page",
+        Duration::from_secs(5),
+        async || {
+            through(&a, "10.0.0.7:8080", "/r/page")
+                .await
+                .cache_status()
+                .contains("fwd=miss")
+        },
+    )
+    .await;
+    drop(cluster);
+}
+
 /// Two pods, A and B, on one standalone Redis (`deadlines`: extra `[redis]`
 /// keys), both connected and subscribed to invalidations, after A has
 /// fetched `path` and its L2 write has landed.
