@@ -7,6 +7,9 @@
 //!   Its outer handler matches the route and writes `Cache-Status`, metrics
 //!   and the access log from the [`proxy::Served`] the inner one returns.
 //! - [`route`]: the first route whose path pattern matches decides caching.
+//! - [`request`]: the request model: what a cacheable request sends the
+//!   origin (all end-to-end headers but the guard list; cookies, query and
+//!   host as the route and `cache.host` say), which is what `Vary` keys by.
 //! - [`cache::key`]: canonical, length-prefixed, hashed cache keys.
 //! - [`cache`]: the tiers facade: lookup ([`cache::memory`] is L1,
 //!   [`cache::redis`] the shared L2 with deadlines and a breaker), `admit`
