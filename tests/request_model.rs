@@ -369,3 +369,36 @@ async fn collapsed_requests_that_vary_get_their_own_variant() {
     assert!(b.text().ends_with("accept-language=es"), "{}", b.text());
     assert_eq!(origin.hits("/slow"), 4);
 }
+
+#[tokio::test]
+async fn a_coded_body_without_vary_is_still_kept_from_clients_that_did_not_accept_it() {
+    let origin = Origin::start().await;
+    // A common misconfiguration: compressed, but no `Vary: Accept-Encoding`.
+    origin.on(
+        "/coded",
+        Reply::ok()
+            .header("content-encoding", "gzip")
+            .echo("accept-encoding"),
+    );
+    let proxy = proxy(&origin, "").await;
+    let gzip = [("accept-encoding", "gzip")];
+    assert!(
+        proxy
+            .send("GET", "/coded", &gzip)
+            .await
+            .cache_status()
+            .contains("stored")
+    );
+    assert!(
+        proxy
+            .send("GET", "/coded", &gzip)
+            .await
+            .cache_status()
+            .contains("hit")
+    );
+    let plain = proxy
+        .send("GET", "/coded", &[("accept-encoding", "identity")])
+        .await;
+    assert_eq!(plain.cache_status(), "sidecache; fwd=vary-miss; stored");
+    assert_eq!(plain.text(), "/coded #2 accept-encoding=identity");
+}

@@ -324,6 +324,17 @@ fn to_store(
 ) -> (Entry, Option<Arc<Variants>>) {
     let mut names = request.key_headers.to_vec();
     names.extend(policy::vary_names(&head.headers).unwrap_or_default());
+    // A coded body is one coding's answer even when the origin forgot to
+    // say `Vary: Accept-Encoding`: keyed by it, no client gets a coding it
+    // did not accept.
+    let coded = head
+        .headers
+        .get_all(header::CONTENT_ENCODING)
+        .iter()
+        .any(|coding| !coding.as_bytes().eq_ignore_ascii_case(b"identity"));
+    if coded {
+        names.push(header::ACCEPT_ENCODING);
+    }
     let variants = (!names.is_empty()).then(|| match &prior.variants {
         Some(index) if index.selects_by(&names) => index.clone(),
         _ => Arc::new(Variants::new(request.url_key.clone(), names)),
@@ -707,6 +718,30 @@ mod tests {
         assert_eq!(entry.key, index.key_for(&ask.forwarded));
         assert_ne!(entry.key, ask.url_key);
         assert_eq!(entry.freshness_lifetime, MINUTE);
+
+        // A coded body varies on Accept-Encoding, said or not.
+        let gzip = head(
+            200,
+            &[
+                ("cache-control", "max-age=60"),
+                ("content-encoding", "gzip"),
+            ],
+        );
+        let decided = on_head(
+            &ask.presented(),
+            Plan::Full,
+            &Prior::default(),
+            &gzip,
+            times,
+        );
+        let OnHead::Store {
+            variants: Some(coded),
+            ..
+        } = decided
+        else {
+            panic!("stored as a variant: {decided:?}");
+        };
+        assert_eq!(coded.names, vec![header::ACCEPT_ENCODING]);
 
         // A URL known to vary reports a miss of this variant, and keeps its index.
         let prior = Prior {
