@@ -138,6 +138,11 @@ fn caused_by_timeout(error: &hyper_util::client::legacy::Error) -> bool {
     false
 }
 
+/// Whether `name` describes one connection and is never forwarded.
+pub fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name) || name == header::UPGRADE
+}
+
 /// Removes hop-by-hop headers, including those the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers

@@ -110,10 +110,11 @@ impl CacheableRequest {
         namespace: &str,
         canonical_host: Option<&str>,
         route: Arc<Route>,
+        client: SocketAddr,
         parts: &mut Parts,
     ) -> CacheableRequest {
         let client_headers = parts.headers.clone();
-        request::prepare(&route, canonical_host, parts);
+        request::prepare(&route, canonical_host, client, parts);
         let authorization = parts.headers.contains_key(header::AUTHORIZATION);
         let plan = Plan::new(
             parts.method == Method::HEAD,
@@ -358,7 +359,8 @@ impl Proxy {
         client: SocketAddr,
     ) -> Result<Served, Failed> {
         let canonical_host = self.canonical_host.as_deref();
-        let request = CacheableRequest::new(&self.namespace, canonical_host, route, &mut parts);
+        let request =
+            CacheableRequest::new(&self.namespace, canonical_host, route, client, &mut parts);
         let now = self.cache.now();
         let lookup = self
             .cache
@@ -368,7 +370,7 @@ impl Proxy {
         let prior = match decide::on_lookup(&presented, lookup, now) {
             OnLookup::Serve(entry, status) => return Ok(request.answer(&entry, status, now)),
             OnLookup::ServeAndRefresh(entry, status, prior) => {
-                self.refresh_in_background(&request, prior, client);
+                self.refresh_in_background(&request, prior);
                 return Ok(request.answer(&entry, status, now));
             }
             OnLookup::Refuse(status) => {
@@ -382,14 +384,15 @@ impl Proxy {
         if request.route.coalesce && request.plan.coalesces() {
             match self.cache.admit(request.flight(&prior)).await {
                 Admission::Lead(lead) => leader = Some(lead),
-                Admission::Collapsed(entry) => {
+                Admission::Collapsed(entry) if decide::may_answer(&presented, &entry) => {
                     let now = self.cache.now();
                     return Ok(request.answer(&entry, CacheStatus::Collapsed, now));
                 }
+                Admission::Collapsed(_) => {}
                 Admission::Alone => {}
             }
         }
-        self.fetch(&request, parts, prior, leader, client).await
+        self.fetch(&request, parts, prior, leader).await
     }
 
     /// Forwards a cacheable request the cache could not answer — with the
@@ -401,16 +404,12 @@ impl Proxy {
         mut parts: Parts,
         prior: Prior,
         leader: Option<Leader>,
-        client: SocketAddr,
     ) -> Result<Served, Failed> {
         let plan = request.prepare(&mut parts.headers, &prior);
         let presented = request.presented(self.max_object_size);
         let route = request.route.name.as_str();
         let sent = self.cache.now();
-        let response = match self
-            .send_upstream(parts, origin::no_body(), client, route)
-            .await
-        {
+        let response = match self.send_upstream(parts, origin::no_body(), route).await {
             Ok(response) => response,
             Err(error) => {
                 let now = self.cache.now();
@@ -508,12 +507,7 @@ impl Proxy {
     /// Refreshes a stale entry off the request path, unless a fetch for the
     /// same thing is already under way in this process (so once per key),
     /// or in the fleet (another pod stores it for everyone).
-    fn refresh_in_background(
-        self: &Arc<Self>,
-        request: &CacheableRequest,
-        prior: Prior,
-        client: SocketAddr,
-    ) {
+    fn refresh_in_background(self: &Arc<Self>, request: &CacheableRequest, prior: Prior) {
         if self.cache.in_flight(request.flight(&prior)) {
             return;
         }
@@ -530,10 +524,7 @@ impl Proxy {
                 // the next request that finds it stale tries again.
                 Admission::Alone => return,
             };
-            let result = match proxy
-                .fetch(&request, parts, prior, Some(leader), client)
-                .await
-            {
+            let result = match proxy.fetch(&request, parts, prior, Some(leader)).await {
                 // Reading the body to its end is what stores it.
                 Ok(Served { response, status }) => match response.into_body().collect().await {
                     Ok(_)
@@ -570,8 +561,10 @@ impl Proxy {
     ) -> Result<Served, Failed> {
         let unsafe_request = !parts.method.is_safe();
         let (host, uri) = (key::request_host(&parts), parts.uri.clone());
+        let mut parts = parts;
+        origin::add_forwarding_headers(&mut parts.headers, parts.version, client, &host);
         let response = self
-            .send_upstream(parts, body.boxed_unsync(), client, route)
+            .send_upstream(parts, body.boxed_unsync(), route)
             .await
             .map_err(Failed::with(status))?;
         let fine = response.status().is_success() || response.status().is_redirection();
@@ -615,19 +608,16 @@ impl Proxy {
             .remove(&CacheKey::for_url(&self.namespace, host, uri));
     }
 
-    /// Sends a request to the origin with hop-by-hop headers removed and
-    /// forwarding headers added, timing it into the request's span; the
-    /// response comes back cleaned the same way.
+    /// Sends a request to the origin (its forwarding headers already added)
+    /// with hop-by-hop headers removed, timing it into the request's span;
+    /// the response comes back cleaned the same way.
     async fn send_upstream(
         &self,
         mut parts: Parts,
         body: OriginBody,
-        client: SocketAddr,
         route: &str,
     ) -> Result<Response<Incoming>, ProxyError> {
-        let host = key::request_host(&parts);
         origin::strip_hop_by_hop(&mut parts.headers);
-        origin::add_forwarding_headers(&mut parts.headers, parts.version, client, &host);
         let version = parts.version;
         let started = Instant::now();
         let result = self.origin.send(Request::from_parts(parts, body)).await;

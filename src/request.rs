@@ -7,6 +7,7 @@
 //! saw can change a stored answer without being part of its key.
 
 use std::borrow::Cow;
+use std::net::SocketAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
@@ -22,21 +23,25 @@ use crate::route::{Cookies, Forward, KeyQuery, Route};
 /// CPDoS' method override), so on a cacheable route they reach the origin
 /// only when the route keys them. Sources: James Kettle's "Practical Web
 /// Cache Poisoning" and the CPDoS paper (Nguyen et al., 2019).
-pub static GUARDED: [HeaderName; 19] = [
+pub static GUARDED: [HeaderName; 23] = [
     // The URL (IIS, Symfony, Laravel, Zend).
     HeaderName::from_static("x-original-url"),
     HeaderName::from_static("x-rewrite-url"),
     HeaderName::from_static("x-override-url"),
     HeaderName::from_static("x-original-uri"),
+    HeaderName::from_static("x-forwarded-uri"),
+    HeaderName::from_static("x-forwarded-path"),
     // The method (CPDoS "HTTP method override").
     HeaderName::from_static("x-http-method-override"),
     HeaderName::from_static("x-http-method"),
     HeaderName::from_static("x-method-override"),
+    HeaderName::from_static("x-original-method"),
     // The host (absolute links, redirects, password-reset mails).
     HeaderName::from_static("x-host"),
     HeaderName::from_static("x-forwarded-host"),
     HeaderName::from_static("x-forwarded-server"),
     HeaderName::from_static("x-original-host"),
+    HeaderName::from_static("x-http-host-override"),
     header::FORWARDED,
     // The scheme, port and prefix (redirect loops, links to other origins).
     HeaderName::from_static("x-forwarded-proto"),
@@ -64,33 +69,58 @@ const MANAGED: [HeaderName; 6] = [
 /// upstream: a `Content-Length` without its body would stall the origin.
 const UNSENT_BODY: [HeaderName; 2] = [header::CONTENT_LENGTH, header::EXPECT];
 
+/// Content-negotiation lists whose items are case-insensitive and whose
+/// order means nothing beyond their q-values (RFC 9110 §12.4.2, §12.5):
+/// the origin gets, and the key compares, one canonical spelling of them.
+const NEGOTIATION: [HeaderName; 3] = [
+    header::ACCEPT,
+    header::ACCEPT_LANGUAGE,
+    header::ACCEPT_CHARSET,
+];
+
 /// The content codings this cache picks among, in its order of preference
 /// when the client weighs them alike.
 const CODINGS: [&str; 3] = ["br", "gzip", "identity"];
 
-/// Whether the guard list holds `name`.
+/// Whether the guard list holds `name`, also spelt with underscores: CGI,
+/// PHP and Django read `X_Original_URL` as `X-Original-URL`.
 pub fn is_guarded(name: &HeaderName) -> bool {
-    GUARDED.contains(name)
+    if name.as_str().contains('_') {
+        let dashed = name.as_str().replace('_', "-");
+        GUARDED.iter().any(|guarded| guarded.as_str() == dashed)
+    } else {
+        GUARDED.contains(name)
+    }
+}
+
+/// Whether the cache never forwards `name` on a cacheable request, whatever
+/// the route says: it manages conditions and ranges itself, sends no body,
+/// and hop-by-hop headers describe one connection.
+pub fn never_forwarded(name: &HeaderName) -> bool {
+    MANAGED.contains(name) || UNSENT_BODY.contains(name) || origin::is_hop_by_hop(name)
 }
 
 /// Turns a cacheable request into what the origin receives: its query cut
-/// to the parameters the route keys, its host made the canonical one (if
-/// the cache has one), and its headers as the route forwards them, with
-/// `Accept-Encoding` reduced to one coding.
-pub fn prepare(route: &Route, canonical_host: Option<&str>, parts: &mut Parts) {
+/// to the parameters the route keys, its host made the one it is keyed by
+/// (the canonical one, if the cache has one), its headers as the route
+/// forwards them with `Accept-Encoding` reduced to one coding and the other
+/// negotiation lists in canonical form, and the proxy's forwarding headers
+/// for `client`. Everything a `Vary` can select by is then in `parts`.
+pub fn prepare(route: &Route, canonical_host: Option<&str>, client: SocketAddr, parts: &mut Parts) {
     if let Some(uri) = keyed_uri(&parts.uri, &route.key_query) {
         parts.uri = uri;
     }
-    if let Some(host) = canonical_host {
-        // The origin and the key both see the canonical host, however the
-        // client addressed this pod.
-        if let Some(origin_form) = parts.uri.path_and_query().cloned() {
-            parts.uri = Uri::from(origin_form);
+    let host = match canonical_host {
+        Some(host) => {
+            // The origin and the key both see the canonical host, however
+            // the client addressed this pod.
+            if let Some(origin_form) = parts.uri.path_and_query().cloned() {
+                parts.uri = Uri::from(origin_form);
+            }
+            host.to_owned()
         }
-        if let Ok(value) = HeaderValue::from_str(host) {
-            parts.headers.insert(header::HOST, value);
-        }
-    }
+        None => key::request_host(parts),
+    };
     let cookie = match &route.cookies {
         Cookies::Key(names) => keyed_cookies(&parts.headers, names),
         Cookies::Bypass | Cookies::Strip => None,
@@ -103,6 +133,15 @@ pub fn prepare(route: &Route, canonical_host: Option<&str>, parts: &mut Parts) {
     if let Some(coding) = accept_encoding(&parts.headers) {
         parts.headers.insert(header::ACCEPT_ENCODING, coding);
     }
+    for name in NEGOTIATION {
+        if let Some(list) = negotiation_list(&parts.headers, &name) {
+            parts.headers.insert(name, list);
+        }
+    }
+    // A Host the key could not read (not visible ASCII, or none) must not
+    // reach the origin either: it then gets none, as the key has none.
+    parts.headers.remove(header::HOST);
+    origin::add_forwarding_headers(&mut parts.headers, parts.version, client, &host);
 }
 
 /// Whether a header of a cacheable request reaches the origin as it came
@@ -202,6 +241,77 @@ fn accept_encoding(headers: &HeaderMap) -> Option<HeaderValue> {
     Some(HeaderValue::from_static(best.0))
 }
 
+/// A negotiation list in one canonical line: items in canonical case
+/// (language tags as RFC 5646 §2.1.1 writes them, `fr-CH`; media types and
+/// charsets lowercase), no spaces around parameters, `q=1` implied and
+/// other weights in shortest form, sorted by weight (highest first, stably:
+/// items of equal weight keep their order, which many frameworks read as
+/// the client's preference). `None` when the field is absent. An item
+/// whose weight does not parse is kept, with weight 1.
+fn negotiation_list(headers: &HeaderMap, name: &HeaderName) -> Option<HeaderValue> {
+    let mut lines = headers.get_all(name).iter().peekable();
+    lines.peek()?;
+    let language = name == header::ACCEPT_LANGUAGE;
+    let mut items: Vec<(u16, String)> = lines
+        .flat_map(|line| line.as_bytes().split(|b| *b == b','))
+        .map(|item| String::from_utf8_lossy(item.trim_ascii()).into_owned())
+        .filter(|item| !item.is_empty())
+        .map(|item| {
+            let mut q = 1000;
+            let mut params: Vec<String> = Vec::new();
+            for (index, param) in item.split(';').map(str::trim).enumerate() {
+                let weight = param
+                    .split_once('=')
+                    .filter(|(key, _)| index > 0 && key.trim().eq_ignore_ascii_case("q"))
+                    .and_then(|(_, value)| qvalue(value.trim()));
+                match weight {
+                    Some(weight) => q = weight,
+                    None if index == 0 && language => params.push(language_case(param)),
+                    None => params.push(param.to_ascii_lowercase()),
+                }
+            }
+            if q < 1000 {
+                params.push(format!("q={}", f64::from(q) / 1000.0));
+            }
+            (q, params.join(";"))
+        })
+        .collect();
+    items.sort_by_key(|(q, _)| std::cmp::Reverse(*q));
+    let items: Vec<String> = items.into_iter().map(|(_, item)| item).collect();
+    HeaderValue::from_str(&items.join(", ")).ok()
+}
+
+/// A language tag in the case RFC 5646 §2.1.1 recommends: language
+/// lowercase, region uppercase, script titlecase, anything after a
+/// singleton (`x-`, `u-`) lowercase.
+fn language_case(tag: &str) -> String {
+    let mut after_singleton = false;
+    let subtags: Vec<String> = tag
+        .split('-')
+        .enumerate()
+        .map(|(index, subtag)| {
+            let lower = subtag.to_ascii_lowercase();
+            if index == 0 || after_singleton {
+                return lower;
+            }
+            match subtag.len() {
+                1 => {
+                    after_singleton = true;
+                    lower
+                }
+                2 => subtag.to_ascii_uppercase(),
+                4 if subtag.bytes().all(|b| b.is_ascii_alphabetic()) => {
+                    let mut title = lower;
+                    title[..1].make_ascii_uppercase();
+                    title
+                }
+                _ => lower,
+            }
+        })
+        .collect();
+    subtags.join("-")
+}
+
 /// A `name;q=0.5` list item as its lowercased name and its weight in
 /// thousandths; `None` for an empty item or an invalid weight.
 fn weighed(item: &str) -> Option<(String, u16)> {
@@ -216,10 +326,24 @@ fn weighed(item: &str) -> Option<(String, u16)> {
             continue;
         };
         if key.trim().eq_ignore_ascii_case("q") {
-            q = key::qvalue(value.trim())?;
+            q = qvalue(value.trim())?;
         }
     }
     Some((name, q))
+}
+
+/// An RFC 9110 §12.4.2 qvalue (`0`, `0.5`, `1.000`) in thousandths.
+fn qvalue(text: &str) -> Option<u16> {
+    let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
+    if fraction.len() > 3 || !fraction.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let thousandths = format!("{fraction:0<3}").parse::<u16>().ok()?;
+    match whole {
+        "0" => Some(thousandths),
+        "1" if thousandths == 0 => Some(1000),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -255,6 +379,18 @@ mod tests {
         assert_eq!(coding(&[]), None);
     }
 
+    #[test]
+    fn qvalues_rfc9110_12_4_2() {
+        assert_eq!(qvalue("1"), Some(1000));
+        assert_eq!(qvalue("1.000"), Some(1000));
+        assert_eq!(qvalue("0.5"), Some(500));
+        assert_eq!(qvalue("0.125"), Some(125));
+        assert_eq!(qvalue("0"), Some(0));
+        for bad in ["1.5", "2", "0.1234", "-1", "", "0.x"] {
+            assert_eq!(qvalue(bad), None, "{bad}");
+        }
+    }
+
     fn prepared(
         route: &Route,
         canonical: Option<&str>,
@@ -263,12 +399,26 @@ mod tests {
     ) -> Parts {
         let mut parts = http::Request::get(uri).body(()).unwrap().into_parts().0;
         parts.headers = headers(pairs);
-        prepare(route, canonical, &mut parts);
+        prepare(
+            route,
+            canonical,
+            "192.0.2.7:5555".parse().unwrap(),
+            &mut parts,
+        );
         parts
     }
 
+    /// The names the origin gets, sorted, without the proxy's own `Via`
+    /// and `X-Forwarded-For`.
     fn names(parts: &Parts) -> Vec<&str> {
-        parts.headers.keys().map(HeaderName::as_str).collect()
+        let mut names: Vec<&str> = parts
+            .headers
+            .keys()
+            .map(HeaderName::as_str)
+            .filter(|name| !["via", "x-forwarded-for"].contains(name))
+            .collect();
+        names.sort();
+        names
     }
 
     #[test]
@@ -285,6 +435,8 @@ mod tests {
                 ("if-none-match", "\"x\""),
                 ("range", "bytes=0-1"),
                 ("x-original-url", "/admin"),
+                ("x_original_url", "/admin"),
+                ("X-Forwarded-Uri", "/admin"),
                 ("x-forwarded-host", "evil.example"),
                 ("x-forwarded-proto", "https"),
                 ("cookie", "session=1"),
@@ -295,8 +447,18 @@ mod tests {
         );
         assert_eq!(
             names(&parts),
-            vec!["host", "traceparent", "x-forwarded-proto"]
+            vec![
+                "host",
+                "traceparent",
+                "x-forwarded-host",
+                "x-forwarded-proto"
+            ]
         );
+        // The forwarding headers describe what the key holds.
+        assert_eq!(parts.headers["x-forwarded-host"], "shop.example");
+        assert_eq!(parts.headers["x-forwarded-proto"], "https", "keyed");
+        assert_eq!(parts.headers["x-forwarded-for"], "192.0.2.7");
+        assert_eq!(parts.headers["via"], "1.1 sidecache");
     }
 
     #[test]
@@ -319,7 +481,14 @@ mod tests {
         );
         assert_eq!(
             names(&parts),
-            vec!["host", "accept-language", "user-agent", "authorization"]
+            vec![
+                "accept-language",
+                "authorization",
+                "host",
+                "user-agent",
+                "x-forwarded-host",
+                "x-forwarded-proto"
+            ]
         );
     }
 
@@ -339,6 +508,66 @@ mod tests {
         assert_eq!(parts.headers["cookie"], "ab=b; lang=fr");
         let none = prepared(&route, None, "/a", &[("cookie", "session=1")]);
         assert!(!none.headers.contains_key("cookie"));
+    }
+
+    #[test]
+    fn a_host_the_key_cannot_read_does_not_reach_the_origin() {
+        let route = test_route("r", "/**", &[]);
+        let mut parts = http::Request::get("/a").body(()).unwrap().into_parts().0;
+        parts.headers.insert(
+            header::HOST,
+            HeaderValue::from_bytes(b"evil\xff.example").unwrap(),
+        );
+        prepare(&route, None, "192.0.2.7:5555".parse().unwrap(), &mut parts);
+        assert!(!parts.headers.contains_key(header::HOST));
+        assert!(!parts.headers.contains_key("x-forwarded-host"));
+        assert_eq!(crate::cache::key::request_host(&parts), "");
+    }
+
+    #[test]
+    fn negotiation_lists_reach_the_origin_in_one_canonical_spelling_rfc9110_12_4_2() {
+        let route = test_route("r", "/**", &[]);
+        let list = |name: &str, values: &[&str]| {
+            let pairs: Vec<(&str, &str)> = values.iter().map(|v| (name, *v)).collect();
+            let parts = prepared(&route, None, "/a", &pairs);
+            parts.headers[name].to_str().unwrap().to_owned()
+        };
+        let fr = "fr-CH, fr;q=0.9, en;q=0.5";
+        assert_eq!(
+            list("accept-language", &["fr-ch, FR;q=0.90", "en;Q=0.5"]),
+            fr
+        );
+        assert_eq!(list("accept-language", &["en;q=0.50,FR-ch,fr;q=0.9"]), fr);
+        assert_eq!(
+            list("accept-language", &["fr-CH;q=1.000, fr;q=0.9, en;q=0.5"]),
+            fr
+        );
+        assert_eq!(
+            list(
+                "accept-language",
+                &["ZH-hant-tw, sr-latn, de-x-PRIVATE, *;q=0.1"]
+            ),
+            "zh-Hant-TW, sr-Latn, de-x-private, *;q=0.1"
+        );
+        // Equal weights keep their order: frameworks read it as preference.
+        assert_eq!(list("accept-language", &["fr, en"]), "fr, en");
+        assert_eq!(list("accept-language", &["en, fr"]), "en, fr");
+        // An invalid weight is kept as written, with weight 1.
+        assert_eq!(
+            list("accept-language", &["de;q=0.5, fr;q=x"]),
+            "fr;q=x, de;q=0.5"
+        );
+        assert_eq!(
+            list(
+                "accept",
+                &["Text/HTML; Level=1 ;q=0.5, */*;q=0.1", "application/json"]
+            ),
+            "application/json, text/html;level=1;q=0.5, */*;q=0.1"
+        );
+        assert_eq!(
+            list("accept-charset", &["UTF-8, iso-8859-1;q=0.5"]),
+            "utf-8, iso-8859-1;q=0.5"
+        );
     }
 
     #[test]

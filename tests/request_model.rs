@@ -67,16 +67,17 @@ async fn vary_accept_language_gives_one_variant_per_language_and_hits_for_repeat
     assert_eq!(ask("en").await.1, "/hello #2 accept-language=en");
     assert_eq!(
         ask("de;q=0.5, en-GB").await.1,
-        "/hello #3 accept-language=de;q=0.5, en-GB"
+        "/hello #3 accept-language=en-GB, de;q=0.5"
     );
     for (language, body) in [
         ("fr", "/hello #1 accept-language=fr"),
         ("en", "/hello #2 accept-language=en"),
         ("FR", "/hello #1 accept-language=fr"),
-        // Spelling, case and order by weight do not split variants.
+        // Spelling, case and order by weight do not split variants: the
+        // app gets one canonical spelling, the one the variant is keyed by.
         (
             "en-gb,de;q=0.50",
-            "/hello #3 accept-language=de;q=0.5, en-GB",
+            "/hello #3 accept-language=en-GB, de;q=0.5",
         ),
     ] {
         let (status, text) = ask(language).await;
@@ -213,14 +214,18 @@ async fn guarded_headers_reach_the_app_only_when_keyed() {
         .start()
         .await;
     let sent: Vec<(&str, &str)> = GUARDED.iter().map(|name| (name.as_str(), "evil")).collect();
-    proxy.send("GET", "/open/a", &sent).await;
+    // CGI, PHP and Django read `X_Original_URL` as `X-Original-URL`.
+    let underscored: Vec<String> = GUARDED
+        .iter()
+        .map(|name| name.as_str().replace('-', "_"))
+        .collect();
+    let underscored: Vec<(&str, &str)> = underscored.iter().map(|n| (n.as_str(), "evil")).collect();
+    proxy
+        .send("GET", "/open/a", &[sent.clone(), underscored].concat())
+        .await;
     let seen = origin.last_headers("/open/a");
-    for name in &GUARDED {
-        assert_ne!(
-            seen.get(name).map(|v| v.to_str().unwrap()),
-            Some("evil"),
-            "{name} reached the app unkeyed"
-        );
+    for (name, value) in &seen {
+        assert_ne!(value, "evil", "{name} reached the app unkeyed");
     }
     // The proxy's own forwarding headers describe what was keyed.
     assert_eq!(seen["x-forwarded-proto"], "http");
@@ -255,6 +260,22 @@ async fn guarded_headers_reach_the_app_only_when_keyed() {
     for name in &GUARDED {
         assert_eq!(seen[name], "evil", "{name} on a bypassed route");
     }
+}
+
+#[tokio::test]
+async fn a_vary_on_a_header_without_list_syntax_compares_it_byte_for_byte() {
+    let origin = Origin::start().await;
+    origin.on(
+        "/ua",
+        Reply::ok().header("vary", "User-Agent").echo("user-agent"),
+    );
+    let proxy = proxy(&origin, "").await;
+    let attacker = "Mozilla/5.0 (KHTML,like Gecko) Chrome/120";
+    let victim = "Mozilla/5.0 (KHTML, like Gecko) Chrome/120";
+    proxy.send("GET", "/ua", &[("user-agent", attacker)]).await;
+    let answer = proxy.send("GET", "/ua", &[("user-agent", victim)]).await;
+    assert_eq!(answer.cache_status(), "sidecache; fwd=vary-miss; stored");
+    assert_eq!(answer.text(), format!("/ua #2 user-agent={victim}"));
 }
 
 #[tokio::test]

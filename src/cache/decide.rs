@@ -144,13 +144,7 @@ pub enum OnLookup {
 /// Decides how a request uses what the lookup found.
 pub fn on_lookup(request: &Presented<'_>, lookup: Lookup, now: SystemTime) -> OnLookup {
     let Lookup { found, variants } = lookup;
-    // §3.5: credentials may only be answered by a shareable response.
-    let found = found.filter(|(entry, _)| {
-        !request.authorization
-            || request
-                .directives(&entry.headers)
-                .shareable_with_authorization()
-    });
+    let found = found.filter(|(entry, _)| may_answer(request, entry));
     let mut prior = Prior {
         stale: None,
         variants,
@@ -310,6 +304,17 @@ fn refresh(
         store: storable.is_ok(),
         status,
     })
+}
+
+/// Whether a stored response may answer this request at all: credentials
+/// may only be answered by a shareable one (RFC 9111 §3.5). Also asked of
+/// what another request's fetch stored, before a collapsed request uses it:
+/// another pod's request may have carried no credentials.
+pub fn may_answer(request: &Presented<'_>, entry: &Entry) -> bool {
+    !request.authorization
+        || request
+            .directives(&entry.headers)
+            .shareable_with_authorization()
 }
 
 /// The entry a storable response becomes (its body still to come), and the

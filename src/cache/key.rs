@@ -45,15 +45,17 @@ impl CacheKey {
     }
 
     /// The key of one variant of this URL key: the index's generation, then
-    /// each selecting header's name and normalised value (RFC 9111 §4.1), or
-    /// a marker when the request does not carry it.
+    /// each selecting header's name and lines as the origin gets them (RFC
+    /// 9111 §4.1), or a marker when the request does not carry it. The
+    /// request model has already put the fields whose syntax it knows
+    /// (`Accept-*`) into one canonical line; any other field is compared
+    /// byte for byte, since only its syntax could say what is equivalent.
     pub fn variant(&self, generation: u64, names: &[HeaderName], request: &HeaderMap) -> CacheKey {
         let mut key = KeyWriter(self.canonical.to_vec());
         key.part(b"variant");
         key.part(&generation.to_be_bytes());
         for name in names {
-            key.part(name.as_str().as_bytes());
-            key.optional_part(normalised_values(request, name).as_deref());
+            key.field(request, name);
         }
         key.finish()
     }
@@ -74,8 +76,7 @@ impl CacheKey {
         let mut key = KeyWriter(self.canonical.to_vec());
         key.part(b"flight");
         for name in names {
-            key.part(name.as_str().as_bytes());
-            key.optional_part(normalised_values(forwarded, name).as_deref());
+            key.field(forwarded, name);
         }
         *blake3::hash(&key.0).as_bytes()
     }
@@ -121,10 +122,20 @@ impl KeyWriter {
         self.0.extend_from_slice(bytes);
     }
 
-    fn optional_part(&mut self, bytes: Option<&[u8]>) {
-        match bytes {
-            Some(bytes) => self.part(bytes),
-            None => self.0.extend_from_slice(&ABSENT.to_be_bytes()),
+    /// A header's name, then its number of lines and each line, or a
+    /// marker for "absent" (which differs from one empty line).
+    fn field(&mut self, headers: &HeaderMap, name: &HeaderName) {
+        self.part(name.as_str().as_bytes());
+        let lines = headers.get_all(name);
+        let count = lines.iter().count();
+        if count == 0 {
+            self.0.extend_from_slice(&ABSENT.to_be_bytes());
+            return;
+        }
+        // Bounded by hyper's header count limit, far below u32::MAX.
+        self.part(&u32::try_from(count).unwrap_or(u32::MAX).to_be_bytes());
+        for line in lines {
+            self.part(line.as_bytes());
         }
     }
 
@@ -164,64 +175,6 @@ fn host_of(uri: &Uri, headers: &HeaderMap) -> String {
         .unwrap_or("");
     let host = raw.strip_suffix(":80").unwrap_or(raw);
     host.to_ascii_lowercase()
-}
-
-/// Content-negotiation lists whose items are case-insensitive and whose
-/// order means nothing beyond their q-values (RFC 9110 §12.4.2, §12.5).
-const NEGOTIATION: [HeaderName; 3] = [
-    http::header::ACCEPT,
-    http::header::ACCEPT_LANGUAGE,
-    http::header::ACCEPT_CHARSET,
-];
-
-/// All values of a field as one list, with the whitespace around its commas
-/// removed, so that `a, b`, `a,b` and two lines `a` and `b` select the same
-/// variant (RFC 9111 §4.1). Negotiation lists are also lowercased and
-/// ordered by weight, so `en;q=0.5, FR` and `fr, en;q=0.5` select the same
-/// variant too; items of equal weight keep their order, which many
-/// frameworks read as the client's preference.
-fn normalised_values(headers: &HeaderMap, name: &HeaderName) -> Option<Vec<u8>> {
-    let mut values = headers.get_all(name).iter().peekable();
-    values.peek()?;
-    let items = values.flat_map(|value| value.as_bytes().split(|b| *b == b','));
-    if NEGOTIATION.contains(name) {
-        return Some(negotiation_list(items));
-    }
-    let items: Vec<&[u8]> = items.map(<[u8]>::trim_ascii).collect();
-    Some(items.join(&b","[..]))
-}
-
-/// The items of a negotiation list lowercased, without spaces around their
-/// parameters, sorted by q-value (highest first, stably), `q=1` implied.
-/// An item whose q-value is invalid is kept as written, with weight 1.
-fn negotiation_list<'a>(items: impl Iterator<Item = &'a [u8]>) -> Vec<u8> {
-    let mut weighed: Vec<(u16, String)> = items
-        .map(|item| String::from_utf8_lossy(item.trim_ascii()).to_ascii_lowercase())
-        .filter(|item| !item.is_empty())
-        .map(|item| {
-            let mut q = 1000;
-            let mut params = Vec::new();
-            for (index, param) in item.split(';').map(str::trim).enumerate() {
-                match param.split_once('=') {
-                    Some(("q", value)) if index > 0 => {
-                        if let Some(weight) = qvalue(value.trim()) {
-                            q = weight;
-                            continue;
-                        }
-                        params.push(param.to_owned());
-                    }
-                    _ => params.push(param.to_owned()),
-                }
-            }
-            if q < 1000 {
-                params.push(format!("q={}", f64::from(q) / 1000.0));
-            }
-            (q, params.join(";"))
-        })
-        .collect();
-    weighed.sort_by_key(|(q, _)| std::cmp::Reverse(*q));
-    let items: Vec<String> = weighed.into_iter().map(|(_, item)| item).collect();
-    items.join(",").into_bytes()
 }
 
 /// RFC 3986 §6.2.2 normalisation that never changes what the origin sees:
@@ -283,20 +236,6 @@ pub fn canonical_query(query: &str) -> String {
 /// The name of a `name=value` query pair.
 pub fn pair_name(pair: &str) -> &str {
     pair.split_once('=').map_or(pair, |(name, _)| name)
-}
-
-/// An RFC 9110 §12.4.2 qvalue (`0`, `0.5`, `1.000`) in thousandths.
-pub fn qvalue(text: &str) -> Option<u16> {
-    let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
-    if fraction.len() > 3 || !fraction.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let thousandths = format!("{fraction:0<3}").parse::<u16>().ok()?;
-    match whole {
-        "0" => Some(thousandths),
-        "1" if thousandths == 0 => Some(1000),
-        _ => None,
-    }
 }
 
 /// The same-host target a `Location` or `Content-Location` value points at
@@ -377,59 +316,15 @@ mod tests {
         assert_ne!(absent, empty);
         assert_ne!(empty, en);
         assert_ne!(url, absent);
-        // Whitespace around commas does not split variants.
-        assert_eq!(en, variant(1, &[("accept-language", "en,de")]));
+        // Compared byte for byte: only the request model knows which
+        // fields' spellings are equivalent, and it forwards one of them.
+        assert_ne!(en, variant(1, &[("accept-language", "en,de")]));
         let mut two_lines = headers(&[("accept-language", "en")]);
         two_lines.append("accept-language", "de".parse().unwrap());
-        assert_eq!(en, url.variant(1, &names, &two_lines));
+        assert_ne!(en, url.variant(1, &names, &two_lines));
+        assert_ne!(en, variant(1, &[("accept-language", "en, de, ")]));
         // Another generation is another key: old variants are orphaned.
         assert_ne!(en, variant(2, &[("accept-language", "en, de")]));
-    }
-
-    #[test]
-    fn negotiation_lists_select_by_weight_not_by_spelling_rfc9110_12_4_2() {
-        let url = key("/a");
-        let names = [header_name("accept-language"), header_name("accept")];
-        let variant = |pairs: &[(&str, &str)]| url.variant(1, &names, &headers(pairs));
-        let fr = variant(&[("accept-language", "fr-CH, fr;q=0.9, en;q=0.5")]);
-        assert_eq!(
-            fr,
-            variant(&[("accept-language", "en;q=0.50,FR-ch,fr;Q=0.9")])
-        );
-        assert_eq!(
-            fr,
-            variant(&[("accept-language", "fr-ch;q=1.0, fr;q=0.900, en;q=0.5")])
-        );
-        // An invalid weight is kept as written.
-        assert_ne!(
-            variant(&[("accept-language", "fr;q=x")]),
-            variant(&[("accept-language", "fr")])
-        );
-        assert_eq!(
-            variant(&[("accept-language", "fr;q=1, en")]),
-            variant(&[("accept-language", "FR,  en")])
-        );
-        // Equal weights keep their order: frameworks read it as preference.
-        assert_ne!(
-            variant(&[("accept-language", "fr, en")]),
-            variant(&[("accept-language", "en, fr")])
-        );
-        // Media-type parameters other than q stay part of the item.
-        assert_ne!(
-            variant(&[("accept", "text/html;level=1")]),
-            variant(&[("accept", "text/html")])
-        );
-        assert_eq!(
-            negotiation_list(
-                [
-                    &b"Text/HTML; Level=1 ;q=0.5"[..],
-                    b" */*;q=0.1",
-                    b"application/json"
-                ]
-                .into_iter()
-            ),
-            b"application/json,text/html;level=1;q=0.5,*/*;q=0.1".to_vec()
-        );
     }
 
     #[test]
@@ -461,18 +356,6 @@ mod tests {
         );
         assert_eq!(target("http://other.example/items/4"), None);
         assert_eq!(target("items/5"), None);
-    }
-
-    #[test]
-    fn qvalues_rfc9110_12_4_2() {
-        assert_eq!(qvalue("1"), Some(1000));
-        assert_eq!(qvalue("1.000"), Some(1000));
-        assert_eq!(qvalue("0.5"), Some(500));
-        assert_eq!(qvalue("0.125"), Some(125));
-        assert_eq!(qvalue("0"), Some(0));
-        for bad in ["1.5", "2", "0.1234", "-1", "", "0.x"] {
-            assert_eq!(qvalue(bad), None, "{bad}");
-        }
     }
 
     #[test]

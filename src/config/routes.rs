@@ -156,6 +156,17 @@ impl RawRoute {
             );
         }
         let forward_headers = parse_header_names(p, &key("forward_headers"), &self.forward_headers);
+        for (field, names) in [
+            ("key_headers", &key_headers),
+            ("forward_headers", &forward_headers),
+        ] {
+            if let Some(name) = names.iter().find(|h| request::never_forwarded(h)) {
+                p.push(
+                    key(field),
+                    format!("{name:?} never reaches the origin on a cacheable request (the cache handles it)"),
+                );
+            }
+        }
         if let Some(guarded) = forward_headers.iter().find(|h| request::is_guarded(h)) {
             p.push(
                 key("forward_headers"),
@@ -264,6 +275,13 @@ fn key_query(raw: Option<RawKeyQuery>, key: &str, p: &mut Problems) -> KeyQuery 
     };
     match (raw.ignore, raw.only) {
         (Some(ignore), None) => KeyQuery::Ignore(globs(&ignore, p)),
+        (None, Some(only)) if only.is_empty() => {
+            p.push(
+                key,
+                "only = [] keeps no parameter; to drop them all say ignore = [\"*\"]",
+            );
+            KeyQuery::All
+        }
         (None, Some(only)) => KeyQuery::Only(globs(&only, p)),
         (Some(_), Some(_)) => {
             p.push(key, "use either ignore or only, not both");
@@ -482,6 +500,18 @@ mod tests {
             (
                 "[[routes]]\npath = \"/a\"\nkey_query = { ignore = [\"utm_*\"], only = [\"page\"] }",
                 "routes[0].key_query: use either ignore or only, not both",
+            ),
+            (
+                "[[routes]]\npath = \"/a\"\nkey_query = { only = [] }",
+                "routes[0].key_query: only = [] keeps no parameter; to drop them all say ignore = [\"*\"]",
+            ),
+            (
+                "[[routes]]\npath = \"/a\"\nkey_headers = [\"Range\"]",
+                "routes[0].key_headers: \"range\" never reaches the origin on a cacheable request (the cache handles it)",
+            ),
+            (
+                "[[routes]]\npath = \"/a\"\nforward = \"declared\"\nforward_headers = [\"connection\"]",
+                "routes[0].forward_headers: \"connection\" never reaches the origin on a cacheable request (the cache handles it)",
             ),
             (
                 "[[routes]]\npath = \"/a\"\nkey_query = {}",

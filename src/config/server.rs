@@ -289,11 +289,27 @@ impl RawCache {
     }
 }
 
-/// `host` as an authority with no user info, no path and a host part,
-/// lowercased and without the default port: the form keys use.
+/// `host` as an authority: a DNS name or an IP address, and a port
+/// (1-65535) only if one is written; lowercased and without the default
+/// port, the form keys use. `None` for anything else.
 fn canonical_host(host: &str) -> Option<String> {
     let authority: http::uri::Authority = host.parse().ok()?;
-    if authority.as_str().contains('@') || authority.host().is_empty() {
+    let name = authority.host();
+    let name_ok = match name.strip_prefix('[').and_then(|n| n.strip_suffix(']')) {
+        Some(ip) => ip.parse::<std::net::Ipv6Addr>().is_ok(),
+        None => {
+            name.bytes()
+                .next()
+                .is_some_and(|b| b.is_ascii_alphanumeric())
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        }
+    };
+    // Anything after the host must be a whole, non-zero port.
+    let has_port = authority.as_str().len() > name.len();
+    let port_ok = !has_port || authority.port_u16().is_some_and(|port| port > 0);
+    if !name_ok || !port_ok {
         return None;
     }
     let host = authority.as_str().to_ascii_lowercase();
@@ -332,6 +348,18 @@ mod tests {
     fn defaults_fill_everything_but_the_origin() {
         let config = config(MINIMAL).unwrap();
         assert_eq!(config.cache.host, None);
+        for (written, canonical) in [
+            ("Shop.Example.com:80", "shop.example.com"),
+            ("shop.example.com:8443", "shop.example.com:8443"),
+            ("10.0.0.7", "10.0.0.7"),
+            ("[::1]:8080", "[::1]:8080"),
+        ] {
+            assert_eq!(
+                canonical_host(written).as_deref(),
+                Some(canonical),
+                "{written}"
+            );
+        }
         assert_eq!(config.server.listen, DEFAULT_LISTEN);
         assert_eq!(config.server.admin_listen, DEFAULT_ADMIN_LISTEN);
         assert_eq!(config.server.shutdown_grace, DEFAULT_SHUTDOWN_GRACE);
@@ -430,6 +458,42 @@ mod tests {
             (
                 "[cache]\nhost = \"\"",
                 "cache.host: \"\" is not a host[:port]; e.g. \"shop.example.com\"",
+            ),
+            (
+                "[cache]\nhost = \"shop:abc\"",
+                "cache.host: \"shop:abc\" is not a host[:port]; e.g. \"shop.example.com\"",
+            ),
+            (
+                "[cache]\nhost = \"shop:99999\"",
+                "cache.host: \"shop:99999\" is not a host[:port]; e.g. \"shop.example.com\"",
+            ),
+            (
+                "[cache]\nhost = \"shop:\"",
+                "cache.host: \"shop:\" is not a host[:port]; e.g. \"shop.example.com\"",
+            ),
+            (
+                "[cache]\nhost = \"shop:0\"",
+                "cache.host: \"shop:0\" is not a host[:port]; e.g. \"shop.example.com\"",
+            ),
+            (
+                "[cache]\nhost = \"*\"",
+                "cache.host: \"*\" is not a host[:port]; e.g. \"shop.example.com\"",
+            ),
+            (
+                "[cache]\nhost = \"-\"",
+                "cache.host: \"-\" is not a host[:port]; e.g. \"shop.example.com\"",
+            ),
+            (
+                "[cache]\nhost = \"shop example\"",
+                "cache.host: \"shop example\" is not a host[:port]; e.g. \"shop.example.com\"",
+            ),
+            (
+                "[cache]\nhost = \"shop/x\"",
+                "cache.host: \"shop/x\" is not a host[:port]; e.g. \"shop.example.com\"",
+            ),
+            (
+                "[cache]\nhost = \"[::zz]\"",
+                "cache.host: \"[::zz]\" is not a host[:port]; e.g. \"shop.example.com\"",
             ),
             (
                 "[cache]\ntargeted_fields = [\"CDN Cache Control\"]",
