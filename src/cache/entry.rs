@@ -91,12 +91,35 @@ pub fn refreshed(
 /// every answer), nor fields named by `private="..."` or `no-cache="..."`
 /// (RFC 9111 §5.2.2.4, §5.2.2.7) in the directives this cache acts on.
 pub fn storable_headers(headers: &HeaderMap, targeted: &[HeaderName]) -> HeaderMap {
-    let mut stored = headers.clone();
+    let mut stored = compact(headers);
     stored.remove(header::AGE);
     let cc = CacheControl::parse_response(headers, targeted);
     validation::strip_fields(&mut stored, &cc.private_fields);
     validation::strip_fields(&mut stored, &cc.no_cache_fields);
     stored
+}
+
+/// A copy of `headers` whose values live in one allocation of their own.
+/// hyper parses header values as slices of the connection's read buffer
+/// (8 KiB and more): a stored copy that kept those slices would pin a whole
+/// buffer per entry, many times what the cache weighs it at.
+fn compact(headers: &HeaderMap) -> HeaderMap {
+    let total = headers.values().map(HeaderValue::len).sum();
+    let mut buffer = BytesMut::with_capacity(total);
+    for value in headers.values() {
+        buffer.extend_from_slice(value.as_bytes());
+    }
+    let mut values = buffer.freeze();
+    let mut compacted = HeaderMap::with_capacity(headers.keys_len());
+    for (name, value) in headers {
+        let own = values.split_to(value.len());
+        // The bytes were a valid value a moment ago; keep the original
+        // (and its sharing) in the impossible case they are not.
+        let mut own = HeaderValue::from_maybe_shared(own).unwrap_or_else(|_| value.clone());
+        own.set_sensitive(value.is_sensitive());
+        compacted.append(name.clone(), own);
+    }
+    compacted
 }
 
 /// What one tier key holds: a response, or the index of a URL's variants.
@@ -378,6 +401,30 @@ mod tests {
             initial_age: Duration::from_secs(3),
             freshness_lifetime: Duration::from_secs(60),
         }
+    }
+
+    #[test]
+    fn stored_headers_do_not_pin_the_buffer_they_were_parsed_from() {
+        // As hyper parses them: values are slices of the read buffer.
+        let buffer = Bytes::from(vec![b'a'; 8192]);
+        let mut parsed = HeaderMap::new();
+        parsed.insert(
+            "etag",
+            HeaderValue::from_maybe_shared(buffer.slice(0..4)).unwrap(),
+        );
+        parsed.append(
+            "x-a",
+            HeaderValue::from_maybe_shared(buffer.slice(4..6)).unwrap(),
+        );
+        parsed.append("x-a", HeaderValue::from_static("b"));
+        let stored = storable_headers(&parsed, &[]);
+        assert_eq!(stored, parsed);
+        let within = |value: &HeaderValue| {
+            let at = value.as_bytes().as_ptr() as usize;
+            let start = buffer.as_ptr() as usize;
+            (start..start + buffer.len()).contains(&at)
+        };
+        assert!(stored.values().all(|value| !within(value)));
     }
 
     #[test]
