@@ -23,19 +23,25 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-seconds=${BENCH_SECONDS:-10}
-rounds=${BENCH_ROUNDS:-3}
-warmup=2
+seconds=${BENCH_SECONDS:-}
+rounds=${BENCH_ROUNDS:-}
 quick=""
 while [ $# -gt 0 ]; do
     case $1 in
-        --quick) quick=1; seconds=3; warmup=1; rounds=1 ;;
-        --rounds) rounds=$2; shift ;;
+        --quick) quick=1 ;;
+        --rounds) rounds=${2:-}; shift ;;
         -h | --help) sed -n '2,22p' "$0"; exit 0 ;;
         *) seconds=$1 ;;
     esac
     shift
 done
+if [ -n "$quick" ]; then
+    seconds=${seconds:-3} rounds=${rounds:-1} warmup=1
+else
+    seconds=${seconds:-10} rounds=${rounds:-3} warmup=2
+fi
+[[ $seconds =~ ^[1-9][0-9]*$ && $rounds =~ ^[1-9][0-9]*$ ]] ||
+    { echo "usage: bench/compare.sh [--quick] [--rounds N] [SECONDS]" >&2; exit 64; }
 command_line="bench/compare.sh${quick:+ --quick} --rounds $rounds $seconds"
 
 # wrk's load, the same for every HTTP cell: two client threads (the
