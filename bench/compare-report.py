@@ -4,7 +4,8 @@
 
 RAW has one line per cell and round, as compare.sh writes it:
 round, path, server, req/s, p50, p99 (wrk's units), requests, server CPU
-ticks, backend CPU ticks, origin fetches, non-2xx responses, socket errors.
+ticks, backend CPU ticks, origin fetches, origin connections accepted,
+non-2xx responses, socket errors; in the order the cells ran.
 Prints the markdown table to stdout too. Standard library only: the chart
 is SVG written by hand.
 """
@@ -52,7 +53,7 @@ def read_cells(raw_path, clk_tck):
     """{(path, server): [one dict per round]}"""
     cells = {}
     with open(raw_path) as raw:
-        for line in raw:
+        for order, line in enumerate(raw):
             f = line.rstrip("\n").split("\t")
             requests = int(f[6])
             cell = {
@@ -65,8 +66,10 @@ def read_cells(raw_path, clk_tck):
                 "cpu": int(f[7]) * 1e6 / clk_tck / requests,
                 "backend_cpu": int(f[8]) * 1e6 / clk_tck / requests,
                 "fetches": int(f[9]) / requests,
-                "non2xx": int(f[10]),
-                "errors": f[11],
+                "origin_conns": int(f[10]),
+                "non2xx": int(f[11]),
+                "errors": f[12],
+                "order": order,
             }
             cells.setdefault((f[1], f[2]), []).append(cell)
     return cells
@@ -140,15 +143,15 @@ def markdown_table(rows, rounds):
 
 def rounds_table(cells):
     lines = [
-        "| round | path | server | req/s | p50 / p99 ms | CPU µs/req | backend CPU µs/req | origin fetches/req | non-2xx | socket errors |",
-        "|--:|---|---|--:|--:|--:|--:|--:|--:|---|",
+        "| round | path | server | req/s | p50 / p99 ms | CPU µs/req | backend CPU µs/req"
+        " | origin fetches/req | new origin conns | non-2xx | socket errors |",
+        "|--:|---|---|--:|--:|--:|--:|--:|--:|--:|---|",
     ]
-    flat = sorted(((c["round"], path, server, c) for (path, server), cs in cells.items() for c in cs),
-                  key=lambda t: (t[0], t[1], t[2]))
-    for rnd, path, server, c in flat:
+    ran = sorted(((c["order"], path, server, c) for (path, server), cs in cells.items() for c in cs))
+    for _, path, server, c in ran:
         lines.append(
-            f"| {rnd} | {path} | {server} | {c['rps']:.0f} | {c['p50']:.2f} / {c['p99']:.2f} | {c['cpu']:.1f}"
-            f" | {c['backend_cpu']:.1f} | {c['fetches']:.3f} | {c['non2xx']} | {c['errors']} |"
+            f"| {c['round']} | {path} | {server} | {c['rps']:.0f} | {c['p50']:.2f} / {c['p99']:.2f} | {c['cpu']:.1f}"
+            f" | {c['backend_cpu']:.1f} | {c['fetches']:.3f} | {c['origin_conns']} | {c['non2xx']} | {c['errors']} |"
         )
     return "\n".join(lines)
 
@@ -286,8 +289,9 @@ def main():
         "",
         rounds_table(cells),
         "",
-        "Backend CPU: the origin's (or, for the Redis hit, redis-server's) per request. Origin fetches/req: "
-        "0 for a hit, 1 for pass-through and fill.",
+        "In the order they ran. Backend CPU: the origin's (or, for the Redis hit, redis-server's) per request. "
+        "Origin fetches/req: 0 for a hit, 1 for pass-through and fill. New origin conns: connections the origin "
+        "accepted during the cell (0 when the proxy reuses its pool).",
     ]
     if problems:
         md += ["", "## Warnings", ""] + [f"- {p}" for p in problems]

@@ -193,8 +193,10 @@ $(nginx_http_common "$dir")
         keepalive 64;
         keepalive_requests 1000000;
     }
-    # Room for every URL the fill cells create (about 8000 keys per MiB).
-    proxy_cache_path $dir/cache levels=1:2 keys_zone=bench:128m max_size=2g inactive=1h use_temp_path=off;
+    # The same 1 GiB budget as sidecache's L1 (each counts its own way:
+    # nginx in file blocks); keys for every URL the fill cells create
+    # (about 8000 per MiB of zone).
+    proxy_cache_path $dir/cache levels=1:2 keys_zone=bench:128m max_size=1g inactive=1h use_temp_path=off;
     proxy_http_version 1.1;
     proxy_set_header Connection "";
     server {
@@ -238,8 +240,8 @@ start_sidecache() { # NAME PORT
     wait_for_port "$2" "$1" "$!"
 }
 
-# The memory-tier sidecache: one route per path kind. 1 GiB of L1 holds
-# every URL the fill cells create, so the hit cells' entries stay.
+# The memory-tier sidecache: one route per path kind, and the same 1 GiB
+# budget as nginx's cache.
 start_sidecache_memory() {
     cat >"$work/sidecache.toml" <<TOML
 [server]
@@ -370,10 +372,11 @@ cpu_ticks() { # PID
     echo "$total"
 }
 
-# Requests the origin has answered so far (stub_status), to tell hits from
-# fetches in each cell.
-origin_requests() {
-    curl -sf "http://127.0.0.1:$origin_port/nginx_status" | awk 'NR == 3 { print $3 }'
+# Connections the origin has accepted and requests it has answered so far
+# (stub_status): tells hits from fetches in each cell, and whether a proxy
+# reuses its upstream connections.
+origin_counters() {
+    curl -sf "http://127.0.0.1:$origin_port/nginx_status" | awk 'NR == 3 { print $1, $3 }'
 }
 
 # One HTTP cell: a warm-up, then the measured wrk run with the server's CPU
@@ -400,13 +403,16 @@ http_cell() { # ROUND PATH SERVER
     "${load[@]}" -d"${warmup}s" "$url" "${fill_args[@]}" >/dev/null
     [ "$path" != fill ] || fill_args=(-- "r$round$server")
 
-    local cpu0 backend0 origin0 out
-    cpu0=$(cpu_ticks "$pid"); backend0=$(cpu_ticks "$backend"); origin0=$(origin_requests)
+    local cpu0 backend0 conns0 fetched0 conns1 fetched1 out
+    cpu0=$(cpu_ticks "$pid"); backend0=$(cpu_ticks "$backend")
+    read -r conns0 fetched0 < <(origin_counters)
     out=$("${load[@]}" -d"${seconds}s" --latency "$url" "${fill_args[@]}")
     local cpu=$(($(cpu_ticks "$pid") - cpu0)) backend_cpu=$(($(cpu_ticks "$backend") - backend0))
-    local fetched=$(($(origin_requests) - origin0 - 1)) # less our own status request
+    read -r conns1 fetched1 < <(origin_counters)
+    # Less our own status request, and its connection.
+    local conns=$((conns1 - conns0 - 1)) fetched=$((fetched1 - fetched0 - 1))
     echo "$out" | awk -v round="$round" -v path="$path" -v server="$server" \
-        -v cpu="$cpu" -v backend="$backend_cpu" -v fetched="$fetched" '
+        -v cpu="$cpu" -v backend="$backend_cpu" -v fetched="$fetched" -v conns="$conns" '
         / requests in / { requests = $1 }
         /^Requests\/sec:/ { rps = $2 }
         /^ +50% / { p50 = $2 }
@@ -415,7 +421,7 @@ http_cell() { # ROUND PATH SERVER
         /Socket errors:/ { sub(/^ *Socket errors: */, ""); errors = $0 }
         END {
             OFS = "\t"
-            print round, path, server, rps, p50, p99, requests, cpu, backend, fetched, bad + 0, errors == "" ? "-" : errors
+            print round, path, server, rps, p50, p99, requests, cpu, backend, fetched, conns, bad + 0, errors == "" ? "-" : errors
         }' >>"$raw"
     report_cell
 }
@@ -433,7 +439,7 @@ redis_benchmark_cell() { # ROUND
     local cpu=$(($(cpu_ticks "$redis_pid") - cpu0))
     # CSV: test, rps, avg, min, p50, p95, p99, max (latencies in ms)
     echo "$out" | awk -F'"' -v round="$1" -v requests="$requests" -v cpu="$cpu" '
-        NR == 2 { OFS = "\t"; print round, "redis", "redis-benchmark", $4, $10 "ms", $14 "ms", requests, cpu, 0, 0, 0, "-" }' >>"$raw"
+        NR == 2 { OFS = "\t"; print round, "redis", "redis-benchmark", $4, $10 "ms", $14 "ms", requests, cpu, 0, 0, 0, 0, "-" }' >>"$raw"
     report_cell
 }
 
@@ -497,7 +503,12 @@ main() {
 
     trap cleanup EXIT
     trap 'exit 130' INT TERM
-    work=$(mktemp -d "${TMPDIR:-/tmp}/sidecache-compare.XXXXXX")
+    # On tmpfs when there is one, so that nginx's proxy_cache, which is
+    # files, is in memory like sidecache's and the fill cells measure nginx
+    # rather than the disk (on this VM's disk its first fill ran 3-5x slower).
+    local base=${TMPDIR:-/tmp}
+    [ ! -w /dev/shm ] || base=/dev/shm
+    work=$(mktemp -d "$base/sidecache-compare.XXXXXX")
     # Started by root, nginx's workers run as nobody and must reach the files.
     chmod 755 "$work"
     raw=$work/raw.tsv
