@@ -194,9 +194,14 @@ $(nginx_http_common "$dir")
         keepalive_requests 1000000;
     }
     # The same 1 GiB budget as sidecache's L1 (each counts its own way:
-    # nginx in file blocks); keys for every URL the fill cells create
-    # (about 8000 per MiB of zone).
-    proxy_cache_path $dir/cache levels=1:2 keys_zone=bench:128m max_size=1g inactive=1h use_temp_path=off;
+    # nginx in file blocks, about 250k files here), keys for four times as
+    # many (about 8000 per MiB). The fill cells add 30k+ entries a second;
+    # nginx's cache manager removes at most manager_files per pass (100 by
+    # default, about 2000 a second), so with the default the cache outgrows
+    # max_size, fills the keys zone and answers 500s; an operator with this
+    # churn raises it, and the manager's CPU counts as nginx's.
+    proxy_cache_path $dir/cache levels=1:2 keys_zone=bench:128m max_size=1g inactive=1h
+        manager_files=10000 manager_threshold=500ms use_temp_path=off;
     proxy_http_version 1.1;
     proxy_set_header Connection "";
     server {
