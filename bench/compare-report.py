@@ -243,7 +243,13 @@ def svg_chart(rows, meta):
             if g == 1 and r["goal"] is not None:
                 parts.append(f'<line x1="{x(r["goal"]):.1f}" x2="{x(r["goal"]):.1f}" y1="{y - 4}" '
                              f'y2="{y + bar_h + 4}" stroke="#1f5fa8" stroke-width="2.5"/>')
-            labels.append(label(x(max(r["ratio"], r["ratio_max"])) + 6, y + 16, f'{r["ratio"]:.2f}×'))
+            # Inside the bar's start, clear of the whiskers, lines and
+            # ticks; outside only when the bar is too short to hold it.
+            if r["ratio"] * scale > 56:
+                labels.append(f'<text x="{left + 6}" y="{y + 16}" fill="white" font-weight="bold">'
+                              f'{r["ratio"]:.2f}×</text>')
+            else:
+                labels.append(label(x(max(r["ratio"], r["ratio_max"])) + 6, y + 16, f'{r["ratio"]:.2f}×'))
             y += bar_h + gap
         if g == 0:
             parts.append(f'<line x1="{x(1.1):.1f}" x2="{x(1.1):.1f}" y1="{first - 6}" y2="{y - gap + 6}" '

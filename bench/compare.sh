@@ -479,7 +479,8 @@ run_round() { # ROUND
 # What the report names as the machine and the versions measured.
 write_meta() {
     local commit dirty=""
-    commit=$(git rev-parse --short HEAD)
+    # The last commit that changed what is measured, not the bench's own.
+    commit=$(git log -1 --format=%h -- src Cargo.toml Cargo.lock)
     git diff --quiet HEAD -- src Cargo.toml Cargo.lock || dirty=" (with uncommitted changes)"
     {
         printf 'command\t%s\n' "$command_line"
@@ -538,9 +539,13 @@ main() {
     stamp=$(date '+%Y-%m-%d-%H%M')${quick:+-quick}
     svg=$results/compare${quick:+-$stamp}.svg
     mkdir -p "$results"
+    # The cells as measured, kept beside the report so that it can be
+    # rendered again without running again.
+    cp "$raw" "$results/compare-$stamp.cells.tsv"
+    cp "$work/meta.tsv" "$results/compare-$stamp.meta.tsv"
     python3 bench/compare-report.py "$raw" "$work/meta.tsv" \
         "$results/compare-$stamp.md" "$results/compare-$stamp.csv" "$svg"
-    echo "== wrote $results/compare-$stamp.md, $results/compare-$stamp.csv, $svg"
+    echo "== wrote $results/compare-$stamp.md, .csv, .cells.tsv, .meta.tsv and $svg"
 }
 
 main
