@@ -15,9 +15,10 @@
 # memory hits 1/16/256 KiB (vs nginx proxy_cache), Redis hit 1 KiB with L1
 # off (vs redis-benchmark GET on the same Redis), cacheable miss 1 KiB with a
 # new URL per request (vs nginx proxy_cache). It writes
-# bench/results/compare-<date>.md and .csv and the chart
-# bench/results/compare.svg (a --quick run writes compare-<date>-quick.*
-# and leaves the chart the README shows alone). Installs nginx, wrk and
+# bench/results/compare-<date>.md, .csv, .cells.tsv (what was measured) and
+# the chart bench/results/compare.svg (a --quick run writes
+# compare-<date>-quick.* and leaves the chart the README shows alone),
+# through bench/compare-report.py. Installs nginx, wrk and
 # redis-server with apt-get when missing. Everything it starts is stopped by
 # PID on exit, Ctrl-C included.
 set -euo pipefail
@@ -30,7 +31,7 @@ while [ $# -gt 0 ]; do
     case $1 in
         --quick) quick=1 ;;
         --rounds) rounds=${2:-}; shift ;;
-        -h | --help) sed -n '2,22p' "$0"; exit 0 ;;
+        -h | --help) awk 'NR > 1 && !/^#/ { exit } NR > 1' "$0"; exit 0 ;;
         *) seconds=$1 ;;
     esac
     shift
