@@ -49,17 +49,28 @@ impl Entry {
         (!keep.is_zero()).then_some(keep)
     }
 
-    /// Bytes this entry holds, for the memory tier's budget.
+    /// Bytes this entry holds, for the memory tier's budget: its bytes, and
+    /// what holding them costs (the header map's slots, the tier's own
+    /// bookkeeping), so that the budget bounds the process's memory.
     pub fn weight(&self) -> u64 {
         let headers: usize = self
             .headers
             .iter()
-            .map(|(name, value)| name.as_str().len() + value.len())
+            .map(|(name, value)| name.as_str().len() + value.len() + HEADER_OVERHEAD)
             .sum();
-        (self.body.len() + headers + self.key.canonical().len() + std::mem::size_of::<Entry>())
-            as u64
+        (self.body.len() + headers + self.key.canonical().len() + ENTRY_OVERHEAD) as u64
     }
 }
+
+/// What one header line costs beyond its name and value: its slot in the
+/// map (hash, links, name and value handles) and its index.
+const HEADER_OVERHEAD: usize = 112;
+/// What one stored object costs beyond its fields' heap bytes: the entry
+/// itself, its `Arc`, the memory tier's node, expiry and eviction records,
+/// and allocator headers. With this and [`HEADER_OVERHEAD`], 1 KiB
+/// responses filled from nginx weigh about what they add to the process's
+/// resident memory (`bench/compare.sh`'s fill cell, 130k entries).
+const ENTRY_OVERHEAD: usize = 640;
 
 /// A stored response refreshed by a 304 (RFC 9111 §4.3.4): merged headers,
 /// the stored body, and age and freshness counted from the 304.

@@ -226,7 +226,8 @@ pub struct CacheConfig {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MemoryConfig {
-    /// Byte budget of the in-process tier (bodies, headers and keys); zero
+    /// Byte budget of the in-process tier (bodies, headers and keys and
+    /// their bookkeeping); zero
     /// turns the tier off (every lookup goes to L2).
     pub capacity: u64,
 }
