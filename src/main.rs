@@ -7,6 +7,9 @@ use clap::{Parser, ValueEnum};
 use sidecache::config::Config;
 use tracing_subscriber::EnvFilter;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Exit status for an invalid config: 64 (sysexits `EX_USAGE`), as linkerd2-proxy does.
 const EXIT_CONFIG: u8 = 64;
 
