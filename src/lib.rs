@@ -2,7 +2,9 @@
 //!
 //! # Layout
 //! One request flows through these modules, in this order:
-//! - [`server`]: accept loops, connection limit, graceful shutdown.
+//! - [`server`]: accept loops, connection limit, graceful shutdown; one
+//!   loop per worker thread (`server.workers`), each on its own
+//!   single-threaded runtime and `SO_REUSEPORT` listener.
 //! - [`proxy`]: the pipeline; the only module that calls the others in order.
 //!   Its outer handler matches the route and writes `Cache-Status`, metrics
 //!   and the access log from the [`proxy::Served`] the inner one returns.
@@ -71,8 +73,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::{Semaphore, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::admin::Admin;
@@ -122,6 +124,8 @@ pub struct Running {
     stop_proxy: watch::Sender<bool>,
     stop_admin: watch::Sender<bool>,
     proxy_task: JoinHandle<()>,
+    /// The other worker threads' accept loops (`server.workers` - 1).
+    workers: Vec<oneshot::Receiver<()>>,
     admin_task: JoinHandle<()>,
     /// For reloads: the handler whose routes are swapped.
     proxy: Arc<Proxy>,
@@ -167,6 +171,10 @@ impl Running {
         if let Err(error) = self.proxy_task.await {
             tracing::error!(%error, "proxy listener task failed");
         }
+        for worker in self.workers {
+            // An error only says the worker thread is gone already.
+            let _ = worker.await;
+        }
         let refreshes = self.proxy.background_done();
         if tokio::time::timeout_at(grace_over, refreshes)
             .await
@@ -181,6 +189,83 @@ impl Running {
             tracing::error!(%error, "admin listener task failed");
         }
     }
+}
+
+/// Connections waiting to be accepted, per listener.
+const LISTEN_BACKLOG: u32 = 1024;
+
+/// A socket bound to `addr` that other sockets may share (SO_REUSEPORT).
+fn reusable_socket(addr: SocketAddr) -> std::io::Result<TcpSocket> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.bind(addr)?;
+    Ok(socket)
+}
+
+/// The proxy's request handler, as the accept loops take it.
+fn handler(
+    proxy: Arc<Proxy>,
+) -> impl Fn(
+    http::Request<hyper::body::Incoming>,
+    SocketAddr,
+) -> std::pin::Pin<Box<dyn Future<Output = http::Response<body::ProxyBody>> + Send>>
++ Clone
++ Send
++ Sync
++ 'static {
+    move |request, client| {
+        let proxy = proxy.clone();
+        Box::pin(async move { proxy.handle(request, client).await })
+    }
+}
+
+/// Serves `socket` on a thread of its own with a single-threaded runtime,
+/// until `stopped`; the receiver resolves when the thread's connections
+/// have drained and its background refreshes are done. Requests stay on
+/// the thread that accepted them: no work stealing, no cross-thread
+/// wake-ups (one runtime per core, as Pingora measured).
+fn spawn_worker(
+    number: usize,
+    socket: TcpSocket,
+    proxy: Arc<Proxy>,
+    limits: Limits,
+    stopped: watch::Receiver<bool>,
+) -> oneshot::Receiver<()> {
+    let (done, finished) = oneshot::channel();
+    let work = move || {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(runtime) => runtime,
+            Err(error) => {
+                tracing::error!(%error, number, "cannot start a worker runtime");
+                return;
+            }
+        };
+        runtime.block_on(async move {
+            match socket.listen(LISTEN_BACKLOG) {
+                Ok(listener) => {
+                    server::serve(listener, handler(proxy.clone()), limits, stopped).await;
+                }
+                Err(error) => tracing::error!(%error, number, "worker cannot listen"),
+            }
+            // Refreshes this thread started run on its runtime: let them end.
+            proxy.background_done().await;
+        });
+        let _ = done.send(());
+    };
+    let spawned = std::thread::Builder::new()
+        .name(format!("sidecache-worker-{number}"))
+        .spawn(work);
+    if let Err(error) = spawned {
+        tracing::error!(%error, number, "cannot start a worker thread");
+    }
+    finished
 }
 
 /// Binds the listeners and starts serving on the current tokio runtime.
@@ -199,20 +284,22 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> Result<Running, S
         redis,
         routes,
     } = config;
-    let bind = |key, addr| async move {
-        TcpListener::bind(addr)
-            .await
-            .map_err(|source| StartError::Bind { key, addr, source })
-    };
-    let listener = bind("server.listen", server.listen).await?;
-    let admin_listener = bind("server.admin_listen", server.admin_listen).await?;
-    let local = |listener: &TcpListener, key, addr| {
-        listener
-            .local_addr()
-            .map_err(|source| StartError::Bind { key, addr, source })
-    };
-    let addr = local(&listener, "server.listen", server.listen)?;
-    let admin_addr = local(&admin_listener, "server.admin_listen", server.admin_listen)?;
+    let bind_error = |key, addr| move |source| StartError::Bind { key, addr, source };
+    let listen_error = bind_error("server.listen", server.listen);
+    // One socket per worker, all on one port: the kernel spreads the
+    // connections over them (SO_REUSEPORT).
+    let first = reusable_socket(server.listen).map_err(listen_error)?;
+    let addr = first.local_addr().map_err(listen_error)?;
+    let others = (1..server.workers)
+        .map(|_| reusable_socket(addr))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(listen_error)?;
+    let listener = first.listen(LISTEN_BACKLOG).map_err(listen_error)?;
+    let admin_error = bind_error("server.admin_listen", server.admin_listen);
+    let admin_listener = TcpListener::bind(server.admin_listen)
+        .await
+        .map_err(admin_error)?;
+    let admin_addr = admin_listener.local_addr().map_err(admin_error)?;
 
     let metrics = Arc::new(Metrics::new());
     let cache = Cache::new(&cache_config, redis.as_ref(), metrics.clone(), clock)
@@ -235,17 +322,28 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> Result<Running, S
 
     let (stop_proxy, proxy_stopped) = watch::channel(false);
     let (stop_admin, admin_stopped) = watch::channel(false);
-    let handler = proxy.clone();
+    let connections = Arc::new(Semaphore::new(server.max_connections));
+    let limits = || Limits {
+        connections: connections.clone(),
+        shutdown_grace: server.shutdown_grace,
+    };
+    let workers = others
+        .into_iter()
+        .enumerate()
+        .map(|(index, socket)| {
+            spawn_worker(
+                index + 1,
+                socket,
+                proxy.clone(),
+                limits(),
+                proxy_stopped.clone(),
+            )
+        })
+        .collect();
     let proxy_task = tokio::spawn(server::serve(
         listener,
-        move |request, client| {
-            let proxy = handler.clone();
-            async move { proxy.handle(request, client).await }
-        },
-        Limits {
-            max_connections: server.max_connections,
-            shutdown_grace: server.shutdown_grace,
-        },
+        handler(proxy.clone()),
+        limits(),
         proxy_stopped,
     ));
     let admin_task = tokio::spawn(server::serve(
@@ -255,7 +353,7 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> Result<Running, S
             async move { response }
         },
         Limits {
-            max_connections: ADMIN_MAX_CONNECTIONS,
+            connections: Arc::new(Semaphore::new(ADMIN_MAX_CONNECTIONS)),
             shutdown_grace: ADMIN_SHUTDOWN_GRACE,
         },
         admin_stopped,
@@ -272,6 +370,7 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> Result<Running, S
         stop_proxy,
         stop_admin,
         proxy_task,
+        workers,
         admin_task,
         proxy,
         fixed_settings,

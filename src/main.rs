@@ -74,7 +74,9 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-#[tokio::main]
+// One single-threaded runtime here; `server.workers` - 1 more, each on its
+// own thread, serve clients beside it (see `sidecache::start`).
+#[tokio::main(flavor = "current_thread")]
 async fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
     // Handlers first: a SIGTERM or SIGHUP that arrives as soon as the proxy
     // says it is listening must drain or reload it, not kill it (the

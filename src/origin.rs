@@ -13,6 +13,7 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use thread_local::ThreadLocal;
 
 use crate::config::OriginConfig;
 
@@ -71,7 +72,11 @@ impl OriginError {
 
 /// The pooled client for the one origin.
 pub struct Origin {
-    client: Client<HttpConnector, OriginBody>,
+    /// One client, and so one connection pool, per worker thread: a pooled
+    /// connection is driven by a task on the runtime that opened it, and a
+    /// request from another thread's runtime would wake that one each time.
+    clients: ThreadLocal<Client<HttpConnector, OriginBody>>,
+    connect_timeout: Duration,
     scheme: Scheme,
     authority: Authority,
     /// Deadline for the response head.
@@ -80,16 +85,10 @@ pub struct Origin {
 
 impl Origin {
     pub fn new(config: &OriginConfig) -> Origin {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(config.connect_timeout));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .pool_timer(TokioTimer::new())
-            .build(connector);
         let parts = config.url.clone().into_parts();
         Origin {
-            client,
+            clients: ThreadLocal::new(),
+            connect_timeout: config.connect_timeout,
             scheme: parts.scheme.unwrap_or(Scheme::HTTP),
             authority: parts
                 .authority
@@ -112,7 +111,8 @@ impl Origin {
         }
         *request.uri_mut() = uri.build().unwrap_or_else(|_| request.uri().clone());
         *request.version_mut() = Version::HTTP_11;
-        match tokio::time::timeout(self.timeout, self.client.request(request)).await {
+        let client = self.clients.get_or(|| self.client());
+        match tokio::time::timeout(self.timeout, client.request(request)).await {
             Err(_) => Err(OriginError::Timeout(self.timeout)),
             Ok(Ok(response)) => Ok(response),
             Ok(Err(error)) if error.is_connect() && caused_by_timeout(&error) => {
@@ -121,6 +121,19 @@ impl Origin {
             Ok(Err(error)) if error.is_connect() => Err(OriginError::Connect(error)),
             Ok(Err(error)) => Err(OriginError::Request(error)),
         }
+    }
+}
+
+impl Origin {
+    /// A client with its own pool, for the calling thread.
+    fn client(&self) -> Client<HttpConnector, OriginBody> {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(self.connect_timeout));
+        connector.set_nodelay(true);
+        Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .pool_timer(TokioTimer::new())
+            .build(connector)
     }
 }
 

@@ -29,8 +29,9 @@ async fn stopped(shutdown: &mut watch::Receiver<bool>) {
 
 /// How one listener runs and stops.
 pub struct Limits {
-    /// Connections served at once; further clients wait in the backlog.
-    pub max_connections: usize,
+    /// Connections served at once, shared by the listeners of one port;
+    /// further clients wait in the backlog.
+    pub connections: Arc<Semaphore>,
     /// Time open connections get to finish once shutdown starts.
     pub shutdown_grace: Duration,
 }
@@ -50,7 +51,7 @@ pub async fn serve<H, F>(
 {
     let builder = auto::Builder::new(TokioExecutor::new());
     let graceful = GracefulShutdown::new();
-    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let permits = limits.connections;
     loop {
         let permit = tokio::select! {
             permit = permits.clone().acquire_owned() => match permit {

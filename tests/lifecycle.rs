@@ -94,6 +94,61 @@ async fn shutdown_finishes_in_flight_requests_and_refuses_new_ones() {
         .unwrap();
 }
 
+/// Threads of this process whose name starts with `prefix` (Linux truncates
+/// names to 15 bytes).
+fn threads_named(prefix: &str) -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .filter(|name| name.starts_with(prefix))
+        .count()
+}
+
+#[tokio::test]
+async fn every_worker_thread_serves_and_drains_at_shutdown() {
+    let origin = Origin::start().await;
+    origin.on(
+        "/slow",
+        Reply::ok().body("done").delay(Duration::from_millis(500)),
+    );
+    let proxy = ProxyConfig::new(&origin).workers(4).start().await;
+    // This test's own proxy: the other tests run in other processes. A
+    // thread names itself once it runs.
+    eventually(
+        "three worker threads besides this one",
+        Duration::from_secs(5),
+        async || threads_named("sidecache-work") == 3,
+    )
+    .await;
+    // A client each: sixteen connections, spread over the four listeners.
+    let requests: Vec<_> = (0..16)
+        .map(|_| {
+            let url = proxy.url("/slow");
+            tokio::spawn(async move {
+                let request = http::Request::get(url).body(Default::default()).unwrap();
+                support::read(support::client().request(request).await.unwrap()).await
+            })
+        })
+        .collect();
+    origin.wait_for_hits("/slow", 16).await;
+    tokio::time::timeout(Duration::from_secs(5), proxy.running.shutdown())
+        .await
+        .unwrap();
+    for request in requests {
+        let answer = request.await.unwrap();
+        assert_eq!(
+            (answer.status.as_u16(), answer.text().as_str()),
+            (200, "done")
+        );
+    }
+    eventually(
+        "the worker threads to end",
+        Duration::from_secs(5),
+        async || threads_named("sidecache-work") == 0,
+    )
+    .await;
+}
+
 #[test]
 fn shipped_proxy_toml_is_valid() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/proxy.toml");

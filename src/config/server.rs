@@ -30,6 +30,7 @@ pub(super) struct RawServer {
     shutdown_grace: Option<String>,
     shutdown_delay: Option<String>,
     max_connections: Option<usize>,
+    workers: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +46,10 @@ pub struct ServerConfig {
     pub shutdown_delay: Duration,
     /// Concurrent client connections; further accepts wait.
     pub max_connections: usize,
+    /// Threads serving clients, each with its own single-threaded runtime
+    /// and its own listener on `listen` (`SO_REUSEPORT`): a request stays
+    /// on one thread, with no work stealing or cross-thread wake-ups.
+    pub workers: usize,
 }
 
 impl RawServer {
@@ -75,9 +80,16 @@ impl RawServer {
                 parse_duration,
             ),
             max_connections: self.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS),
+            workers: self.workers.unwrap_or_else(default_workers),
         };
         if server.max_connections == 0 {
             p.push("server.max_connections", "must be at least 1");
+        }
+        if !(1..=MAX_WORKERS).contains(&server.workers) {
+            p.push(
+                "server.workers",
+                format!("must be between 1 and {MAX_WORKERS}"),
+            );
         }
         // Port 0 asks for any free port, so two of them do not collide.
         if server.listen == server.admin_listen && server.listen.port() != 0 {
@@ -170,6 +182,14 @@ fn parse_origin_url(text: &str) -> Result<Uri, String> {
         ));
     }
     Ok(url)
+}
+
+/// Most worker threads: far more than any pod's cores.
+const MAX_WORKERS: usize = 256;
+
+/// One worker per core the process may use.
+fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
 }
 
 // [cache] and [cache.memory]
@@ -431,6 +451,10 @@ mod tests {
             (
                 "[server]\nmax_connections = 0",
                 "server.max_connections: must be at least 1",
+            ),
+            (
+                "[server]\nworkers = 0",
+                "server.workers: must be between 1 and 256",
             ),
             (
                 "[cache]\nnamespace = \"\"",

@@ -338,6 +338,8 @@ pub struct ProxyConfig {
     origin_timeout: &'static str,
     shutdown_grace: &'static str,
     shutdown_delay: &'static str,
+    /// `server.workers`; `None` leaves the default (one per core).
+    workers: Option<usize>,
     rest: String,
 }
 
@@ -355,6 +357,7 @@ impl ProxyConfig {
             origin_timeout: "5s",
             shutdown_grace: "10s",
             shutdown_delay: "0s",
+            workers: None,
             rest: String::new(),
         }
     }
@@ -370,6 +373,10 @@ impl ProxyConfig {
         self.shutdown_delay = delay;
         self
     }
+    pub fn workers(mut self, workers: usize) -> ProxyConfig {
+        self.workers = Some(workers);
+        self
+    }
     /// More TOML: `[cache]` settings and `[[routes]]` (see [`routes`]).
     pub fn with(mut self, toml: impl AsRef<str>) -> ProxyConfig {
         self.rest.push_str(toml.as_ref());
@@ -378,10 +385,12 @@ impl ProxyConfig {
     }
     pub fn toml(&self) -> String {
         format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nshutdown_grace = \"{}\"\nshutdown_delay = \"{}\"\n\
+            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nshutdown_grace = \"{}\"\nshutdown_delay = \"{}\"\n{}\
              [origin]\nurl = \"{}\"\nconnect_timeout = \"1s\"\ntimeout = \"{}\"\n{}",
             self.shutdown_grace,
             self.shutdown_delay,
+            self.workers
+                .map_or(String::new(), |n| format!("workers = {n}\n")),
             self.origin_url,
             self.origin_timeout,
             self.rest
