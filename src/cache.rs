@@ -293,23 +293,30 @@ impl Cache {
                 let deadline = Instant::now() + flight.lock_timeout;
                 while Instant::now() < deadline {
                     tokio::time::sleep(FLEET_POLL).await;
-                    let now = self.clock.now();
-                    let lookup = self.lookup(flight.url_key, flight.forwarded, now).await;
-                    if let Some((entry, _)) = lookup
-                        .found
-                        .filter(|(e, _)| e.remaining_freshness(now).is_some())
-                    {
-                        let variants = lookup.variants;
-                        return Some(Filled { entry, variants });
+                    if let Some(filled) = self.fresh(flight).await {
+                        return Some(filled);
                     }
                     if redis.lease_held(&id).await != Some(true) {
-                        return None;
+                        // The holder stores before it lets go: its fill may
+                        // have landed since the look above.
+                        return self.fresh(flight).await;
                     }
                 }
                 self.metrics.redis_call("lease", "expired");
                 None
             }
         }
+    }
+
+    /// A fresh response for `flight`'s request, if one is stored now.
+    async fn fresh(&self, flight: Flight<'_>) -> Option<Filled> {
+        let now = self.clock.now();
+        let lookup = self.lookup(flight.url_key, flight.forwarded, now).await;
+        let (entry, _) = lookup
+            .found
+            .filter(|(entry, _)| entry.remaining_freshness(now).is_some())?;
+        let variants = lookup.variants;
+        Some(Filled { entry, variants })
     }
 
     /// Removes what is stored under a URL's `key` from every tier: its
