@@ -268,7 +268,8 @@ fn spawn_worker(
     finished
 }
 
-/// Binds the listeners and starts serving on the current tokio runtime.
+/// Binds the listeners and starts serving: on the current tokio runtime,
+/// and on `server.workers` - 1 more threads with a runtime each.
 pub async fn start(config: Config) -> Result<Running, StartError> {
     start_with_clock(config, Clock::default()).await
 }
