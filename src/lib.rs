@@ -206,23 +206,6 @@ fn reusable_socket(addr: SocketAddr) -> std::io::Result<TcpSocket> {
     Ok(socket)
 }
 
-/// The proxy's request handler, as the accept loops take it.
-fn handler(
-    proxy: Arc<Proxy>,
-) -> impl Fn(
-    http::Request<hyper::body::Incoming>,
-    SocketAddr,
-) -> std::pin::Pin<Box<dyn Future<Output = http::Response<body::ProxyBody>> + Send>>
-+ Clone
-+ Send
-+ Sync
-+ 'static {
-    move |request, client| {
-        let proxy = proxy.clone();
-        Box::pin(async move { proxy.handle(request, client).await })
-    }
-}
-
 /// Serves `socket` on a thread of its own with a single-threaded runtime,
 /// until `stopped`; the receiver resolves when the thread's connections
 /// have drained and its background refreshes are done. Requests stay on
@@ -250,7 +233,9 @@ fn spawn_worker(
         runtime.block_on(async move {
             match socket.listen(LISTEN_BACKLOG) {
                 Ok(listener) => {
-                    server::serve(listener, handler(proxy.clone()), limits, stopped).await;
+                    let serving = proxy.clone();
+                    let handler = move |request, client| serving.clone().handle(request, client);
+                    server::serve(listener, handler, limits, stopped).await;
                 }
                 Err(error) => tracing::error!(%error, number, "worker cannot listen"),
             }
@@ -343,7 +328,10 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> Result<Running, S
         .collect();
     let proxy_task = tokio::spawn(server::serve(
         listener,
-        handler(proxy.clone()),
+        {
+            let proxy = proxy.clone();
+            move |request, client| proxy.clone().handle(request, client)
+        },
         limits(),
         proxy_stopped,
     ));

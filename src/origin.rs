@@ -173,8 +173,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove(header::UPGRADE);
 }
 
-/// Keeps only the headers `keep` accepts. On cacheable requests this stops
-/// unkeyed headers from changing what gets stored for everyone.
+/// Keeps only the headers `keep` accepts (every value of a kept name): the
+/// request model's cut of what a cacheable request forwards.
 pub fn retain_headers(headers: &mut HeaderMap, keep: impl Fn(&HeaderName) -> bool) {
     let mut kept = HeaderMap::with_capacity(headers.len());
     let mut current: Option<HeaderName> = None;

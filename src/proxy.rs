@@ -553,7 +553,7 @@ impl Proxy {
     /// Passes a request through untouched by the cache, body streamed both ways.
     async fn forward(
         &self,
-        parts: Parts,
+        mut parts: Parts,
         body: Incoming,
         client: SocketAddr,
         route: &str,
@@ -561,7 +561,6 @@ impl Proxy {
     ) -> Result<Served, Failed> {
         let unsafe_request = !parts.method.is_safe();
         let (host, uri) = (key::request_host(&parts), parts.uri.clone());
-        let mut parts = parts;
         origin::add_forwarding_headers(&mut parts.headers, parts.version, client, &host);
         let response = self
             .send_upstream(parts, body.boxed_unsync(), route)

@@ -260,10 +260,7 @@ fn negotiation_list(headers: &HeaderMap, name: &HeaderName) -> Option<HeaderValu
             let mut q = 1000;
             let mut params: Vec<String> = Vec::new();
             for (index, param) in item.split(';').map(str::trim).enumerate() {
-                let weight = param
-                    .split_once('=')
-                    .filter(|(key, _)| index > 0 && key.trim().eq_ignore_ascii_case("q"))
-                    .and_then(|(_, value)| qvalue(value.trim()));
+                let weight = q_param(param).filter(|_| index > 0).and_then(qvalue);
                 match weight {
                     Some(weight) => q = weight,
                     None if index == 0 && language => params.push(language_case(param)),
@@ -321,15 +318,16 @@ fn weighed(item: &str) -> Option<(String, u16)> {
         return None;
     }
     let mut q = 1000;
-    for param in params {
-        let Some((key, value)) = param.split_once('=') else {
-            continue;
-        };
-        if key.trim().eq_ignore_ascii_case("q") {
-            q = qvalue(value.trim())?;
-        }
+    for value in params.filter_map(q_param) {
+        q = qvalue(value)?;
     }
     Some((name, q))
+}
+
+/// The value of a `q=...` item parameter; `None` for any other parameter.
+fn q_param(param: &str) -> Option<&str> {
+    let (key, value) = param.split_once('=')?;
+    key.trim().eq_ignore_ascii_case("q").then(|| value.trim())
 }
 
 /// An RFC 9110 §12.4.2 qvalue (`0`, `0.5`, `1.000`) in thousandths.

@@ -364,30 +364,27 @@ async fn collapsed_requests_that_vary_get_their_own_variant() {
             .delay(Duration::from_millis(200)),
     );
     let proxy = proxy(&origin, "").await;
-    let (fr, en) = tokio::join!(
-        proxy.send("GET", "/slow", &[("accept-language", "fr")]),
-        async {
+    // The second language asks 50 ms after the first, while its fetch is on.
+    let both = async |first: &str, second: &str| {
+        let first_headers = [("accept-language", first)];
+        let (a, b) = tokio::join!(proxy.send("GET", "/slow", &first_headers), async {
             tokio::time::sleep(Duration::from_millis(50)).await;
             proxy
-                .send("GET", "/slow", &[("accept-language", "en")])
+                .send("GET", "/slow", &[("accept-language", second)])
                 .await
+        });
+        for (answer, language) in [(a, first), (b, second)] {
+            let text = answer.text();
+            assert!(
+                text.ends_with(&format!("accept-language={language}")),
+                "{text}"
+            );
         }
-    );
-    assert!(fr.text().ends_with("accept-language=fr"), "{}", fr.text());
-    assert!(en.text().ends_with("accept-language=en"), "{}", en.text());
+    };
+    both("fr", "en").await;
     assert_eq!(origin.hits("/slow"), 2);
     // Once the URL's variants are known, one language waits for its own fetch.
-    let (a, b) = tokio::join!(
-        proxy.send("GET", "/slow", &[("accept-language", "de")]),
-        async {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            proxy
-                .send("GET", "/slow", &[("accept-language", "es")])
-                .await
-        }
-    );
-    assert!(a.text().ends_with("accept-language=de"), "{}", a.text());
-    assert!(b.text().ends_with("accept-language=es"), "{}", b.text());
+    both("de", "es").await;
     assert_eq!(origin.hits("/slow"), 4);
 }
 
