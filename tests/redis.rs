@@ -14,7 +14,13 @@ fn route() -> String {
 }
 
 fn redis_toml(nodes: &str) -> String {
-    format!("[redis]\nnodes = {nodes}\ncommand_timeout = \"50ms\"\nconnect_timeout = \"300ms\"\n")
+    redis_toml_with(nodes, "50ms")
+}
+
+fn redis_toml_with(nodes: &str, command_timeout: &str) -> String {
+    format!(
+        "[redis]\nnodes = {nodes}\ncommand_timeout = \"{command_timeout}\"\nconnect_timeout = \"300ms\"\n"
+    )
 }
 
 async fn proxy_on(origin: &Origin, nodes: &str, extra: &str) -> Proxy {
@@ -406,7 +412,14 @@ async fn three_pods_collapse_concurrent_misses_into_one_origin_fetch() {
     );
     let mut pods = Vec::new();
     for _ in 0..3 {
-        let pod = proxy_on(&origin, &cluster.seeds(), "").await;
+        // A Redis call past its deadline fails open into a fetch of its own,
+        // as it should; this test is about collapsing, so the deadline is
+        // far above what a loaded CI machine makes a call take.
+        let pod = ProxyConfig::new(&origin)
+            .with(redis_toml_with(&cluster.seeds(), "1s"))
+            .with(route())
+            .start()
+            .await;
         pod.wait_redis_connected().await;
         pods.push(Arc::new(pod));
     }
