@@ -1,19 +1,23 @@
 //! The upstream client: pooled HTTP/1.1 to the origin, deadlines, and header hygiene both ways.
 
-use std::error::Error as _;
+use std::cell::RefCell;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::{Authority, Scheme};
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri, Version};
+use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
+use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use thread_local::ThreadLocal;
+use tower_service::Service as _;
 
 use crate::config::OriginConfig;
 
@@ -30,6 +34,9 @@ pub fn no_body() -> OriginBody {
 
 /// How long an idle pooled connection to the origin is kept.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Idle connections kept per worker thread; more are closed when they
+/// come back (a burst of concurrency does not pin its sockets forever).
+const POOL_MAX_IDLE: usize = 512;
 
 /// The `Via` pseudonym this proxy adds (RFC 9110 §7.6.3).
 const VIA_NAME: &str = "sidecache";
@@ -51,14 +58,16 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 #[derive(Debug, thiserror::Error)]
 pub enum OriginError {
     #[error("origin unreachable")]
-    Connect(#[source] hyper_util::client::legacy::Error),
+    Connect(#[source] BoxError),
     #[error("origin connect timed out")]
-    ConnectTimeout(#[source] hyper_util::client::legacy::Error),
+    ConnectTimeout(#[source] BoxError),
     #[error("origin sent no response head within {0:?}")]
     Timeout(Duration),
     #[error("origin request failed")]
-    Request(#[source] hyper_util::client::legacy::Error),
+    Request(#[source] hyper::Error),
 }
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 impl OriginError {
     /// Whether a deadline ran out (504) rather than the origin failing (502).
@@ -70,75 +79,164 @@ impl OriginError {
     }
 }
 
-/// The pooled client for the one origin.
+/// The HTTP/1.1 client for the one origin, with a pool of kept-alive
+/// connections per worker thread.
+///
+/// Written on hyper's connection API rather than hyper-util's pooled client:
+/// that one hands every request to a pool behind a mutex and, for each
+/// response with a body, spawns a task that puts the connection back once
+/// it is idle. Here a connection goes back to the pool of the thread that
+/// ends its response body, from the body itself; requests on a worker
+/// thread use connections whose tasks run on that thread, with no
+/// cross-thread wake-ups.
 pub struct Origin {
-    /// One client, and so one connection pool, per worker thread: a pooled
-    /// connection is driven by a task on the runtime that opened it, and a
-    /// request from another thread's runtime would wake that one each time.
-    clients: ThreadLocal<Client<HttpConnector, OriginBody>>,
-    connect_timeout: Duration,
-    scheme: Scheme,
+    pool: Arc<Pool>,
+    connector: HttpConnector,
+    /// Where connections go: the origin URL with an empty path.
+    address: Uri,
+    /// `Host` for requests that came without one.
     authority: Authority,
-    /// Deadline for the response head.
+    /// Deadline for the response head, connecting included.
     timeout: Duration,
 }
 
 impl Origin {
     pub fn new(config: &OriginConfig) -> Origin {
         let parts = config.url.clone().into_parts();
+        let scheme = parts.scheme.unwrap_or(Scheme::HTTP);
+        let authority = parts
+            .authority
+            .unwrap_or_else(|| Authority::from_static("127.0.0.1"));
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(config.connect_timeout));
+        // Request heads go out at once instead of waiting for Nagle.
+        connector.set_nodelay(true);
+        let address = Uri::builder()
+            .scheme(scheme)
+            .authority(authority.clone())
+            .path_and_query("/")
+            .build()
+            .unwrap_or_else(|_| Uri::from_static("http://127.0.0.1/"));
         Origin {
-            clients: ThreadLocal::new(),
-            connect_timeout: config.connect_timeout,
-            scheme: parts.scheme.unwrap_or(Scheme::HTTP),
-            authority: parts
-                .authority
-                .unwrap_or_else(|| Authority::from_static("127.0.0.1")),
+            pool: Arc::default(),
+            connector,
+            address,
+            authority,
             timeout: config.timeout,
         }
     }
 
-    /// Sends `request` (whose URI holds only a path and query) to the origin
-    /// and waits for the response head within the deadline.
+    /// Sends `request` to the origin (only its path and query are used of
+    /// its target) and waits for the response head within the deadline.
     pub async fn send(
         &self,
         mut request: Request<OriginBody>,
-    ) -> Result<Response<Incoming>, OriginError> {
-        let mut uri = Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone());
-        if let Some(path_and_query) = request.uri().path_and_query() {
-            uri = uri.path_and_query(path_and_query.clone());
-        }
-        *request.uri_mut() = uri.build().unwrap_or_else(|_| request.uri().clone());
+    ) -> Result<Response<OriginResponseBody>, OriginError> {
+        let target = request
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        *request.uri_mut() = Uri::from(target);
         *request.version_mut() = Version::HTTP_11;
-        let client = self.clients.get_or(|| self.client());
-        match tokio::time::timeout(self.timeout, client.request(request)).await {
+        if !request.headers().contains_key(header::HOST)
+            && let Ok(host) = HeaderValue::from_str(self.authority.as_str())
+        {
+            request.headers_mut().insert(header::HOST, host);
+        }
+        match tokio::time::timeout(self.timeout, self.send_pooled(request)).await {
             Err(_) => Err(OriginError::Timeout(self.timeout)),
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(error)) if error.is_connect() && caused_by_timeout(&error) => {
-                Err(OriginError::ConnectTimeout(error))
+            Ok(result) => result,
+        }
+    }
+
+    /// Sends on an idle pooled connection, or on a new one. A request that a
+    /// pooled connection could not even start (the origin closed it while it
+    /// was idle) is sent again on a new connection, as it was never seen.
+    async fn send_pooled(
+        &self,
+        request: Request<OriginBody>,
+    ) -> Result<Response<OriginResponseBody>, OriginError> {
+        let request = match self.pool.checkout() {
+            Some(sender) => match self.send_on(sender, request).await {
+                Err(NotSent::Unsent(request)) => *request,
+                result => return result.map_err(NotSent::into_error),
+            },
+            None => request,
+        };
+        let sender = self.connect().await?;
+        self.send_on(sender, request)
+            .await
+            .map_err(NotSent::into_error)
+    }
+
+    async fn send_on(
+        &self,
+        mut sender: SendRequest<OriginBody>,
+        request: Request<OriginBody>,
+    ) -> Result<Response<OriginResponseBody>, NotSent> {
+        match sender.try_send_request(request).await {
+            Ok(response) => {
+                let pool = self.pool.clone();
+                Ok(response.map(|body| OriginResponseBody::new(body, sender, pool)))
             }
-            Ok(Err(error)) if error.is_connect() => Err(OriginError::Connect(error)),
-            Ok(Err(error)) => Err(OriginError::Request(error)),
+            Err(mut error) => match error.take_message() {
+                Some(request) => Err(NotSent::Unsent(Box::new(request))),
+                None => Err(NotSent::Failed(error.into_error())),
+            },
+        }
+    }
+
+    /// Opens a connection, its task on the calling thread's runtime.
+    async fn connect(&self) -> Result<SendRequest<OriginBody>, OriginError> {
+        // `HttpConnector` is always ready (its resolver runs per call), so
+        // `call` needs no `poll_ready` first.
+        let io = self
+            .connector
+            .clone()
+            .call(self.address.clone())
+            .await
+            .map_err(|error| {
+                if caused_by_timeout(&error) {
+                    OriginError::ConnectTimeout(error.into())
+                } else {
+                    OriginError::Connect(error.into())
+                }
+            })?;
+        let (sender, connection) = http1::handshake(io)
+            .await
+            .map_err(|error| OriginError::Connect(error.into()))?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "origin connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+}
+
+/// Why a connection gave no response head.
+enum NotSent {
+    /// The connection could not start the request (the origin had closed
+    /// it): handed back whole, it may be sent again.
+    Unsent(Box<Request<OriginBody>>),
+    /// The request went out, at least in part; it is not sent again.
+    Failed(hyper::Error),
+}
+
+impl NotSent {
+    fn into_error(self) -> OriginError {
+        match self {
+            NotSent::Unsent(_) => {
+                OriginError::Connect("a new connection closed before the request".into())
+            }
+            NotSent::Failed(error) => OriginError::Request(error),
         }
     }
 }
 
-impl Origin {
-    /// A client with its own pool, for the calling thread.
-    fn client(&self) -> Client<HttpConnector, OriginBody> {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(self.connect_timeout));
-        connector.set_nodelay(true);
-        Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .pool_timer(TokioTimer::new())
-            .build(connector)
-    }
-}
-
-fn caused_by_timeout(error: &hyper_util::client::legacy::Error) -> bool {
-    let mut source = error.source();
+fn caused_by_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(error);
     while let Some(cause) = source {
         if cause
             .downcast_ref::<std::io::Error>()
@@ -149,6 +247,113 @@ fn caused_by_timeout(error: &hyper_util::client::legacy::Error) -> bool {
         source = cause.source();
     }
     false
+}
+
+/// Idle kept-alive connections, one stack per thread (the most recently
+/// used first, so a steady load keeps few of them warm).
+#[derive(Default)]
+struct Pool {
+    idle: ThreadLocal<RefCell<Vec<Idle>>>,
+}
+
+struct Idle {
+    sender: SendRequest<OriginBody>,
+    since: Instant,
+}
+
+impl Pool {
+    /// The calling thread's most recently used connection that is ready
+    /// for a request; closed and expired ones are dropped on the way.
+    fn checkout(&self) -> Option<SendRequest<OriginBody>> {
+        let mut idle = self.idle.get_or_default().borrow_mut();
+        while let Some(Idle { sender, since }) = idle.pop() {
+            if sender.is_ready() && since.elapsed() < POOL_IDLE_TIMEOUT {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    /// Keeps a connection whose response has ended for the next request.
+    fn put_back(&self, sender: SendRequest<OriginBody>) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.get_or_default().borrow_mut();
+        // The oldest is at the bottom: closing one per return keeps a
+        // steady load from holding connections it no longer uses.
+        if idle
+            .first()
+            .is_some_and(|oldest| oldest.since.elapsed() >= POOL_IDLE_TIMEOUT)
+        {
+            idle.remove(0);
+        }
+        if idle.len() < POOL_MAX_IDLE {
+            idle.push(Idle {
+                sender,
+                since: Instant::now(),
+            });
+        }
+    }
+}
+
+/// A response body from the origin; read to its end, it hands its
+/// connection back to the pool.
+pub struct OriginResponseBody {
+    inner: Incoming,
+    /// The connection, until the body has ended (then it goes back) or is
+    /// dropped before its end (then the connection closes with it).
+    reuse: Option<(SendRequest<OriginBody>, Arc<Pool>)>,
+}
+
+impl OriginResponseBody {
+    fn new(inner: Incoming, sender: SendRequest<OriginBody>, pool: Arc<Pool>) -> Self {
+        let mut body = OriginResponseBody {
+            inner,
+            reuse: Some((sender, pool)),
+        };
+        body.release_if_ended();
+        body
+    }
+
+    fn release_if_ended(&mut self) {
+        if self.inner.is_end_stream() {
+            self.release();
+        }
+    }
+
+    fn release(&mut self) {
+        if let Some((sender, pool)) = self.reuse.take() {
+            pool.put_back(sender);
+        }
+    }
+}
+
+impl Body for OriginResponseBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let frame = std::task::ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        match &frame {
+            None => this.release(),
+            Some(Ok(_)) => this.release_if_ended(),
+            Some(Err(_)) => this.reuse = None,
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// Whether `name` describes one connection and is never forwarded.

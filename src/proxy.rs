@@ -24,7 +24,7 @@ use crate::cache::status::CacheStatus;
 use crate::cache::{Admission, Cache, Flight, validation};
 use crate::config::CacheConfig;
 use crate::metrics::{Metrics, UNROUTED};
-use crate::origin::{self, Origin, OriginBody, OriginError};
+use crate::origin::{self, Origin, OriginBody, OriginError, OriginResponseBody};
 use crate::request;
 use crate::respond::{answer, not_modified};
 use crate::route::{Cookies, Route, RouteTable};
@@ -474,7 +474,7 @@ impl Proxy {
         request: &CacheableRequest,
         plan: Plan,
         head: http::response::Parts,
-        body: Incoming,
+        body: OriginResponseBody,
         fill: Fill,
         status: CacheStatus,
     ) -> Result<Served, Failed> {
@@ -615,7 +615,7 @@ impl Proxy {
         mut parts: Parts,
         body: OriginBody,
         route: &str,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<Response<OriginResponseBody>, ProxyError> {
         origin::strip_hop_by_hop(&mut parts.headers);
         let version = parts.version;
         let started = Instant::now();

@@ -8,6 +8,7 @@ use std::convert::Infallible;
 use std::fmt::{self, Display};
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -152,6 +153,8 @@ impl Paths {
 pub struct Origin {
     pub addr: SocketAddr,
     paths: Paths,
+    /// Connections accepted so far.
+    connections: Arc<AtomicUsize>,
     /// Stamps `Date` on every answer; proxies started with
     /// [`ProxyConfig::new`] share it, so moving it ages their entries.
     clock: Clock,
@@ -165,6 +168,7 @@ impl Origin {
         let origin = Origin {
             addr,
             paths: Paths::default(),
+            connections: Arc::default(),
             clock: Clock::default(),
         };
         let server = origin.clone();
@@ -173,6 +177,7 @@ impl Origin {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                server.connections.fetch_add(1, Ordering::Relaxed);
                 let server = server.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |request| {
@@ -191,6 +196,11 @@ impl Origin {
     /// Answers `path` with `reply` from now on.
     pub fn on(&self, path: &str, reply: Reply) {
         self.paths.update(path, |state| state.reply = reply);
+    }
+
+    /// Connections the origin has accepted.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::Relaxed)
     }
 
     /// Requests the origin has seen for `path`.
