@@ -363,6 +363,11 @@ pub fn is_hop_by_hop(name: &HeaderName) -> bool {
 
 /// Removes hop-by-hop headers, including those the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages have none: one pass over the names instead of a lookup
+    // per hop-by-hop name.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -394,6 +399,10 @@ pub fn retain_headers(headers: &mut HeaderMap, keep: impl Fn(&HeaderName) -> boo
     *headers = kept;
 }
 
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
 /// Adds `Via` and the `X-Forwarded-*` headers to a request going upstream.
 /// `host` is the host the client asked for, kept as `Host` for the origin.
 pub fn add_forwarding_headers(
@@ -403,22 +412,23 @@ pub fn add_forwarding_headers(
     host: &str,
 ) {
     append_via(headers, version);
-    let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(earlier) => format!("{earlier}, {}", client.ip()),
-        None => client.ip().to_string(),
+    let client = client.ip().to_string();
+    let forwarded_for = match headers.get(X_FORWARDED_FOR) {
+        Some(earlier) => joined(earlier, &client),
+        None => HeaderValue::try_from(client).ok(),
     };
-    if let Ok(value) = HeaderValue::try_from(forwarded_for) {
-        headers.insert("x-forwarded-for", value);
+    if let Some(value) = forwarded_for {
+        headers.insert(X_FORWARDED_FOR, value);
     }
     // An ingress in front may already have said https and the public host.
-    if !headers.contains_key("x-forwarded-proto") {
-        headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    if !headers.contains_key(X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
     }
     if let Ok(value) = HeaderValue::from_str(host)
         && !host.is_empty()
     {
-        if !headers.contains_key("x-forwarded-host") {
-            headers.insert("x-forwarded-host", value.clone());
+        if !headers.contains_key(X_FORWARDED_HOST) {
+            headers.insert(X_FORWARDED_HOST, value.clone());
         }
         // The host the key was built from: HTTP/2 sends `:authority` instead
         // of `Host`, and an absolute-form target overrides `Host` (RFC 9112
@@ -429,20 +439,30 @@ pub fn add_forwarding_headers(
 
 /// Appends this proxy to `Via` (RFC 9110 §7.6.3), in requests and responses.
 pub fn append_via(headers: &mut HeaderMap, version: Version) {
-    let protocol = match version {
-        Version::HTTP_10 => "1.0",
-        Version::HTTP_2 => "2",
-        Version::HTTP_3 => "3",
-        _ => "1.1",
+    let ours = match version {
+        Version::HTTP_10 => "1.0 sidecache",
+        Version::HTTP_2 => "2 sidecache",
+        Version::HTTP_3 => "3 sidecache",
+        _ => "1.1 sidecache",
     };
-    let entry = format!("{protocol} {VIA_NAME}");
-    let value = match headers.get(header::VIA).and_then(|v| v.to_str().ok()) {
-        Some(earlier) => format!("{earlier}, {entry}"),
-        None => entry,
+    debug_assert!(ours.ends_with(VIA_NAME));
+    let value = match headers.get(header::VIA) {
+        Some(earlier) => joined(earlier, ours),
+        None => Some(HeaderValue::from_static(ours)),
     };
-    if let Ok(value) = HeaderValue::try_from(value) {
+    if let Some(value) = value {
         headers.insert(header::VIA, value);
     }
+}
+
+/// `earlier, ours`: a list-valued field with one more member.
+pub fn joined(earlier: &HeaderValue, ours: impl AsRef<[u8]>) -> Option<HeaderValue> {
+    let ours = ours.as_ref();
+    let mut value = Vec::with_capacity(earlier.len() + 2 + ours.len());
+    value.extend_from_slice(earlier.as_bytes());
+    value.extend_from_slice(b", ");
+    value.extend_from_slice(ours);
+    HeaderValue::from_maybe_shared(Bytes::from(value)).ok()
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@ use crate::cache::fill::{Fill, StoringBody};
 use crate::cache::flight::Leader;
 use crate::cache::key::{self, CacheKey};
 use crate::cache::policy::{self, CacheControl, RequestPolicy};
-use crate::cache::status::CacheStatus;
+use crate::cache::status::{CACHE_STATUS, CacheStatus};
 use crate::cache::{Admission, Cache, Flight, validation};
 use crate::config::CacheConfig;
 use crate::metrics::{Metrics, UNROUTED};
@@ -646,16 +646,11 @@ impl Proxy {
 /// Adds this cache's member to `Cache-Status`, after any an upstream cache wrote (RFC 9211 §2).
 fn append_cache_status(headers: &mut HeaderMap, status: CacheStatus) {
     let ours = status.header_value();
-    let value = match headers.get("cache-status").map(HeaderValue::as_bytes) {
-        Some(earlier) => {
-            let mut joined = earlier.to_vec();
-            joined.extend_from_slice(b", ");
-            joined.extend_from_slice(ours.as_bytes());
-            HeaderValue::from_bytes(&joined).unwrap_or(ours)
-        }
+    let value = match headers.get(CACHE_STATUS) {
+        Some(earlier) => origin::joined(earlier, &ours).unwrap_or(ours),
         None => ours,
     };
-    headers.insert("cache-status", value);
+    headers.insert(CACHE_STATUS, value);
 }
 
 #[cfg(test)]

@@ -1,9 +1,14 @@
 //! The RFC 9211 `Cache-Status` value for each way a request can be answered.
 
-use http::{HeaderValue, StatusCode};
+use std::fmt::Write as _;
+
+use http::{HeaderName, HeaderValue, StatusCode};
 
 use super::Tier;
 use super::policy::NoCacheReason;
+
+/// The response field (RFC 9211).
+pub const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 
 /// The cache's name in `Cache-Status`.
 const CACHE_NAME: &str = "sidecache";
@@ -57,64 +62,82 @@ impl CacheStatus {
 
     /// The `Cache-Status` header value: the cache's name, then its parameters.
     pub fn header_value(&self) -> HeaderValue {
-        let mut params: Vec<String> = Vec::with_capacity(3);
-        let stored_or_why =
-            |params: &mut Vec<String>, not_stored: &Option<NoCacheReason>| match not_stored {
-                None => params.push("stored".into()),
-                Some(reason) => params.push(format!("detail={}", reason.as_str())),
-            };
+        let mut params = Params::new();
         match self {
             CacheStatus::Hit { ttl, tier } => {
-                params.push("hit".into());
-                params.push(format!("ttl={ttl}"));
+                params.add(format_args!("hit"));
+                params.add(format_args!("ttl={ttl}"));
                 // Which tier answered helps when reading a fleet's behaviour.
                 if *tier == Tier::Redis {
-                    params.push(format!("detail={}", tier.as_str()));
+                    params.add(format_args!("detail={}", tier.as_str()));
                 }
             }
             CacheStatus::Miss { not_stored } => {
-                params.push("fwd=miss".into());
-                stored_or_why(&mut params, not_stored);
+                params.add(format_args!("fwd=miss"));
+                params.stored_or_why(not_stored);
             }
             CacheStatus::VaryMiss { not_stored } => {
-                params.push("fwd=vary-miss".into());
-                stored_or_why(&mut params, not_stored);
+                params.add(format_args!("fwd=vary-miss"));
+                params.stored_or_why(not_stored);
             }
             CacheStatus::Stale {
                 fwd_status,
                 not_stored,
             } => {
-                params.push("fwd=stale".into());
-                params.push(format!("fwd-status={}", fwd_status.as_u16()));
-                stored_or_why(&mut params, not_stored);
+                params.add(format_args!("fwd=stale"));
+                params.add(format_args!("fwd-status={}", fwd_status.as_u16()));
+                params.stored_or_why(not_stored);
             }
             CacheStatus::WhileRevalidate { ttl } => {
-                params.push("hit".into());
-                params.push(format!("ttl={ttl}"));
-                params.push("detail=stale-while-revalidate".into());
+                params.add(format_args!("hit"));
+                params.add(format_args!("ttl={ttl}"));
+                params.add(format_args!("detail=stale-while-revalidate"));
             }
             CacheStatus::IfError { fwd_status } => {
-                params.push("fwd=stale".into());
-                params.push(format!("fwd-status={}", fwd_status.as_u16()));
-                params.push("detail=stale-if-error".into());
+                params.add(format_args!("fwd=stale"));
+                params.add(format_args!("fwd-status={}", fwd_status.as_u16()));
+                params.add(format_args!("detail=stale-if-error"));
             }
             CacheStatus::Collapsed => {
-                params.push("fwd=miss".into());
-                params.push("collapsed".into());
+                params.add(format_args!("fwd=miss"));
+                params.add(format_args!("collapsed"));
             }
             CacheStatus::Bypass(detail) => {
-                params.push("fwd=bypass".into());
+                params.add(format_args!("fwd=bypass"));
                 if let Some(reason) = detail {
-                    params.push(format!("detail={}", reason.as_str()));
+                    params.add(format_args!("detail={}", reason.as_str()));
                 }
             }
             CacheStatus::Request(reason) => {
-                params.push("fwd=request".into());
-                params.push(format!("detail={}", reason.as_str()));
+                params.add(format_args!("fwd=request"));
+                params.add(format_args!("detail={}", reason.as_str()));
             }
         }
-        let text = format!("{CACHE_NAME}; {}", params.join("; "));
-        HeaderValue::try_from(text).unwrap_or_else(|_| HeaderValue::from_static(CACHE_NAME))
+        HeaderValue::try_from(params.0).unwrap_or_else(|_| HeaderValue::from_static(CACHE_NAME))
+    }
+}
+
+/// The header value being written, in one buffer: this runs for every response.
+struct Params(String);
+
+impl Params {
+    fn new() -> Params {
+        let mut text = String::with_capacity(64);
+        text.push_str(CACHE_NAME);
+        Params(text)
+    }
+
+    fn add(&mut self, param: std::fmt::Arguments<'_>) {
+        self.0.push_str("; ");
+        // Writing to a String cannot fail.
+        let _ = self.0.write_fmt(param);
+    }
+
+    fn stored_or_why(&mut self, not_stored: &Option<NoCacheReason>) {
+        match not_stored {
+            None => self.add(format_args!("stored")),
+            Some(reason) => self.add(format_args!("detail={}", reason.as_str())),
+        }
     }
 }
 
