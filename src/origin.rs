@@ -383,20 +383,15 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove(header::UPGRADE);
 }
 
-/// Keeps only the headers `keep` accepts (every value of a kept name): the
-/// request model's cut of what a cacheable request forwards.
-pub fn retain_headers(headers: &mut HeaderMap, keep: impl Fn(&HeaderName) -> bool) {
-    let mut kept = HeaderMap::with_capacity(headers.len());
-    let mut current: Option<HeaderName> = None;
-    for (name, value) in std::mem::take(headers) {
-        if let Some(name) = name {
-            current = Some(name);
-        }
-        if let Some(name) = current.as_ref().filter(|name| keep(name)) {
-            kept.append(name.clone(), value);
-        }
+/// The headers `keep` accepts (every value of a kept name), in a new map
+/// with `room` for more: the request model's cut of what a cacheable
+/// request forwards.
+pub fn retained(headers: &HeaderMap, room: usize, keep: impl Fn(&HeaderName) -> bool) -> HeaderMap {
+    let mut kept = HeaderMap::with_capacity(headers.len() + room);
+    for (name, value) in headers.iter().filter(|(name, _)| keep(name)) {
+        kept.append(name.clone(), value.clone());
     }
-    *headers = kept;
+    kept
 }
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -506,9 +501,9 @@ mod tests {
     }
 
     #[test]
-    fn retain_keeps_every_value_of_kept_names() {
-        let mut h = headers(&[("accept", "a"), ("cookie", "c"), ("accept", "b")]);
-        retain_headers(&mut h, |name| name == header::ACCEPT);
+    fn retained_keeps_every_value_of_kept_names() {
+        let h = headers(&[("accept", "a"), ("cookie", "c"), ("accept", "b")]);
+        let h = retained(&h, 0, |name| name == header::ACCEPT);
         assert_eq!(
             h.get_all("accept").iter().collect::<Vec<_>>(),
             vec!["a", "b"]

@@ -113,8 +113,7 @@ impl CacheableRequest {
         client: SocketAddr,
         parts: &mut Parts,
     ) -> CacheableRequest {
-        let client_headers = parts.headers.clone();
-        request::prepare(&route, canonical_host, client, parts);
+        let client_headers = request::prepare(&route, canonical_host, client, parts);
         let authorization = parts.headers.contains_key(header::AUTHORIZATION);
         let plan = Plan::new(
             parts.method == Method::HEAD,
@@ -128,7 +127,8 @@ impl CacheableRequest {
             authorization,
             plan,
             client_headers,
-            forwarded: parts.headers.clone(),
+            // What the origin gets, each time it is asked ([`Self::prepare`]).
+            forwarded: std::mem::take(&mut parts.headers),
             route,
         }
     }
@@ -139,7 +139,6 @@ impl CacheableRequest {
     fn refresh(&self) -> (CacheableRequest, Parts) {
         let mut parts = Request::new(()).into_parts().0;
         parts.uri = self.uri.clone();
-        parts.headers = self.forwarded.clone();
         let request = CacheableRequest {
             plan: Plan::Full,
             client_headers: self.forwarded.clone(),
@@ -164,13 +163,14 @@ impl CacheableRequest {
         }
     }
 
-    /// Adds to the forwarded `headers` the validators of the stored response
-    /// being validated, or the client's `Range` when it is passed through;
-    /// returns the plan of the forwarded request.
-    fn prepare(&self, headers: &mut HeaderMap, prior: &Prior) -> Plan {
+    /// The headers the origin gets, with the validators of the stored
+    /// response being validated, or the client's `Range` when it is passed
+    /// through; and the plan of the forwarded request.
+    fn prepare(&self, prior: &Prior) -> (HeaderMap, Plan) {
+        let mut headers = self.forwarded.clone();
         let validating = prior.validating();
         if let Some(entry) = validating {
-            validation::add_validators(headers, &entry.headers);
+            validation::add_validators(&mut headers, &entry.headers);
         }
         let plan = self.plan.forwarding(validating.is_some());
         if plan == Plan::RangePass {
@@ -180,7 +180,7 @@ impl CacheableRequest {
                 }
             }
         }
-        plan
+        (headers, plan)
     }
 
     /// The fetch that requests the origin would answer alike may share;
@@ -405,7 +405,8 @@ impl Proxy {
         prior: Prior,
         leader: Option<Leader>,
     ) -> Result<Served, Failed> {
-        let plan = request.prepare(&mut parts.headers, &prior);
+        let plan;
+        (parts.headers, plan) = request.prepare(&prior);
         let presented = request.presented(self.max_object_size);
         let route = request.route.name.as_str();
         let sent = self.cache.now();

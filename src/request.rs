@@ -105,8 +105,15 @@ pub fn never_forwarded(name: &HeaderName) -> bool {
 /// (the canonical one, if the cache has one), its headers as the route
 /// forwards them with `Accept-Encoding` reduced to one coding and the other
 /// negotiation lists in canonical form, and the proxy's forwarding headers
-/// for `client`. Everything a `Vary` can select by is then in `parts`.
-pub fn prepare(route: &Route, canonical_host: Option<&str>, client: SocketAddr, parts: &mut Parts) {
+/// for `client`. Everything a `Vary` can select by is then in `parts`; the
+/// client's own headers (but hop-by-hop ones) are returned, for its
+/// conditions, ranges and directives.
+pub fn prepare(
+    route: &Route,
+    canonical_host: Option<&str>,
+    client: SocketAddr,
+    parts: &mut Parts,
+) -> HeaderMap {
     if let Some(uri) = keyed_uri(&parts.uri, &route.key_query) {
         parts.uri = uri;
     }
@@ -121,12 +128,15 @@ pub fn prepare(route: &Route, canonical_host: Option<&str>, client: SocketAddr, 
         }
         None => key::request_host(parts),
     };
+    let mut client_headers = std::mem::take(&mut parts.headers);
+    origin::strip_hop_by_hop(&mut client_headers);
     let cookie = match &route.cookies {
-        Cookies::Key(names) => keyed_cookies(&parts.headers, names),
+        Cookies::Key(names) => keyed_cookies(&client_headers, names),
         Cookies::Bypass | Cookies::Strip => None,
     };
-    origin::strip_hop_by_hop(&mut parts.headers);
-    origin::retain_headers(&mut parts.headers, |name| forwards(route, name));
+    // Room for what is added below without growing the map.
+    let room = 2 + NEGOTIATION.len() + 5;
+    parts.headers = origin::retained(&client_headers, room, |name| forwards(route, name));
     if let Some(cookie) = cookie {
         parts.headers.insert(header::COOKIE, cookie);
     }
@@ -142,6 +152,7 @@ pub fn prepare(route: &Route, canonical_host: Option<&str>, client: SocketAddr, 
     // reach the origin either: it then gets none, as the key has none.
     parts.headers.remove(header::HOST);
     origin::add_forwarding_headers(&mut parts.headers, parts.version, client, &host);
+    client_headers
 }
 
 /// Whether a header of a cacheable request reaches the origin as it came
