@@ -146,7 +146,8 @@ impl RawConfig {
         let p = &mut problems;
         let server = self.server.validate(p);
         let origin = self.origin.unwrap_or_default().validate(p);
-        let cache = self.cache.validate(p);
+        // Objects too large for the memory tier can still live in Redis.
+        let cache = self.cache.validate(self.redis.is_some(), p);
         let redis = self.redis.and_then(|raw| raw.validate(env, p));
         let routes = routes::validate(self.routes, &cache, p);
         if problems.0.is_empty() {

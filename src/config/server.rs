@@ -253,7 +253,9 @@ pub struct MemoryConfig {
 }
 
 impl RawCache {
-    pub(super) fn validate(self, p: &mut Problems) -> CacheConfig {
+    /// `with_redis`: a `[redis]` tier is configured, which can hold objects
+    /// the memory tier cannot.
+    pub(super) fn validate(self, with_redis: bool, p: &mut Problems) -> CacheConfig {
         let namespace = self.namespace.unwrap_or_else(|| DEFAULT_NAMESPACE.into());
         if namespace.is_empty() {
             p.push("cache.namespace", "must not be empty");
@@ -297,11 +299,14 @@ impl RawCache {
                 "cache.max_object_size",
                 format!("must be at most {MAX_OBJECT_SIZE_LIMIT} bytes"),
             );
-        } else if cache.memory.capacity > 0 && cache.max_object_size > cache.memory.capacity {
+        } else if cache.memory.capacity > 0
+            && cache.max_object_size > cache.memory.capacity
+            && !with_redis
+        {
             p.push(
                 "cache.max_object_size",
                 format!(
-                    "larger than cache.memory.capacity ({} bytes), so nothing that size could be kept",
+                    "larger than cache.memory.capacity ({} bytes) and no [redis] is configured, so nothing that size could be kept",
                     cache.memory.capacity
                 ),
             );
@@ -430,6 +435,16 @@ mod tests {
     }
 
     #[test]
+    fn objects_larger_than_the_memory_tier_are_for_redis_to_hold() {
+        let text = format!(
+            "{MINIMAL}[cache]\nmax_object_size = \"2MiB\"\n[cache.memory]\ncapacity = \"1MiB\"\n[redis]\nnodes = [\"127.0.0.1:7000\"]\n"
+        );
+        let config = config(&text).unwrap();
+        assert_eq!(config.cache.max_object_size, 2 * 1024 * 1024);
+        assert_eq!(config.cache.memory.capacity, 1024 * 1024);
+    }
+
+    #[test]
     fn server_and_cache_validation_messages() {
         let cases: &[(&str, &str)] = &[
             (
@@ -470,7 +485,7 @@ mod tests {
             ),
             (
                 "[cache]\nmax_object_size = \"2MiB\"\n[cache.memory]\ncapacity = \"1MiB\"",
-                "cache.max_object_size: larger than cache.memory.capacity (1048576 bytes), so nothing that size could be kept",
+                "cache.max_object_size: larger than cache.memory.capacity (1048576 bytes) and no [redis] is configured, so nothing that size could be kept",
             ),
             (
                 "[cache]\nhost = \"https://shop.example.com/\"",
