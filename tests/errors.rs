@@ -24,7 +24,10 @@ async fn unreachable_origin_is_502() {
         .await;
     // A miss that failed says so; a route that bypasses the cache still does.
     for (path, cache_status) in [
-        ("/e/cached", "sidecache; fwd=miss; detail=origin-unreachable"),
+        (
+            "/e/cached",
+            "sidecache; fwd=miss; detail=origin-unreachable",
+        ),
         ("/uncached", "sidecache; fwd=bypass"),
     ] {
         let answer = proxy.get(path).await;
