@@ -81,7 +81,7 @@ use crate::admin::Admin;
 use crate::cache::Cache;
 use crate::clock::Clock;
 
-use crate::config::Config;
+use crate::config::{ClientLimits, Config};
 use crate::metrics::Metrics;
 use crate::origin::Origin;
 use crate::proxy::Proxy;
@@ -312,6 +312,7 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> Result<Running, S
     let limits = || Limits {
         connections: connections.clone(),
         shutdown_grace: server.shutdown_grace,
+        client: server.client,
     };
     let workers = others
         .into_iter()
@@ -344,6 +345,8 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> Result<Running, S
         Limits {
             connections: Arc::new(Semaphore::new(ADMIN_MAX_CONNECTIONS)),
             shutdown_grace: ADMIN_SHUTDOWN_GRACE,
+            // Probes and scrapes need no more than the defaults allow.
+            client: ClientLimits::default(),
         },
         admin_stopped,
     ));
