@@ -2,9 +2,10 @@
 //!
 //! # Layout
 //! One request flows through these modules, in this order:
-//! - [`server`]: accept loops, connection limit, graceful shutdown; one
-//!   loop per worker thread (`server.workers`), each on its own
-//!   single-threaded runtime and `SO_REUSEPORT` listener.
+//! - [`server`]: accept loops, connection limit, bounds on request heads
+//!   and slow clients, graceful shutdown; one loop per worker thread
+//!   (`server.workers`), each on its own single-threaded runtime and
+//!   `SO_REUSEPORT` listener.
 //! - [`proxy`]: the pipeline; the only module that calls the others in order.
 //!   Its outer handler matches the route and writes `Cache-Status`, metrics
 //!   and the access log from the [`proxy::Served`] the inner one returns.
