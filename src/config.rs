@@ -30,8 +30,10 @@ pub use routes::DEFAULT_LOCK_TIMEOUT;
 #[cfg(test)]
 pub(crate) use routes::test_route;
 pub use server::{
-    CacheConfig, DEFAULT_ADMIN_LISTEN, DEFAULT_CONNECT_TIMEOUT, DEFAULT_KEEP_STALE, DEFAULT_LISTEN,
-    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_OBJECT_SIZE, DEFAULT_MEMORY_CAPACITY, DEFAULT_NAMESPACE,
+    CacheConfig, ClientLimits, DEFAULT_ADMIN_LISTEN, DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_H2_MAX_CONCURRENT_STREAMS, DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_KEEP_STALE, DEFAULT_LISTEN, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_HEADER_SIZE,
+    DEFAULT_MAX_HEADERS, DEFAULT_MAX_OBJECT_SIZE, DEFAULT_MEMORY_CAPACITY, DEFAULT_NAMESPACE,
     DEFAULT_ORIGIN_TIMEOUT, DEFAULT_SHUTDOWN_GRACE, DEFAULT_TARGETED_FIELDS, MemoryConfig,
     OriginConfig, ServerConfig,
 };
@@ -146,7 +148,8 @@ impl RawConfig {
         let p = &mut problems;
         let server = self.server.validate(p);
         let origin = self.origin.unwrap_or_default().validate(p);
-        let cache = self.cache.validate(p);
+        // Objects too large for the memory tier can still live in Redis.
+        let cache = self.cache.validate(self.redis.is_some(), p);
         let redis = self.redis.and_then(|raw| raw.validate(env, p));
         let routes = routes::validate(self.routes, &cache, p);
         if problems.0.is_empty() {

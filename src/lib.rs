@@ -2,9 +2,10 @@
 //!
 //! # Layout
 //! One request flows through these modules, in this order:
-//! - [`server`]: accept loops, connection limit, graceful shutdown; one
-//!   loop per worker thread (`server.workers`), each on its own
-//!   single-threaded runtime and `SO_REUSEPORT` listener.
+//! - [`server`]: accept loops, connection limit, bounds on request heads
+//!   and slow clients, graceful shutdown; one loop per worker thread
+//!   (`server.workers`), each on its own single-threaded runtime and
+//!   `SO_REUSEPORT` listener.
 //! - [`proxy`]: the pipeline; the only module that calls the others in order.
 //!   Its outer handler matches the route and writes `Cache-Status`, metrics
 //!   and the access log from the [`proxy::Served`] the inner one returns.
@@ -81,7 +82,7 @@ use crate::admin::Admin;
 use crate::cache::Cache;
 use crate::clock::Clock;
 
-use crate::config::Config;
+use crate::config::{ClientLimits, Config};
 use crate::metrics::Metrics;
 use crate::origin::Origin;
 use crate::proxy::Proxy;
@@ -312,6 +313,7 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> Result<Running, S
     let limits = || Limits {
         connections: connections.clone(),
         shutdown_grace: server.shutdown_grace,
+        client: server.client,
     };
     let workers = others
         .into_iter()
@@ -344,6 +346,8 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> Result<Running, S
         Limits {
             connections: Arc::new(Semaphore::new(ADMIN_MAX_CONNECTIONS)),
             shutdown_grace: ADMIN_SHUTDOWN_GRACE,
+            // Probes and scrapes need no more than the defaults allow.
+            client: ClientLimits::default(),
         },
         admin_stopped,
     ));

@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, field};
 
 use crate::body::{self, ProxyBody};
-use crate::cache::decide::{self, OnHead, OnLookup, Plan, Presented, Prior, Times};
+use crate::cache::decide::{self, OnError, OnHead, OnLookup, Plan, Presented, Prior, Times};
 use crate::cache::entry::Entry;
 use crate::cache::fill::{Fill, StoringBody};
 use crate::cache::flight::Leader;
@@ -415,13 +415,11 @@ impl Proxy {
             Err(error) => {
                 let now = self.cache.now();
                 return match decide::on_error(&presented, &prior, error.status(), now) {
-                    Some((entry, status)) => {
+                    OnError::StandIn(entry, status) => {
                         tracing::warn!(%error, "origin failed; serving stale");
                         Ok(request.answer(&entry, status, now))
                     }
-                    // Reported as a bypass until misses that fail get their
-                    // own detail (issue 12).
-                    None => Err(Failed::with(CacheStatus::Bypass(None))(error)),
+                    OnError::Fail(status) => Err(Failed { error, status }),
                 };
             }
         };

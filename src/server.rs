@@ -1,21 +1,24 @@
-//! Listeners: accept loops for the proxy and admin ports, connection limit, graceful shutdown.
+//! Listeners: accept loops for the proxy and admin ports, connection limit, bounds on request heads and slow clients, graceful shutdown.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use http::{Request, Response};
+use http::{HeaderValue, Request, Response, StatusCode, Version, header};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
-use crate::body::ProxyBody;
+use crate::body::{self, ProxyBody};
+use crate::config::{ClientLimits, DEFAULT_MAX_HEADERS};
 
 /// Pause after a failed accept (e.g. out of file descriptors), so the loop
 /// does not spin while the condition lasts.
@@ -34,6 +37,82 @@ pub struct Limits {
     pub connections: Arc<Semaphore>,
     /// Time open connections get to finish once shutdown starts.
     pub shutdown_grace: Duration,
+    /// What one client may send before it is served, and how long it may take.
+    pub client: ClientLimits,
+}
+
+/// hyper's smallest HTTP/1 read buffer (it panics below it).
+const HYPER_MIN_BUF_SIZE: usize = 8192;
+
+/// The HTTP/1 and h2 settings that bound what one client can make this
+/// process hold, and for how long.
+fn builder(limits: &ClientLimits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let mut http1 = builder.http1();
+    http1
+        .timer(TokioTimer::new())
+        // hyper runs one timer from the moment a connection waits for a
+        // request head (new, or idle between keep-alive requests) until
+        // the head is complete: the idle timeout, head included. The first
+        // head's shorter deadline is `serve`'s.
+        .header_read_timeout(limits.idle_timeout)
+        // hyper answers 431 and closes once its read buffer is full and the
+        // head still incomplete. The buffer can grow past this before it
+        // looks, so `head_fits` checks the exact size of heads it parsed.
+        .max_buf_size(limits.max_header_size.max(HYPER_MIN_BUF_SIZE));
+    // At its default hyper parses fields into a stack array; any other
+    // value costs a heap allocation per request.
+    if limits.max_headers != DEFAULT_MAX_HEADERS {
+        http1.max_headers(limits.max_headers);
+    }
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.h2_max_concurrent_streams)
+        // h2 answers a larger header list with 431 itself.
+        .max_header_list_size(u32::try_from(limits.max_header_size).unwrap_or(u32::MAX))
+        // h2 has no idle timeout: ping a quiet connection instead, and
+        // close it when the ping goes unanswered (hyper's 20 s), so dead
+        // peers do not hold connections.
+        .keep_alive_interval(limits.idle_timeout);
+    builder
+}
+
+/// Bytes of a request head as HTTP/1.1 writes it: the request line and
+/// each field as `name: value` and CRLF.
+fn head_size(request: &Request<Incoming>) -> usize {
+    const VERSION_AND_SPACES: usize = " HTTP/1.1\r\n".len() + 1;
+    const FIELD_PUNCTUATION: usize = ": \r\n".len();
+    let uri = request.uri();
+    let target = uri.authority().map_or(0, |a| a.as_str().len())
+        + uri.path_and_query().map_or(1, |p| p.as_str().len());
+    let fields: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + FIELD_PUNCTUATION)
+        .sum();
+    let blank_line = "\r\n".len();
+    request.method().as_str().len() + target + VERSION_AND_SPACES + fields + blank_line
+}
+
+/// Whether a parsed request head is within the limits. hyper refuses most
+/// heads beyond them before they are parsed; this catches the rest, so a
+/// client sees the same 431 at exactly the configured bound.
+fn head_fits(request: &Request<Incoming>, limits: &ClientLimits) -> bool {
+    request.headers().len() <= limits.max_headers && head_size(request) <= limits.max_header_size
+}
+
+/// 431, as hyper answers a head it cannot buffer; an HTTP/1 connection is
+/// closed after it, as hyper's is.
+fn head_too_large(version: Version) -> Response<ProxyBody> {
+    let mut response = Response::new(body::empty());
+    *response.status_mut() = StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
+    if version < Version::HTTP_2 {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }
 
 /// Accepts connections on `listener` and serves each with `handler`
@@ -49,7 +128,8 @@ pub async fn serve<H, F>(
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<ProxyBody>> + Send + 'static,
 {
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let builder = builder(&limits.client);
+    let client_limits = limits.client;
     let graceful = GracefulShutdown::new();
     let permits = limits.connections;
     loop {
@@ -76,16 +156,48 @@ pub async fn serve<H, F>(
             tracing::debug!(%error, "set_nodelay failed");
         }
         let handler = handler.clone();
-        let service = service_fn(move |request| {
-            let response = handler(request, client);
-            async move { Ok::<_, Infallible>(response.await) }
+        // Whether a request head has arrived: until one does, the
+        // connection has `header_read_timeout` (slowloris); after it,
+        // hyper's idle timer applies.
+        let served = Arc::new(AtomicBool::new(false));
+        let first_head = served.clone();
+        let service = service_fn(move |request: Request<Incoming>| {
+            first_head.store(true, Ordering::Relaxed);
+            let version = request.version();
+            let response = head_fits(&request, &client_limits).then(|| handler(request, client));
+            async move {
+                let response = match response {
+                    Some(response) => response.await,
+                    None => {
+                        tracing::debug!(%client, "request head over the limits: 431");
+                        head_too_large(version)
+                    }
+                };
+                Ok::<_, Infallible>(response)
+            }
         });
         let connection = builder
             .serve_connection(TokioIo::new(stream), service)
             .into_owned();
         let connection = graceful.watch(connection);
+        let header_read_timeout = client_limits.header_read_timeout;
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
+            let mut connection = pin!(connection);
+            let ended = tokio::select! {
+                ended = &mut connection => Some(ended),
+                () = tokio::time::sleep(header_read_timeout) => None,
+            };
+            let ended = match ended {
+                Some(ended) => ended,
+                None if served.load(Ordering::Relaxed) => connection.await,
+                // No request head yet (a slowloris client trickling its
+                // first one): dropping the connection closes it, unanswered.
+                None => {
+                    tracing::debug!(%client, "no request head within the header read timeout; closed");
+                    return;
+                }
+            };
+            if let Err(error) = ended {
                 tracing::debug!(%client, error = %error, "connection ended with an error");
             }
             drop(permit);

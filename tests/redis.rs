@@ -94,6 +94,44 @@ async fn a_response_fetched_through_one_pod_is_a_hit_for_another() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_too_large_for_the_memory_tier_is_kept_and_served_by_redis() {
+    let cluster = Arc::new(blocking(RedisCluster::start).await);
+    let origin = Origin::start().await;
+    let body = vec![b'x'; 200 * 1024];
+    origin.on("/r/large", support::Reply::ok().body(body.clone()));
+    // Refused without [redis]; with it, Redis holds what L1 cannot.
+    let sizes = "[cache]\nmax_object_size = \"1MiB\"\n[cache.memory]\ncapacity = \"64KiB\"\n";
+    let proxy = proxy_on(&origin, &cluster.seeds(), sizes).await;
+    proxy.wait_redis_connected().await;
+
+    let first = get(&proxy, "/r/large").await;
+    assert_eq!(first.cache_status(), "sidecache; fwd=miss; stored");
+    assert_eq!(first.body, body);
+    let c = cluster.clone();
+    eventually("the L2 write", Duration::from_secs(5), async || {
+        let c = c.clone();
+        blocking(move || c.total_keys()).await == 1
+    })
+    .await;
+    // Every hit comes from Redis: the memory tier never keeps it.
+    for _ in 0..2 {
+        let hit = get(&proxy, "/r/large").await;
+        let status = hit.cache_status();
+        assert!(
+            status.starts_with("sidecache; hit; ttl=") && status.ends_with("; detail=l2"),
+            "{status}"
+        );
+        assert_eq!(hit.body, body);
+    }
+    assert_eq!(origin.hits("/r/large"), 1);
+    let metrics = proxy.admin("/metrics").await.text();
+    assert!(
+        metrics.contains("sidecache_cache_memory_entries 0"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn entries_spread_over_all_three_masters() {
     let cluster = Arc::new(blocking(RedisCluster::start).await);
     let origin = Origin::start().await;

@@ -245,15 +245,7 @@ pub fn on_head(
         )
         .and_then(|lifetime| fits(&head.headers, request.max_object_size).map(|()| lifetime)),
     };
-    let not_stored = storable.err();
-    let status = match &prior.variants {
-        _ if prior.stale.is_some() => CacheStatus::Stale {
-            fwd_status: head.status,
-            not_stored,
-        },
-        Some(_) => CacheStatus::VaryMiss { not_stored },
-        None => CacheStatus::Miss { not_stored },
-    };
+    let status = forwarded(prior, head.status, storable.err());
     let Ok(freshness_lifetime) = storable else {
         return OnHead::PassOn(status);
     };
@@ -359,16 +351,52 @@ fn to_store(
     (entry, variants)
 }
 
-/// What an origin that gave no answer (`fwd_status`: 502 or 504) means: a
-/// stale response that may stand in for it (RFC 5861 §4), or the error.
+/// What an origin that gave no answer means for the request.
+#[derive(Debug)]
+pub enum OnError {
+    /// A stale response stands in for it (RFC 5861 §4).
+    StandIn(Arc<Entry>, CacheStatus),
+    /// The error goes to the client; the status says what was forwarded
+    /// (a miss, a variant's miss, a stale response's validation) and why
+    /// nothing was stored.
+    Fail(CacheStatus),
+}
+
+/// Decides what an origin that gave no answer (`fwd_status`: 502, or 504
+/// when a deadline ran out) means: a stale response may stand in for it,
+/// or the client gets the error.
 pub fn on_error(
     request: &Presented<'_>,
     prior: &Prior,
     fwd_status: StatusCode,
     now: SystemTime,
-) -> Option<(Arc<Entry>, CacheStatus)> {
-    let entry = stand_in(request, prior, now)?;
-    Some((entry, CacheStatus::IfError { fwd_status }))
+) -> OnError {
+    if let Some(entry) = stand_in(request, prior, now) {
+        return OnError::StandIn(entry, CacheStatus::IfError { fwd_status });
+    }
+    let why = if fwd_status == StatusCode::GATEWAY_TIMEOUT {
+        NoCacheReason::OriginTimeout
+    } else {
+        NoCacheReason::OriginUnreachable
+    };
+    OnError::Fail(forwarded(prior, fwd_status, Some(why)))
+}
+
+/// How the cache took part in a request it forwarded: to validate a stale
+/// response, for a variant the URL does not have yet, or for a plain miss.
+fn forwarded(
+    prior: &Prior,
+    fwd_status: StatusCode,
+    not_stored: Option<NoCacheReason>,
+) -> CacheStatus {
+    match &prior.variants {
+        _ if prior.stale.is_some() => CacheStatus::Stale {
+            fwd_status,
+            not_stored,
+        },
+        Some(_) => CacheStatus::VaryMiss { not_stored },
+        None => CacheStatus::Miss { not_stored },
+    }
 }
 
 /// The stale response that may answer for a failing origin, if any.
@@ -807,42 +835,49 @@ mod tests {
             stale: Some(old),
             variants: None,
         };
-        assert!(on_error(&ask.presented(), &prior, StatusCode::BAD_GATEWAY, now()).is_some());
+        let decided = on_error(&ask.presented(), &prior, StatusCode::BAD_GATEWAY, now());
+        assert!(matches!(decided, OnError::StandIn(..)), "{decided:?}");
     }
 
     #[test]
     fn on_error_rfc5861_4() {
-        let gateway = StatusCode::BAD_GATEWAY;
+        let (gateway, timeout) = (StatusCode::BAD_GATEWAY, StatusCode::GATEWAY_TIMEOUT);
         let old = stored(&[], 3 * MINUTE, 2 * MINUTE);
         let with_directive = stored(
             &[("cache-control", "stale-if-error=30")],
             3 * MINUTE,
             2 * MINUTE,
         );
+        let stand_in = CacheStatus::IfError {
+            fwd_status: gateway,
+        };
+        let miss = |why| CacheStatus::Miss {
+            not_stored: Some(why),
+        };
+        let stale = CacheStatus::Stale {
+            fwd_status: gateway,
+            not_stored: Some(NoCacheReason::OriginUnreachable),
+        };
+        // The expected status tells a stand-in (IfError) from a failure.
         #[rustfmt::skip]
-        let rows: Vec<(&str, Option<Arc<Entry>>, Duration, bool)> = vec![
-            ("nothing stored: the error", None, 2 * MINUTE, true),
-            ("within the route's window", Some(old.clone()), 2 * MINUTE, false),
-            ("without a window", Some(old.clone()), Duration::ZERO, true),
-            ("past the response's own window", Some(with_directive), 2 * MINUTE, true),
+        let rows = [
+            ("nothing stored: a miss that failed", None, 2 * MINUTE, gateway, miss(NoCacheReason::OriginUnreachable)),
+            ("a miss that timed out", None, 2 * MINUTE, timeout, miss(NoCacheReason::OriginTimeout)),
+            ("within the route's window", Some(old.clone()), 2 * MINUTE, gateway, stand_in),
+            ("without a window: a validation that failed", Some(old.clone()), Duration::ZERO, gateway, stale),
+            ("past the response's own window", Some(with_directive), 2 * MINUTE, gateway, stale),
         ];
-        for (why, stale, window, error) in rows {
+        for (why, stale, window, fwd_status, expected) in rows {
             let mut ask = ask(&[]);
             ask.stale_if_error = window;
             let prior = Prior {
                 stale,
                 variants: None,
             };
-            let decided = on_error(&ask.presented(), &prior, gateway, now());
-            assert_eq!(decided.is_none(), error, "{why}");
-            if let Some((_, status)) = decided {
-                assert_eq!(
-                    status,
-                    CacheStatus::IfError {
-                        fwd_status: gateway
-                    }
-                );
-            }
+            let status = match on_error(&ask.presented(), &prior, fwd_status, now()) {
+                OnError::StandIn(_, status) | OnError::Fail(status) => status,
+            };
+            assert_eq!(status, expected, "{why}");
         }
     }
 }

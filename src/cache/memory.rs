@@ -13,6 +13,9 @@ use super::key::CacheKey;
 pub struct MemoryTier {
     /// `None` when configured with zero capacity: the tier is off.
     objects: Option<Cache<[u8; 32], Slot>>,
+    /// The byte budget: an object weighing more is not kept here (Redis may
+    /// hold it), rather than pushing out everything else for nothing.
+    capacity: u64,
 }
 
 /// An object and how long the tier keeps it.
@@ -50,7 +53,10 @@ impl MemoryTier {
     /// A tier holding at most `capacity` bytes of objects; zero turns it off.
     pub fn new(capacity: u64) -> MemoryTier {
         if capacity == 0 {
-            return MemoryTier { objects: None };
+            return MemoryTier {
+                objects: None,
+                capacity,
+            };
         }
         let objects = Cache::builder()
             .max_capacity(capacity)
@@ -59,6 +65,7 @@ impl MemoryTier {
             .build();
         MemoryTier {
             objects: Some(objects),
+            capacity,
         }
     }
 
@@ -68,11 +75,19 @@ impl MemoryTier {
         (slot.object.key().canonical() == key.canonical()).then_some(slot.object)
     }
 
-    /// Stores `object` for `keep_for`, replacing what its key held.
+    /// Stores `object` for `keep_for`, replacing what its key held; an
+    /// object larger than the whole tier is not kept (and what its key held
+    /// goes, being older).
     pub fn insert(&self, object: Stored, keep_for: Duration) {
-        if let Some(objects) = &self.objects {
-            objects.insert(*object.key().hash(), Slot { object, keep_for });
+        let Some(objects) = &self.objects else {
+            return;
+        };
+        let hash = *object.key().hash();
+        if object.weight() > self.capacity {
+            objects.invalidate(&hash);
+            return;
         }
+        objects.insert(hash, Slot { object, keep_for });
     }
 
     /// Drops the object stored under `key`, if any.
@@ -101,5 +116,39 @@ impl MemoryTier {
             objects.run_pending_tasks();
             objects.entry_count()
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::SystemTime;
+
+    use super::*;
+    use crate::cache::entry::Entry;
+
+    fn object(body: usize) -> Stored {
+        let (parts, ()) = http::Request::get("/big").body(()).unwrap().into_parts();
+        Stored::Response(Arc::new(Entry {
+            key: CacheKey::for_request("ns", &parts),
+            status: http::StatusCode::OK,
+            headers: http::HeaderMap::new(),
+            body: bytes::Bytes::from(vec![b'x'; body]),
+            response_time: SystemTime::now(),
+            initial_age: Duration::ZERO,
+            freshness_lifetime: Duration::from_secs(60),
+        }))
+    }
+
+    #[test]
+    fn an_object_larger_than_the_tier_is_not_kept_and_drops_its_older_copy() {
+        let tier = MemoryTier::new(64 * 1024);
+        let small = object(1024);
+        let key = small.key().clone();
+        tier.insert(small, Duration::from_secs(60));
+        assert!(tier.get(&key).is_some());
+        tier.insert(object(100 * 1024), Duration::from_secs(60));
+        assert!(tier.get(&key).is_none());
+        assert_eq!(tier.entries(), 0);
     }
 }

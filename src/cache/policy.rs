@@ -84,6 +84,11 @@ pub enum NoCacheReason {
     /// A range miss on a route that does not fetch whole bodies for ranges:
     /// the range is passed through, and a 206 is never stored as complete.
     Range,
+    /// The origin could not be reached or broke the exchange before its
+    /// response head (a 502).
+    OriginUnreachable,
+    /// The origin's connect or response head missed its deadline (a 504).
+    OriginTimeout,
 }
 
 impl NoCacheReason {
@@ -105,6 +110,8 @@ impl NoCacheReason {
             NoCacheReason::Incomplete => "incomplete",
             NoCacheReason::OnlyIfCached => "only-if-cached",
             NoCacheReason::Range => "range",
+            NoCacheReason::OriginUnreachable => "origin-unreachable",
+            NoCacheReason::OriginTimeout => "origin-timeout",
         }
     }
 }

@@ -181,6 +181,12 @@ mod tests {
                 "sidecache; fwd=miss; detail=no-store",
             ),
             (
+                CacheStatus::Miss {
+                    not_stored: Some(NoCacheReason::OriginTimeout),
+                },
+                "sidecache; fwd=miss; detail=origin-timeout",
+            ),
+            (
                 CacheStatus::VaryMiss { not_stored: None },
                 "sidecache; fwd=vary-miss; stored",
             ),

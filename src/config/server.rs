@@ -22,6 +22,32 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// Default cap on concurrent client connections, so a flood queues in the
 /// kernel's backlog instead of exhausting memory.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Default bound on a request head (request line and header fields; h2: the
+/// header list), so one connection cannot pin more than this in buffers.
+/// Real heads are a few KiB; 64 KiB leaves room for large cookies.
+pub const DEFAULT_MAX_HEADER_SIZE: usize = 64 * 1024;
+/// Smallest and largest `server.max_header_size`: below 1 KiB ordinary
+/// requests fail; above 16 MiB it no longer bounds anything.
+const HEADER_SIZE_RANGE: std::ops::RangeInclusive<usize> = 1024..=16 * 1024 * 1024;
+/// Default most header fields in a request: hyper's own default, which it
+/// parses into a stack array (any other value costs a heap allocation per
+/// request).
+pub const DEFAULT_MAX_HEADERS: usize = 100;
+/// Largest `server.max_headers`: hyper allocates room for that many fields
+/// for every request.
+const MAX_HEADERS_LIMIT: usize = 1000;
+/// Default time a new connection gets to send its first complete request
+/// head: any real client sends it in one go; a slowloris client trickling
+/// it is dropped.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default time an HTTP/1 connection may wait for its next request head.
+/// Longer than the 60 s idle timeout of common callers' pools (AWS ALB,
+/// ingress-nginx upstream keep-alive), so this side is not the one to close
+/// a connection the caller is about to reuse.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(75);
+/// Default most concurrent streams on one h2 connection (RFC 9113 §6.5.2
+/// suggests no fewer than 100).
+pub const DEFAULT_H2_MAX_CONCURRENT_STREAMS: u32 = 100;
 
 #[derive(Debug, Default, Deserialize)]
 pub(super) struct RawServer {
@@ -31,6 +57,11 @@ pub(super) struct RawServer {
     shutdown_delay: Option<String>,
     max_connections: Option<usize>,
     workers: Option<usize>,
+    max_header_size: Option<String>,
+    max_headers: Option<usize>,
+    header_read_timeout: Option<String>,
+    idle_timeout: Option<String>,
+    h2_max_concurrent_streams: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,6 +81,42 @@ pub struct ServerConfig {
     /// and its own listener on `listen` (`SO_REUSEPORT`): a request stays
     /// on one thread, with no work stealing or cross-thread wake-ups.
     pub workers: usize,
+    /// What one client connection may send before it is answered, and how
+    /// long it may take.
+    pub client: ClientLimits,
+}
+
+/// Bounds on what a client sends before its request is served: they keep
+/// a slow or hostile client from holding buffers and connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientLimits {
+    /// Bytes of one request head: request line and header fields (h2: the
+    /// header list, which counts 32 more bytes per field); past it, 431.
+    pub max_header_size: usize,
+    /// Header fields in one request; past it, 431.
+    pub max_headers: usize,
+    /// Time from accepting a connection to its first complete request head;
+    /// past it the connection is closed without an answer.
+    pub header_read_timeout: Duration,
+    /// Time an HTTP/1 connection may wait for its next request head (the
+    /// head included); past it the connection is closed. h2 connections
+    /// are pinged this often instead and closed when a ping goes unanswered.
+    pub idle_timeout: Duration,
+    /// Streams one h2 connection may have open at once; the client is told
+    /// (SETTINGS) and a stream beyond it is refused (`REFUSED_STREAM`).
+    pub h2_max_concurrent_streams: u32,
+}
+
+impl Default for ClientLimits {
+    fn default() -> ClientLimits {
+        ClientLimits {
+            max_header_size: DEFAULT_MAX_HEADER_SIZE,
+            max_headers: DEFAULT_MAX_HEADERS,
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            h2_max_concurrent_streams: DEFAULT_H2_MAX_CONCURRENT_STREAMS,
+        }
+    }
 }
 
 impl RawServer {
@@ -81,6 +148,30 @@ impl RawServer {
             ),
             max_connections: self.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS),
             workers: self.workers.unwrap_or_else(default_workers),
+            client: ClientLimits {
+                max_header_size: p.parse(
+                    "server.max_header_size",
+                    self.max_header_size.as_deref(),
+                    DEFAULT_MAX_HEADER_SIZE,
+                    parse_header_size,
+                ),
+                max_headers: self.max_headers.unwrap_or(DEFAULT_MAX_HEADERS),
+                header_read_timeout: p.parse(
+                    "server.header_read_timeout",
+                    self.header_read_timeout.as_deref(),
+                    DEFAULT_HEADER_READ_TIMEOUT,
+                    parse_positive_duration,
+                ),
+                idle_timeout: p.parse(
+                    "server.idle_timeout",
+                    self.idle_timeout.as_deref(),
+                    DEFAULT_IDLE_TIMEOUT,
+                    parse_positive_duration,
+                ),
+                h2_max_concurrent_streams: self
+                    .h2_max_concurrent_streams
+                    .unwrap_or(DEFAULT_H2_MAX_CONCURRENT_STREAMS),
+            },
         };
         if server.max_connections == 0 {
             p.push("server.max_connections", "must be at least 1");
@@ -91,6 +182,27 @@ impl RawServer {
                 format!("must be between 1 and {MAX_WORKERS}"),
             );
         }
+        let client = &server.client;
+        if !(1..=MAX_HEADERS_LIMIT).contains(&client.max_headers) {
+            p.push(
+                "server.max_headers",
+                format!("must be between 1 and {MAX_HEADERS_LIMIT}"),
+            );
+        }
+        // hyper waits for the next head with one timer (idle and head
+        // together), so the first head cannot be given longer than that.
+        if client.header_read_timeout > client.idle_timeout {
+            p.push(
+                "server.header_read_timeout",
+                format!(
+                    "longer than server.idle_timeout ({:?}), which bounds every request head",
+                    client.idle_timeout
+                ),
+            );
+        }
+        if client.h2_max_concurrent_streams == 0 {
+            p.push("server.h2_max_concurrent_streams", "must be at least 1");
+        }
         // Port 0 asks for any free port, so two of them do not collide.
         if server.listen == server.admin_listen && server.listen.port() != 0 {
             p.push(
@@ -100,6 +212,14 @@ impl RawServer {
         }
         server
     }
+}
+
+fn parse_header_size(text: &str) -> Result<usize, String> {
+    let size = parse_size(text)?;
+    usize::try_from(size)
+        .ok()
+        .filter(|size| HEADER_SIZE_RANGE.contains(size))
+        .ok_or_else(|| "must be between 1KiB and 16MiB".into())
 }
 
 fn parse_addr(text: &str) -> Result<SocketAddr, String> {
@@ -253,7 +373,9 @@ pub struct MemoryConfig {
 }
 
 impl RawCache {
-    pub(super) fn validate(self, p: &mut Problems) -> CacheConfig {
+    /// `with_redis`: a `[redis]` tier is configured, which can hold objects
+    /// the memory tier cannot.
+    pub(super) fn validate(self, with_redis: bool, p: &mut Problems) -> CacheConfig {
         let namespace = self.namespace.unwrap_or_else(|| DEFAULT_NAMESPACE.into());
         if namespace.is_empty() {
             p.push("cache.namespace", "must not be empty");
@@ -297,11 +419,14 @@ impl RawCache {
                 "cache.max_object_size",
                 format!("must be at most {MAX_OBJECT_SIZE_LIMIT} bytes"),
             );
-        } else if cache.memory.capacity > 0 && cache.max_object_size > cache.memory.capacity {
+        } else if cache.memory.capacity > 0
+            && cache.max_object_size > cache.memory.capacity
+            && !with_redis
+        {
             p.push(
                 "cache.max_object_size",
                 format!(
-                    "larger than cache.memory.capacity ({} bytes), so nothing that size could be kept",
+                    "larger than cache.memory.capacity ({} bytes) and no [redis] is configured, so nothing that size could be kept",
                     cache.memory.capacity
                 ),
             );
@@ -384,6 +509,15 @@ mod tests {
         assert_eq!(config.server.listen, DEFAULT_LISTEN);
         assert_eq!(config.server.admin_listen, DEFAULT_ADMIN_LISTEN);
         assert_eq!(config.server.shutdown_grace, DEFAULT_SHUTDOWN_GRACE);
+        assert_eq!(config.server.client, ClientLimits::default());
+        assert_eq!(config.server.client.max_header_size, 64 * 1024);
+        assert_eq!(config.server.client.max_headers, 100);
+        assert_eq!(
+            config.server.client.header_read_timeout,
+            Duration::from_secs(10)
+        );
+        assert_eq!(config.server.client.idle_timeout, Duration::from_secs(75));
+        assert_eq!(config.server.client.h2_max_concurrent_streams, 100);
         assert_eq!(config.origin.timeout, DEFAULT_ORIGIN_TIMEOUT);
         assert_eq!(config.origin.connect_timeout, DEFAULT_CONNECT_TIMEOUT);
         assert_eq!(config.cache.namespace, "default");
@@ -430,6 +564,16 @@ mod tests {
     }
 
     #[test]
+    fn objects_larger_than_the_memory_tier_are_for_redis_to_hold() {
+        let text = format!(
+            "{MINIMAL}[cache]\nmax_object_size = \"2MiB\"\n[cache.memory]\ncapacity = \"1MiB\"\n[redis]\nnodes = [\"127.0.0.1:7000\"]\n"
+        );
+        let config = config(&text).unwrap();
+        assert_eq!(config.cache.max_object_size, 2 * 1024 * 1024);
+        assert_eq!(config.cache.memory.capacity, 1024 * 1024);
+    }
+
+    #[test]
     fn server_and_cache_validation_messages() {
         let cases: &[(&str, &str)] = &[
             (
@@ -457,6 +601,42 @@ mod tests {
                 "server.workers: must be between 1 and 256",
             ),
             (
+                "[server]\nmax_header_size = \"512\"",
+                "server.max_header_size: must be between 1KiB and 16MiB",
+            ),
+            (
+                "[server]\nmax_header_size = \"1GiB\"",
+                "server.max_header_size: must be between 1KiB and 16MiB",
+            ),
+            (
+                "[server]\nmax_header_size = \"big\"",
+                "server.max_header_size: invalid size \"big\"; use e.g. \"512KiB\", \"8MiB\", \"1GiB\"",
+            ),
+            (
+                "[server]\nmax_headers = 0",
+                "server.max_headers: must be between 1 and 1000",
+            ),
+            (
+                "[server]\nmax_headers = 5000",
+                "server.max_headers: must be between 1 and 1000",
+            ),
+            (
+                "[server]\nheader_read_timeout = \"0s\"",
+                "server.header_read_timeout: must be greater than zero",
+            ),
+            (
+                "[server]\nidle_timeout = \"0s\"",
+                "server.idle_timeout: must be greater than zero",
+            ),
+            (
+                "[server]\nheader_read_timeout = \"2m\"",
+                "server.header_read_timeout: longer than server.idle_timeout (75s), which bounds every request head",
+            ),
+            (
+                "[server]\nh2_max_concurrent_streams = 0",
+                "server.h2_max_concurrent_streams: must be at least 1",
+            ),
+            (
                 "[cache]\nnamespace = \"\"",
                 "cache.namespace: must not be empty",
             ),
@@ -470,7 +650,7 @@ mod tests {
             ),
             (
                 "[cache]\nmax_object_size = \"2MiB\"\n[cache.memory]\ncapacity = \"1MiB\"",
-                "cache.max_object_size: larger than cache.memory.capacity (1048576 bytes), so nothing that size could be kept",
+                "cache.max_object_size: larger than cache.memory.capacity (1048576 bytes) and no [redis] is configured, so nothing that size could be kept",
             ),
             (
                 "[cache]\nhost = \"https://shop.example.com/\"",

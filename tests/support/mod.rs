@@ -350,6 +350,8 @@ pub struct ProxyConfig {
     shutdown_delay: &'static str,
     /// `server.workers`; `None` leaves the default (one per core).
     workers: Option<usize>,
+    /// More `[server]` lines (see [`ProxyConfig::server`]).
+    server: String,
     rest: String,
 }
 
@@ -368,6 +370,7 @@ impl ProxyConfig {
             shutdown_grace: "10s",
             shutdown_delay: "0s",
             workers: None,
+            server: String::new(),
             rest: String::new(),
         }
     }
@@ -387,6 +390,12 @@ impl ProxyConfig {
         self.workers = Some(workers);
         self
     }
+    /// One more `[server]` key, e.g. `idle_timeout = "500ms"`.
+    pub fn server(mut self, line: &str) -> ProxyConfig {
+        self.server.push_str(line);
+        self.server.push('\n');
+        self
+    }
     /// More TOML: `[cache]` settings and `[[routes]]` (see [`routes`]).
     pub fn with(mut self, toml: impl AsRef<str>) -> ProxyConfig {
         self.rest.push_str(toml.as_ref());
@@ -395,12 +404,13 @@ impl ProxyConfig {
     }
     pub fn toml(&self) -> String {
         format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nshutdown_grace = \"{}\"\nshutdown_delay = \"{}\"\n{}\
+            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nshutdown_grace = \"{}\"\nshutdown_delay = \"{}\"\n{}{}\
              [origin]\nurl = \"{}\"\nconnect_timeout = \"1s\"\ntimeout = \"{}\"\n{}",
             self.shutdown_grace,
             self.shutdown_delay,
             self.workers
                 .map_or(String::new(), |n| format!("workers = {n}\n")),
+            self.server,
             self.origin_url,
             self.origin_timeout,
             self.rest
