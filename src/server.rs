@@ -3,10 +3,14 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::pin;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body::{Frame, SizeHint};
 
 use http::{HeaderValue, Request, Response, StatusCode, Version, header};
 use hyper::body::Incoming;
@@ -17,7 +21,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
-use crate::body::{self, ProxyBody};
+use crate::body::{self, BoxError, ProxyBody};
 use crate::config::{ClientLimits, DEFAULT_MAX_HEADERS};
 
 /// Pause after a failed accept (e.g. out of file descriptors), so the loop
@@ -49,13 +53,10 @@ const HYPER_MIN_BUF_SIZE: usize = 8192;
 fn builder(limits: &ClientLimits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     let mut http1 = builder.http1();
+    // No hyper timer: its header read timeout arms a timer for every
+    // request (about 5 % of a pass-through's CPU); `Watchdog` bounds the
+    // first head and idle connections without one.
     http1
-        .timer(TokioTimer::new())
-        // hyper runs one timer from the moment a connection waits for a
-        // request head (new, or idle between keep-alive requests) until
-        // the head is complete: the idle timeout, head included. The first
-        // head's shorter deadline is `serve`'s.
-        .header_read_timeout(limits.idle_timeout)
         // hyper answers 431 and closes once its read buffer is full and the
         // head still incomplete. The buffer can grow past this before it
         // looks, so `head_fits` checks the exact size of heads it parsed.
@@ -115,6 +116,131 @@ fn head_too_large(version: Version) -> Response<ProxyBody> {
     response
 }
 
+/// What a connection is doing, for its idle timeout; kept with two
+/// atomics per request instead of a timer per request.
+struct Activity {
+    /// When the connection was accepted: `idle_since` counts from it.
+    opened: Instant,
+    /// Requests whose responses are not yet written to their end.
+    in_flight: AtomicUsize,
+    /// Whether a request head ever arrived.
+    served: AtomicBool,
+    /// When the last response ended, in nanoseconds since `opened`.
+    idle_since: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            opened: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            served: AtomicBool::new(false),
+            idle_since: AtomicU64::new(0),
+        }
+    }
+
+    /// How long the connection has had no request under way; `None` while one is.
+    fn idle_for(&self) -> Option<Duration> {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let since = Duration::from_nanos(self.idle_since.load(Ordering::Relaxed));
+        Some(self.opened.elapsed().saturating_sub(since))
+    }
+}
+
+/// One request under way on a connection, from its head until its
+/// response body is written (or dropped).
+struct Tracked(Arc<Activity>);
+
+impl Tracked {
+    fn start(activity: Arc<Activity>) -> Tracked {
+        activity.served.store(true, Ordering::Relaxed);
+        activity.in_flight.fetch_add(1, Ordering::AcqRel);
+        Tracked(activity)
+    }
+
+    fn with(self, body: ProxyBody) -> TrackedBody {
+        TrackedBody {
+            body,
+            _request: self,
+        }
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        let activity = &self.0;
+        // Saturates at u64 nanoseconds: 584 years of connection.
+        let now = u64::try_from(activity.opened.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        activity.idle_since.store(now, Ordering::Relaxed);
+        activity.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A response body that ends its request's [`Tracked`] when dropped.
+struct TrackedBody {
+    body: ProxyBody,
+    _request: Tracked,
+}
+
+impl http_body::Body for TrackedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// Closes a connection whose client is too slow to send its first request
+/// head (slowloris), or that has had no request under way for the idle
+/// timeout (which also bounds a later head sent slowly, as that request is
+/// not under way until its head is complete). An h2 connection with no
+/// open stream is idle too.
+struct Watchdog {
+    activity: Arc<Activity>,
+    header_read_timeout: Duration,
+    idle_timeout: Duration,
+}
+
+impl Watchdog {
+    fn new(activity: Arc<Activity>, limits: &ClientLimits) -> Watchdog {
+        Watchdog {
+            activity,
+            header_read_timeout: limits.header_read_timeout,
+            idle_timeout: limits.idle_timeout,
+        }
+    }
+
+    /// Resolves when the connection should be closed, saying why.
+    async fn run(self) -> &'static str {
+        tokio::time::sleep(self.header_read_timeout).await;
+        if !self.activity.served.load(Ordering::Relaxed) {
+            return "no request head within the header read timeout";
+        }
+        loop {
+            let wait = match self.activity.idle_for() {
+                Some(idle) if idle >= self.idle_timeout => return "idle timeout",
+                Some(idle) => self.idle_timeout - idle,
+                None => self.idle_timeout,
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
 /// Accepts connections on `listener` and serves each with `handler`
 /// (HTTP/1.1 or h2c, detected per connection) until `shutdown` turns true;
 /// then stops accepting and waits up to the grace period for open
@@ -156,15 +282,12 @@ pub async fn serve<H, F>(
             tracing::debug!(%error, "set_nodelay failed");
         }
         let handler = handler.clone();
-        // Whether a request head has arrived: until one does, the
-        // connection has `header_read_timeout` (slowloris); after it,
-        // hyper's idle timer applies.
-        let served = Arc::new(AtomicBool::new(false));
-        let first_head = served.clone();
+        let activity = Arc::new(Activity::new());
+        let watchdog = Watchdog::new(activity.clone(), &client_limits);
         let service = service_fn(move |request: Request<Incoming>| {
-            first_head.store(true, Ordering::Relaxed);
             let version = request.version();
             let response = head_fits(&request, &client_limits).then(|| handler(request, client));
+            let tracked = Tracked::start(activity.clone());
             async move {
                 let response = match response {
                     Some(response) => response.await,
@@ -173,32 +296,20 @@ pub async fn serve<H, F>(
                         head_too_large(version)
                     }
                 };
-                Ok::<_, Infallible>(response)
+                Ok::<_, Infallible>(response.map(|body| tracked.with(body)))
             }
         });
         let connection = builder
             .serve_connection(TokioIo::new(stream), service)
             .into_owned();
         let connection = graceful.watch(connection);
-        let header_read_timeout = client_limits.header_read_timeout;
         tokio::spawn(async move {
-            let mut connection = pin!(connection);
-            let ended = tokio::select! {
-                ended = &mut connection => Some(ended),
-                () = tokio::time::sleep(header_read_timeout) => None,
-            };
-            let ended = match ended {
-                Some(ended) => ended,
-                None if served.load(Ordering::Relaxed) => connection.await,
-                // No request head yet (a slowloris client trickling its
-                // first one): dropping the connection closes it, unanswered.
-                None => {
-                    tracing::debug!(%client, "no request head within the header read timeout; closed");
-                    return;
-                }
-            };
-            if let Err(error) = ended {
-                tracing::debug!(%client, error = %error, "connection ended with an error");
+            tokio::select! {
+                ended = connection => if let Err(error) = ended {
+                    tracing::debug!(%client, error = %error, "connection ended with an error");
+                },
+                // Dropping the connection closes it, unanswered.
+                closed = watchdog.run() => tracing::debug!(%client, "connection closed: {closed}"),
             }
             drop(permit);
         });

@@ -287,6 +287,80 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
     drop(writer);
 }
 
+#[tokio::test]
+async fn a_later_request_head_trickled_after_idling_is_cut_at_the_idle_timeout() {
+    let origin = Origin::start().await;
+    let proxy = ProxyConfig::new(&origin)
+        .server("header_read_timeout = \"200ms\"")
+        .server("idle_timeout = \"600ms\"")
+        .start()
+        .await;
+    let (mut reader, mut writer) = TcpStream::connect(proxy.running.addr())
+        .await
+        .unwrap()
+        .into_split();
+    writer
+        .write_all(b"GET /i/first HTTP/1.1\r\nhost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let (head, _) = read_response(&mut reader).await;
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    // The next head, a byte every 50 ms: never complete within the timeout.
+    let idle_since = Instant::now();
+    let trickle = tokio::spawn(async move {
+        for byte in b"GET /i/second HTTP/1.1\r\nx-slow: ".iter().cycle() {
+            if writer.write_all(&[*byte]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let closed_after = closed_silently(&mut reader, idle_since).await;
+    assert!(
+        closed_after >= Duration::from_millis(550) && closed_after < Duration::from_millis(2000),
+        "closed after {closed_after:?}"
+    );
+    trickle.abort();
+    assert_eq!(origin.hits("/i/second"), 0);
+}
+
+#[tokio::test]
+async fn an_h2_connection_with_no_open_stream_is_closed_after_the_idle_timeout() {
+    use h2_frames::*;
+    let origin = Origin::start().await;
+    let proxy = ProxyConfig::new(&origin)
+        .server("header_read_timeout = \"200ms\"")
+        .server("idle_timeout = \"600ms\"")
+        .start()
+        .await;
+    let (mut reader, mut writer) = TcpStream::connect(proxy.running.addr())
+        .await
+        .unwrap()
+        .into_split();
+    let mut out = PREFACE.to_vec();
+    out.extend(frame(SETTINGS, 0, 0, &[]));
+    out.extend(frame(HEADERS, END_STREAM_AND_HEADERS, 1, &get("/i/h2")));
+    writer.write_all(&out).await.unwrap();
+    origin.wait_for_hits("/i/h2", 1).await;
+    let served = Instant::now();
+    // Whatever the proxy sends (settings, the response, no GOAWAY needed),
+    // the connection ends once it has been idle for the timeout.
+    let mut buffer = [0; 4096];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), reader.read(&mut buffer)).await {
+            Ok(Ok(0) | Err(_)) => break,
+            Ok(Ok(_)) => {}
+            Err(_) => panic!("the idle h2 connection was not closed"),
+        }
+    }
+    let closed_after = served.elapsed();
+    assert!(
+        closed_after >= Duration::from_millis(500) && closed_after < Duration::from_millis(2000),
+        "closed after {closed_after:?}"
+    );
+    drop(writer);
+}
+
 /// An h2c client speaking raw frames.
 mod h2_frames {
     pub const HEADERS: u8 = 0x1;

@@ -98,9 +98,10 @@ pub struct ClientLimits {
     /// Time from accepting a connection to its first complete request head;
     /// past it the connection is closed without an answer.
     pub header_read_timeout: Duration,
-    /// Time an HTTP/1 connection may wait for its next request head (the
-    /// head included); past it the connection is closed. h2 connections
-    /// are pinged this often instead and closed when a ping goes unanswered.
+    /// Time a connection may have no request under way (HTTP/1: waiting
+    /// for the next request head, the head included; h2: no open stream);
+    /// past it the connection is closed. h2 connections are also pinged
+    /// this often and closed when a ping goes unanswered.
     pub idle_timeout: Duration,
     /// Streams one h2 connection may have open at once; the client is told
     /// (SETTINGS) and a stream beyond it is refused (`REFUSED_STREAM`).
