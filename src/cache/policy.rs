@@ -580,6 +580,11 @@ const MONTHS: [&str; 12] = [
 /// date is then handed to httpdate as an IMF-fixdate for the calendar checks
 /// (ranges, day of the month, weekday).
 fn parse_http_date(text: &str) -> Option<SystemTime> {
+    // Nearly every date is a well-formed IMF-fixdate, which httpdate reads
+    // without the allocations below (this runs for every response stored).
+    if let Ok(time) = httpdate::parse_http_date(text) {
+        return Some(time);
+    }
     let parts: Vec<&str> = text
         .split(|c: char| c.is_ascii_whitespace() || c == ',')
         .filter(|part| !part.is_empty())
