@@ -329,7 +329,9 @@ fn decode_response(mut data: Bytes, key: CacheKey) -> Result<Entry, DecodeError>
     let initial_age = Duration::from_millis(get_u64(&mut data)?);
     let freshness_lifetime = Duration::from_millis(get_u64(&mut data)?);
     let count = get_u32(&mut data)?;
-    let mut headers = HeaderMap::new();
+    // Sized once for the usual few dozen fields; the count is Redis's word,
+    // so it only hints (a map that large would panic).
+    let mut headers = HeaderMap::with_capacity(usize::try_from(count.min(64)).unwrap_or(64));
     for _ in 0..count {
         let len = usize::from(get_u16(&mut data)?);
         let name = take(&mut data, len)?;
