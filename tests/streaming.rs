@@ -155,3 +155,39 @@ async fn a_body_the_client_abandons_is_not_stored() {
     );
     assert_eq!(origin.hits("/s/abandoned"), 2);
 }
+
+#[tokio::test]
+async fn a_client_that_stops_reading_holds_back_the_origin() {
+    let origin = Origin::start().await;
+    // 64 MiB, sent as fast as the proxy takes it: far more than the socket
+    // buffers of both hops hold.
+    let body = Bytes::from(vec![b'z'; 64 * 1024 * 1024]);
+    let reply = || {
+        Reply::ok()
+            .body(body.clone())
+            .slow(64 * 1024, Duration::ZERO)
+    };
+    origin.on("/s/big", reply());
+    origin.on("/big", reply());
+    let proxy = ProxyConfig::new(&origin).with(route()).start().await;
+    // A caching route (the body is over max_object_size) and a pass-through.
+    for path in ["/s/big", "/big"] {
+        let response = proxy.open(path).await;
+        assert_eq!(response.status(), 200);
+        let mut body_stream = response.into_body();
+        let first = body_stream.frame().await.unwrap().unwrap();
+        // Real sockets: give the origin time to send all it could.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(
+            origin.finished(path),
+            0,
+            "{path}: the origin sent everything while the client read nothing"
+        );
+        let rest = body_stream.collect().await.unwrap().to_bytes();
+        assert_eq!(first.data_ref().unwrap().len() + rest.len(), body.len());
+        eventually("the origin to finish", Duration::from_secs(5), async || {
+            origin.finished(path) == 1
+        })
+        .await;
+    }
+}
