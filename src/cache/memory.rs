@@ -102,6 +102,14 @@ impl MemoryTier {
         }
     }
 
+    /// Drops every object (when invalidations from other pods may have
+    /// been missed: Redis refills what is still valid).
+    pub fn clear(&self) {
+        if let Some(objects) = &self.objects {
+            objects.invalidate_all();
+        }
+    }
+
     /// Bytes held now, as weighed; pending evictions are applied first.
     pub fn bytes(&self) -> u64 {
         self.objects.as_ref().map_or(0, |objects| {
