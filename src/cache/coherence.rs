@@ -188,7 +188,7 @@ impl Coherence {
     fn flush(&self, reason: Flush) {
         // A pod that starts with Redis up has nothing to clear; only one
         // that served without it has, and that is worth reporting.
-        if reason == Flush::Start && self.memory.entries() == 0 {
+        if !self.memory.enabled() || (reason == Flush::Start && self.memory.entries() == 0) {
             return;
         }
         self.memory.clear();

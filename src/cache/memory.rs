@@ -102,6 +102,11 @@ impl MemoryTier {
         }
     }
 
+    /// Whether the tier keeps anything (a zero capacity turns it off).
+    pub fn enabled(&self) -> bool {
+        self.objects.is_some()
+    }
+
     /// Drops every object (when invalidations from other pods may have
     /// been missed: Redis refills what is still valid).
     pub fn clear(&self) {
