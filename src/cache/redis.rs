@@ -310,7 +310,9 @@ impl RedisTier {
 
     /// The fleet's invalidation counter: the number of the latest
     /// invalidation announced (0 before the first); `None` when Redis
-    /// cannot say within the deadline. Called in the background only.
+    /// cannot say within the deadline. Called in the background only, so it
+    /// bypasses the breaker: a failed read means "cannot confirm", not a
+    /// miss, and one read a second costs nothing worth skipping.
     pub async fn invalidation_sequence(&self) -> Option<u64> {
         let started = Instant::now();
         let read = tokio::time::timeout(self.timeout, self.client.get::<Option<u64>, _>(SEQUENCE));
