@@ -1,5 +1,6 @@
 //! The cache facade: looks keys up tier by tier (L1 memory, then L2 Redis), backfills, admits fetches (single-flight in the pod and the fleet), and stores complete responses in both.
 
+pub mod coherence;
 pub mod decide;
 pub mod entry;
 pub mod fill;
@@ -18,6 +19,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::clock::Clock;
 use crate::config::{CacheConfig, RedisConfig};
 use crate::metrics::Metrics;
+use coherence::Coherence;
 use entry::{Entry, Stored, Variants};
 use flight::{Filled, Flights, Leader, Role};
 use http::{HeaderMap, HeaderName, header};
@@ -116,7 +118,8 @@ pub struct Cache {
 
 impl Cache {
     /// The tiers: memory, and Redis when configured (it starts connecting in
-    /// the background, and listens for other pods' invalidations).
+    /// the background, and listens for other pods' invalidations, which
+    /// keep the memory tier coherent with theirs: [`coherence`]).
     pub fn new(
         config: &CacheConfig,
         redis: Option<&RedisConfig>,
@@ -126,14 +129,14 @@ impl Cache {
         let memory = MemoryTier::new(config.memory.capacity);
         let redis = match redis {
             Some(redis) => {
-                // Other pods' purges and invalidations drop this pod's copies.
-                let local = memory.clone();
-                let invalidated = move |hash: &[u8; 32]| local.remove_hash(hash);
-                Some(Arc::new(RedisTier::start(
-                    redis,
-                    metrics.clone(),
-                    invalidated,
-                )?))
+                // Other pods' purges and invalidations drop this pod's
+                // copies, or all of them when some may have been missed.
+                let coherence = Coherence::new(memory.clone(), metrics.clone());
+                let heard = coherence.clone();
+                let invalidated = move |invalidation| heard.heard(invalidation);
+                let redis = Arc::new(RedisTier::start(redis, metrics.clone(), invalidated)?);
+                tokio::spawn(coherence.watch(Arc::downgrade(&redis)));
+                Some(redis)
             }
             None => None,
         };

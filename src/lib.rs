@@ -17,7 +17,9 @@
 //! - [`cache`]: the tiers facade: lookup ([`cache::memory`] is L1,
 //!   [`cache::redis`] the shared L2 with deadlines and a breaker), `admit`
 //!   (single-flight in the pod, [`cache::flight`], and in the fleet, a Redis
-//!   lease), and `store`, the one way in.
+//!   lease), and `store`, the one way in. [`cache::coherence`] keeps each
+//!   pod's memory tier from serving, for longer than a bound, what another
+//!   pod invalidated: it follows the fleet's invalidation sequence in Redis.
 //! - [`cache::decide`]: what a lookup, a response head or an origin failure
 //!   means for the request (`on_lookup`, `on_head`, `on_error`), pure; built
 //!   on [`cache::policy`] (RFC 9111 rules, with RFC 9213's targeted fields)

@@ -53,6 +53,12 @@ pub struct Metrics {
     redis_connected: Gauge,
     redis_breaker_open: Gauge,
     background_refreshes: Family<ResultLabels, Counter>,
+    memory_flushes: Family<ReasonLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -135,8 +141,15 @@ impl Metrics {
             "Stale-while-revalidate refreshes, by result (stored, not-stored, failed)",
             background_refreshes.clone(),
         );
+        let memory_flushes = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "memory_flushes",
+            "Memory tier cleared because invalidations from other pods may have been missed, by reason (gap, behind, reset, start)",
+            memory_flushes.clone(),
+        );
         Metrics {
             registry,
+            memory_flushes,
             background_refreshes,
             redis_calls,
             redis_duration,
@@ -179,6 +192,12 @@ impl Metrics {
     pub fn background_refresh(&self, result: &'static str) {
         self.background_refreshes
             .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+
+    pub fn memory_flush(&self, reason: &'static str) {
+        self.memory_flushes
+            .get_or_create(&ReasonLabels { reason })
             .inc();
     }
 

@@ -102,6 +102,19 @@ impl MemoryTier {
         }
     }
 
+    /// Whether the tier keeps anything (a zero capacity turns it off).
+    pub fn enabled(&self) -> bool {
+        self.objects.is_some()
+    }
+
+    /// Drops every object (when invalidations from other pods may have
+    /// been missed: Redis refills what is still valid).
+    pub fn clear(&self) {
+        if let Some(objects) = &self.objects {
+            objects.invalidate_all();
+        }
+    }
+
     /// Bytes held now, as weighed; pending evictions are applied first.
     pub fn bytes(&self) -> u64 {
         self.objects.as_ref().map_or(0, |objects| {

@@ -8,7 +8,7 @@ use fred::clients::SubscriberClient;
 use fred::prelude::{
     ClientLike, Expiration, KeysInterface, ReconnectPolicy, SetOptions, TcpConfig,
 };
-use fred::prelude::{EventInterface, PubsubInterface};
+use fred::prelude::{EventInterface, LuaInterface, PubsubInterface};
 use fred::types::Builder;
 use fred::types::config::UnresponsiveConfig;
 use tokio::sync::{mpsc, oneshot};
@@ -35,6 +35,41 @@ const UNRESPONSIVE_INTERVAL: Duration = Duration::from_millis(100);
 const INVALIDATIONS: &str = "sidecache:invalidations";
 /// Pause between attempts at the first subscription while Redis is away.
 const SUBSCRIBE_RETRY: Duration = Duration::from_millis(500);
+/// The fleet's invalidation counter: one key, so one slot and one order for
+/// every invalidation any pod announces (see [`super::coherence`]).
+const SEQUENCE: &str = "sidecache:invalidations:seq";
+/// Numbers an invalidation and announces it as `"SEQ HASH"` in one step, so
+/// that messages leave the counter's node in counter order and no reader
+/// of the counter can see a number whose message was not sent. Redis
+/// Cluster forwards a PUBLISH from any node (scripts included) to all nodes.
+const ANNOUNCE: &str = "local seq = redis.call('INCR', KEYS[1]) \
+    redis.call('PUBLISH', ARGV[1], seq .. ' ' .. ARGV[2]) \
+    return seq";
+
+/// An invalidation heard on the channel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Heard {
+    /// Its number in the fleet's sequence; `None` from a pod that announces
+    /// bare hashes (a version from before the sequence, during a rollout).
+    pub seq: Option<u64>,
+    /// The hash of the invalidated key.
+    pub hash: [u8; 32],
+}
+
+impl Heard {
+    /// Parses `"SEQ HASH"`, or a bare `"HASH"` from an older pod.
+    fn parse(message: &str) -> Option<Heard> {
+        let (seq, hex) = match message.split_once(' ') {
+            Some((seq, hex)) => (Some(seq.parse().ok()?), hex),
+            None => (None, message),
+        };
+        let hash = blake3::Hash::from_hex(hex.as_bytes()).ok()?;
+        Some(Heard {
+            seq,
+            hash: *hash.as_bytes(),
+        })
+    }
+}
 
 /// A pending write to L2, done by the writer task, off the response path.
 enum Write {
@@ -42,7 +77,8 @@ enum Write {
     Set { object: Stored, keep_for: Duration },
     /// Delete the object (an invalidation or purge).
     Delete { key: String },
-    /// Tell every pod to drop this key's hash from its memory tier.
+    /// Number the invalidation of this key hash in the fleet's sequence and
+    /// tell every pod to drop it from its memory tier.
     Invalidate { hash: String },
 }
 
@@ -67,12 +103,12 @@ pub struct RedisTier {
 impl RedisTier {
     /// Creates the client and starts connecting in the background: the proxy
     /// serves (without L2) while Redis is unreachable and picks it up when it
-    /// appears. `invalidated` is told the hash of every key another pod
-    /// invalidates or purges.
+    /// appears. `invalidated` hears every invalidation or purge announced
+    /// by any pod, this one included.
     pub fn start(
         config: &RedisConfig,
         metrics: Arc<Metrics>,
-        invalidated: impl Fn(&[u8; 32]) + Send + 'static,
+        invalidated: impl Fn(Heard) + Send + 'static,
     ) -> Result<RedisTier, fred::error::Error> {
         let mut client_config = config.client.clone();
         client_config.password = config.password.as_ref().map(|p| p.expose().to_owned());
@@ -272,6 +308,33 @@ impl RedisTier {
         }
     }
 
+    /// The fleet's invalidation counter: the number of the latest
+    /// invalidation announced (0 before the first); `None` when Redis
+    /// cannot say within the deadline. Called in the background only, so it
+    /// bypasses the breaker: a failed read means "cannot confirm", not a
+    /// miss, and one read a second costs nothing worth skipping.
+    pub async fn invalidation_sequence(&self) -> Option<u64> {
+        let started = Instant::now();
+        let read = tokio::time::timeout(self.timeout, self.client.get::<Option<u64>, _>(SEQUENCE));
+        let result = read.await;
+        self.metrics.redis_duration("seq", started.elapsed());
+        match result {
+            Ok(Ok(counter)) => {
+                self.metrics.redis_call("seq", "done");
+                Some(counter.unwrap_or(0))
+            }
+            Ok(Err(error)) => {
+                tracing::debug!(%error, "cannot read the invalidation sequence");
+                self.metrics.redis_call("seq", "error");
+                None
+            }
+            Err(_) => {
+                self.metrics.redis_call("seq", "timeout");
+                None
+            }
+        }
+    }
+
     /// Waits, until `deadline` at most, for the writes queued so far (fills,
     /// deletes, invalidation broadcasts) to be sent; `false` if time ran out.
     pub async fn flush(&self, deadline: tokio::time::Instant) -> bool {
@@ -352,13 +415,13 @@ async fn write_loop(
                     .await
             }
             Write::Invalidate { hash } => {
-                let publish = async {
+                let announce = async {
                     client
-                        .publish::<i64, _, _>(INVALIDATIONS, hash)
+                        .eval::<i64, _, _, _>(ANNOUNCE, SEQUENCE, vec![INVALIDATIONS, &hash])
                         .await
                         .map(drop)
                 };
-                tokio::time::timeout(timeout, publish).await
+                tokio::time::timeout(timeout, announce).await
             }
         };
         metrics.redis_duration(op, started.elapsed());
@@ -381,10 +444,11 @@ async fn write_loop(
 }
 
 /// Subscribes to invalidations from other pods (purges and RFC 9111 §4.4
-/// invalidations) and passes each key's hash to `invalidated`. The first
+/// invalidations) and passes each one to `invalidated`. The first
 /// subscription is retried until Redis is there; after that fred
-/// re-subscribes on every reconnect.
-async fn listen_for_invalidations(subscriber: SubscriberClient, invalidated: impl Fn(&[u8; 32])) {
+/// re-subscribes on every reconnect. What is missed in between shows as a
+/// gap in the sequence, or to the periodic read of the counter.
+async fn listen_for_invalidations(subscriber: SubscriberClient, invalidated: impl Fn(Heard)) {
     drop(subscriber.connect());
     let _resubscribe = subscriber.manage_subscriptions();
     let mut messages = subscriber.message_rx();
@@ -400,15 +464,12 @@ async fn listen_for_invalidations(subscriber: SubscriberClient, invalidated: imp
     loop {
         match messages.recv().await {
             Ok(message) => {
-                let hash = message
-                    .value
-                    .as_str()
-                    .and_then(|hex| blake3::Hash::from_hex(hex.as_bytes()).ok());
-                if let Some(hash) = hash {
-                    invalidated(hash.as_bytes());
+                if let Some(heard) = message.value.as_str().and_then(|m| Heard::parse(&m)) {
+                    invalidated(heard);
                 }
             }
-            // Missed messages cannot be recovered; those entries age out.
+            // The next message's number, or the counter, tells the pod it
+            // missed these.
             Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
                 tracing::warn!(missed, "invalidation messages missed");
             }
@@ -577,6 +638,22 @@ mod tests {
         // The probe's caller was cancelled: no success, no failure.
         assert!(!breaker.allow(t1 + BREAKER_COOLDOWN / 2));
         assert!(breaker.allow(t1 + BREAKER_COOLDOWN), "next probe");
+    }
+
+    #[test]
+    fn announcements_parse_with_their_number_or_bare_from_older_pods() {
+        let hash = blake3::hash(b"k");
+        let hex = hash.to_hex();
+        let expected = |seq| {
+            Some(Heard {
+                seq,
+                hash: *hash.as_bytes(),
+            })
+        };
+        assert_eq!(Heard::parse(&format!("42 {hex}")), expected(Some(42)));
+        assert_eq!(Heard::parse(hex.as_str()), expected(None));
+        assert_eq!(Heard::parse(&format!("x {hex}")), None);
+        assert_eq!(Heard::parse("42 beef"), None);
     }
 
     #[test]
