@@ -1,17 +1,30 @@
-//! L2: the shared Redis tier through fred; every call has a deadline, a circuit breaker skips Redis while it is down, and any trouble is a miss.
+//! L2: the shared Redis tier through fred; a request's calls share one deadline, breakers skip Redis (or one cluster node) while it is down, and any trouble is a miss.
+//!
+//! Every call on a request's path goes through one [`Gate`]: it skips the
+//! call when the request has no Redis time left ([`Budget`]), when all of
+//! Redis is failing (the global [`Breaker`]), or when the cluster node that
+//! owns the key's slot is failing (a breaker per node); otherwise it bounds
+//! the call by what is left of the budget and records what came of it.
+//! Writes are queued and sent off the request path, each with its own
+//! deadline.
 
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use fred::clients::SubscriberClient;
 use fred::prelude::{
-    ClientLike, Expiration, KeysInterface, ReconnectPolicy, SetOptions, TcpConfig,
+    ClientLike, ClusterInterface, Expiration, KeysInterface, ReconnectPolicy, SetOptions, TcpConfig,
 };
 use fred::prelude::{EventInterface, PubsubInterface};
 use fred::types::Builder;
+use fred::types::cluster::ClusterRouting;
 use fred::types::config::UnresponsiveConfig;
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
 use super::entry::Stored;
 use super::key::CacheKey;
@@ -20,6 +33,9 @@ use crate::metrics::Metrics;
 
 /// Consecutive failed calls that open the breaker.
 const BREAKER_THRESHOLD: u32 = 5;
+/// Consecutive failed calls to one cluster node that open its breaker: a
+/// frozen node costs this many deadlines, then only probes.
+const NODE_BREAKER_THRESHOLD: u32 = 3;
 /// How long an open breaker skips Redis before letting one probe call through.
 const BREAKER_COOLDOWN: Duration = Duration::from_millis(500);
 /// Pause between reconnect attempts; attempts never stop, because a client
@@ -56,9 +72,8 @@ enum Queued {
 /// The shared Redis tier.
 pub struct RedisTier {
     client: fred::prelude::Client,
-    /// Deadline for every call.
-    timeout: Duration,
-    breaker: Arc<Breaker>,
+    /// Breakers, budgets and outcome metrics of the request-path calls.
+    gate: Gate,
     /// Writes happen off the response path, in order, through this queue.
     writes: mpsc::Sender<Queued>,
     metrics: Arc<Metrics>,
@@ -108,7 +123,7 @@ impl RedisTier {
         // The connection task runs for the client's lifetime; its handle is
         // not needed because the client reconnects on its own.
         drop(client.connect());
-        let breaker = Arc::new(Breaker::default());
+        let breaker = Arc::new(Breaker::new("all nodes", BREAKER_THRESHOLD));
         let (writes, queue) = mpsc::channel(config.write_queue);
         tokio::spawn(write_loop(
             queue,
@@ -119,41 +134,19 @@ impl RedisTier {
         ));
         Ok(RedisTier {
             client,
-            timeout: config.command_timeout,
-            breaker,
+            gate: Gate::new(config.command_timeout, breaker, metrics.clone()),
             writes,
             metrics,
         })
     }
 
-    /// Looks `key` up; any error, timeout, or undecodable value is a miss.
-    pub async fn get(&self, key: &CacheKey) -> Option<Stored> {
-        if !self.breaker.allow(Instant::now()) {
-            self.metrics.redis_call("get", "skipped");
-            return None;
-        }
+    /// Looks `key` up within what is left of the request's `budget`; any
+    /// error, timeout, skip, or undecodable value is a miss.
+    pub async fn get(&self, key: &CacheKey, budget: &Budget) -> Option<Stored> {
         let redis_key = redis_key(key);
-        let started = Instant::now();
-        let result = tokio::time::timeout(
-            self.timeout,
-            self.client.get::<Option<Bytes>, _>(&redis_key),
-        )
-        .await;
-        self.metrics.redis_duration("get", started.elapsed());
-        let value = match result {
-            Ok(Ok(value)) => {
-                self.breaker.success();
-                value
-            }
-            Ok(Err(error)) => {
-                self.failed("get", "error", &error.to_string());
-                return None;
-            }
-            Err(_) => {
-                self.failed("get", "timeout", "deadline passed");
-                return None;
-            }
-        };
+        let node = self.node_of(&redis_key);
+        let get = || self.client.get::<Option<Bytes>, _>(&redis_key);
+        let value = self.gate.call("get", node, budget, get).await?;
         let Some(value) = value else {
             self.metrics.redis_call("get", "miss");
             return None;
@@ -201,61 +194,40 @@ impl RedisTier {
 
     /// Tries to become the one pod in the fleet that fetches `flight`: a
     /// `SET NX PX` lease that expires by itself after `ttl`.
-    pub async fn lease(&self, flight: &[u8; 32], ttl: Duration) -> Lease {
-        if !self.breaker.allow(Instant::now()) {
-            return Lease::Unavailable;
-        }
+    pub async fn lease(&self, flight: &[u8; 32], ttl: Duration, budget: &Budget) -> Lease {
         let px = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1);
-        let set = self.client.set::<Option<String>, _, _>(
-            lease_key(flight),
-            "1",
-            Some(Expiration::PX(px)),
-            Some(SetOptions::NX),
-            false,
-        );
-        match tokio::time::timeout(self.timeout, set).await {
-            Ok(Ok(Some(_))) => {
-                self.breaker.success();
+        let key = lease_key(flight);
+        let node = self.node_of(&key);
+        let set = || {
+            self.client.set::<Option<String>, _, _>(
+                &key,
+                "1",
+                Some(Expiration::PX(px)),
+                Some(SetOptions::NX),
+                false,
+            )
+        };
+        match self.gate.call("lease", node, budget, set).await {
+            Some(Some(_)) => {
                 self.metrics.redis_call("lease", "won");
                 Lease::Won
             }
-            Ok(Ok(None)) => {
-                self.breaker.success();
+            Some(None) => {
                 self.metrics.redis_call("lease", "lost");
                 Lease::Lost
             }
-            Ok(Err(error)) => {
-                self.failed("lease", "error", &error.to_string());
-                Lease::Unavailable
-            }
-            Err(_) => {
-                self.failed("lease", "timeout", "deadline passed");
-                Lease::Unavailable
-            }
+            None => Lease::Unavailable,
         }
     }
 
     /// Whether another pod still holds the lease on `flight`; `None` when
-    /// Redis cannot say.
-    pub async fn lease_held(&self, flight: &[u8; 32]) -> Option<bool> {
-        if !self.breaker.allow(Instant::now()) {
-            return None;
-        }
-        let exists = self.client.exists::<i64, _>(lease_key(flight));
-        match tokio::time::timeout(self.timeout, exists).await {
-            Ok(Ok(count)) => {
-                self.breaker.success();
-                Some(count > 0)
-            }
-            Ok(Err(error)) => {
-                self.failed("lease", "error", &error.to_string());
-                None
-            }
-            Err(_) => {
-                self.failed("lease", "timeout", "deadline passed");
-                None
-            }
-        }
+    /// Redis cannot say (within what is left of `budget`).
+    pub async fn lease_held(&self, flight: &[u8; 32], budget: &Budget) -> Option<bool> {
+        let key = lease_key(flight);
+        let node = self.node_of(&key);
+        let exists = || self.client.exists::<i64, _>(&key);
+        let count = self.gate.call("lease", node, budget, exists).await?;
+        Some(count > 0)
     }
 
     /// Gives the lease back, queued after the fill's own writes so that
@@ -281,9 +253,24 @@ impl RedisTier {
             && matches!(tokio::time::timeout_at(deadline, flushed).await, Ok(Ok(())))
     }
 
-    /// Whether the breaker is letting calls through.
+    /// Whether the global breaker is skipping Redis.
     pub fn breaker_open(&self) -> bool {
-        self.breaker.is_open()
+        self.gate.breaker.is_open()
+    }
+
+    /// The cluster nodes calls have gone to, as `host:port`, and whether
+    /// each one's breaker is skipping it.
+    pub fn nodes_open(&self) -> Vec<(String, bool)> {
+        self.gate.nodes_open()
+    }
+
+    /// The cluster node (`host:port` of the master) that owns `redis_key`'s
+    /// slot in fred's cached slot map; `None` when Redis is not a cluster
+    /// (the global breaker is then the node's) or the map is not known yet.
+    fn node_of(&self, redis_key: &str) -> Option<String> {
+        let routing = self.client.cached_cluster_state()?;
+        let slot = ClusterRouting::hash_key(redis_key.as_bytes());
+        routing.get_server(slot).map(ToString::to_string)
     }
 
     /// Whether fred has its connections up.
@@ -291,16 +278,10 @@ impl RedisTier {
         self.client.is_connected()
     }
 
-    fn failed(&self, op: &'static str, outcome: &'static str, error: &str) {
-        self.metrics.redis_call(op, outcome);
-        tracing::debug!(op, error, "redis call failed");
-        self.breaker.failure(Instant::now());
-    }
-
     /// Deletes a bad value in the background, within the deadline.
     fn delete_now(&self, redis_key: String) {
         let client = self.client.clone();
-        let timeout = self.timeout;
+        let timeout = self.gate.timeout;
         tokio::spawn(async move {
             let _ = tokio::time::timeout(timeout, client.del::<i64, _>(redis_key)).await;
         });
@@ -443,14 +424,142 @@ fn redis_key(key: &CacheKey) -> String {
     format!("sidecache:{{{}}}", key.hex())
 }
 
+/// The Redis time one request may still spend, shared by all its calls on
+/// the request path (lookup, variant lookup, lease, the checks while waiting
+/// for another pod's fill): however many calls a request makes and however
+/// many of them hang, Redis costs it at most one `command_timeout`.
+///
+/// It counts time spent in calls rather than setting a deadline at the first
+/// one, because a request that waits for another pod's fill sleeps between
+/// its checks, and that wait is bounded by the route's `lock_timeout`, not
+/// by Redis.
+#[derive(Debug, Default)]
+pub struct Budget {
+    /// Nanoseconds spent in calls so far.
+    spent: AtomicU64,
+}
+
+impl Budget {
+    /// What is left of `limit`.
+    fn left(&self, limit: Duration) -> Duration {
+        limit.saturating_sub(Duration::from_nanos(self.spent.load(Ordering::Relaxed)))
+    }
+
+    fn spend(&self, elapsed: Duration) {
+        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        self.spent.fetch_add(nanos, Ordering::Relaxed);
+    }
+}
+
+/// The one place a request-path call is admitted, bounded and accounted:
+/// the budget, the global breaker, the breaker of the key's node, the
+/// deadline, and the `sidecache_redis_calls_total` outcome of a call that
+/// did not answer (the caller counts the answers: hit, miss, won, ...).
+struct Gate {
+    /// The budget of a request, and the deadline of each background call.
+    timeout: Duration,
+    /// "All of Redis is gone": shared with the write queue.
+    breaker: Arc<Breaker>,
+    /// One breaker per cluster node (`host:port`) calls have been routed to,
+    /// so that one frozen node stops costing deadlines while the others
+    /// serve. Nodes are few; an entry is never removed.
+    nodes: Mutex<HashMap<String, Arc<Breaker>>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Gate {
+    fn new(timeout: Duration, breaker: Arc<Breaker>, metrics: Arc<Metrics>) -> Gate {
+        Gate {
+            timeout,
+            breaker,
+            nodes: Mutex::default(),
+            metrics,
+        }
+    }
+
+    /// Runs `command` (sent to `node`, when known) within what is left of
+    /// `budget`: `None` when it was skipped, failed or timed out.
+    async fn call<T, F>(
+        &self,
+        op: &'static str,
+        node: Option<String>,
+        budget: &Budget,
+        command: impl FnOnce() -> F,
+    ) -> Option<T>
+    where
+        F: Future<Output = Result<T, fred::error::Error>>,
+    {
+        let left = budget.left(self.timeout);
+        if left.is_zero() {
+            self.metrics.redis_call(op, "no-budget");
+            return None;
+        }
+        let now = Instant::now();
+        let node = node.map(|node| self.node(node));
+        if !self.breaker.allow(now) || node.as_ref().is_some_and(|node| !node.allow(now)) {
+            self.metrics.redis_call(op, "skipped");
+            return None;
+        }
+        let result = tokio::time::timeout(left, command()).await;
+        let elapsed = now.elapsed();
+        budget.spend(elapsed);
+        self.metrics.redis_duration(op, elapsed);
+        let breakers = std::iter::once(&*self.breaker).chain(node.as_deref());
+        match result {
+            Ok(Ok(value)) => {
+                breakers.for_each(Breaker::success);
+                return Some(value);
+            }
+            Ok(Err(error)) => {
+                self.metrics.redis_call(op, "error");
+                tracing::debug!(op, %error, "redis call failed");
+            }
+            Err(_) => self.metrics.redis_call(op, "timeout"),
+        }
+        let now = Instant::now();
+        breakers.for_each(|breaker| breaker.failure(now));
+        None
+    }
+
+    /// The breaker of `node`, made on its first call.
+    fn node(&self, node: String) -> Arc<Breaker> {
+        let Ok(mut nodes) = self.nodes.lock() else {
+            // A poisoned map only costs the per-node skipping.
+            return Arc::new(Breaker::new(node, NODE_BREAKER_THRESHOLD));
+        };
+        nodes
+            .entry(node)
+            .or_insert_with_key(|node| {
+                Arc::new(Breaker::new(node.as_str(), NODE_BREAKER_THRESHOLD))
+            })
+            .clone()
+    }
+
+    fn nodes_open(&self) -> Vec<(String, bool)> {
+        self.nodes.lock().map_or_else(
+            |_| Vec::new(),
+            |nodes| {
+                nodes
+                    .iter()
+                    .map(|(node, breaker)| (node.clone(), breaker.is_open()))
+                    .collect()
+            },
+        )
+    }
+}
+
 /// Circuit breaker: after enough consecutive failures, calls skip Redis for
 /// a cooldown instead of each paying the deadline; then one probe call goes
 /// through, and its result closes or reopens the breaker.
 ///
 /// Hand-written because it is a dozen lines of state that must fit the
 /// fail-open rules here (a probe that is cancelled must not wedge it).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Breaker {
+    /// What it guards, for the log lines: `all nodes`, or a node's `host:port`.
+    scope: String,
+    /// Consecutive failures that open it.
+    threshold: u32,
     state: Mutex<BreakerState>,
 }
 
@@ -467,6 +576,14 @@ enum BreakerState {
 }
 
 impl Breaker {
+    fn new(scope: impl Into<String>, threshold: u32) -> Breaker {
+        Breaker {
+            scope: scope.into(),
+            threshold,
+            state: Mutex::default(),
+        }
+    }
+
     fn allow(&self, now: Instant) -> bool {
         let Ok(mut state) = self.state.lock() else {
             return true;
@@ -491,7 +608,7 @@ impl Breaker {
             *state,
             BreakerState::Open { .. } | BreakerState::Probing { .. }
         ) {
-            tracing::info!("redis is answering again; L2 back in use");
+            tracing::info!(scope = %self.scope, "redis is answering again; L2 back in use");
         }
         *state = BreakerState::Closed;
     }
@@ -504,11 +621,12 @@ impl Breaker {
             BreakerState::Closed => 1,
             BreakerState::Failing(n) => n + 1,
             BreakerState::Open { .. } => return,
-            BreakerState::Probing { .. } => BREAKER_THRESHOLD,
+            BreakerState::Probing { .. } => self.threshold,
         };
-        if failures >= BREAKER_THRESHOLD {
+        if failures >= self.threshold {
             if !matches!(*state, BreakerState::Probing { .. }) {
                 tracing::warn!(
+                    scope = %self.scope,
                     failures,
                     cooldown = ?BREAKER_COOLDOWN,
                     "redis failing; skipping L2 (serving from memory and origin)"
@@ -536,7 +654,7 @@ mod tests {
 
     #[test]
     fn breaker_opens_after_consecutive_failures_and_probes_after_the_cooldown() {
-        let breaker = Breaker::default();
+        let breaker = Breaker::new("all nodes", BREAKER_THRESHOLD);
         let t0 = Instant::now();
         for _ in 0..BREAKER_THRESHOLD - 1 {
             breaker.failure(t0);
@@ -567,7 +685,7 @@ mod tests {
 
     #[test]
     fn a_probe_that_never_reports_does_not_wedge_the_breaker() {
-        let breaker = Breaker::default();
+        let breaker = Breaker::new("all nodes", BREAKER_THRESHOLD);
         let t0 = Instant::now();
         for _ in 0..BREAKER_THRESHOLD {
             breaker.failure(t0);
@@ -577,6 +695,178 @@ mod tests {
         // The probe's caller was cancelled: no success, no failure.
         assert!(!breaker.allow(t1 + BREAKER_COOLDOWN / 2));
         assert!(breaker.allow(t1 + BREAKER_COOLDOWN), "next probe");
+    }
+
+    const LIMIT: Duration = Duration::from_millis(100);
+
+    fn gate() -> (Gate, Arc<Metrics>) {
+        let metrics = Arc::new(Metrics::new());
+        let breaker = Arc::new(Breaker::new("all nodes", BREAKER_THRESHOLD));
+        (Gate::new(LIMIT, breaker, metrics.clone()), metrics)
+    }
+
+    /// A node that never answers (frozen).
+    async fn hangs() -> Result<(), fred::error::Error> {
+        std::future::pending().await
+    }
+
+    /// A node that answers after `delay`.
+    async fn answers_after(delay: Duration) -> Result<(), fred::error::Error> {
+        tokio::time::sleep(delay).await;
+        Ok(())
+    }
+
+    fn calls(metrics: &Metrics, op: &str, outcome: &str) -> u64 {
+        let series = format!("sidecache_redis_calls_total{{op=\"{op}\",outcome=\"{outcome}\"}} ");
+        metrics
+            .render()
+            .lines()
+            .find_map(|line| line.strip_prefix(&series)?.parse().ok())
+            .unwrap_or(0)
+    }
+
+    fn node(name: &str) -> Option<String> {
+        Some(name.to_owned())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_spends_at_most_one_deadline_however_many_calls_hang() {
+        let (gate, metrics) = gate();
+        let budget = Budget::default();
+        let started = Instant::now();
+        assert!(
+            gate.call("get", node("a:1"), &budget, hangs)
+                .await
+                .is_none()
+        );
+        assert_eq!(started.elapsed(), LIMIT);
+        // The variant lookup and the lease are misses without a wait.
+        assert!(
+            gate.call("get", node("b:1"), &budget, hangs)
+                .await
+                .is_none()
+        );
+        assert!(
+            gate.call("lease", node("b:1"), &budget, hangs)
+                .await
+                .is_none()
+        );
+        assert_eq!(started.elapsed(), LIMIT);
+        assert_eq!(calls(&metrics, "get", "timeout"), 1);
+        assert_eq!(calls(&metrics, "get", "no-budget"), 1);
+        assert_eq!(calls(&metrics, "lease", "no-budget"), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_gets_only_what_the_earlier_ones_left() {
+        let (gate, metrics) = gate();
+        let budget = Budget::default();
+        let started = Instant::now();
+        let slow = || answers_after(Duration::from_millis(60));
+        assert!(gate.call("get", node("a:1"), &budget, slow).await.is_some());
+        assert!(
+            gate.call("lease", node("a:1"), &budget, hangs)
+                .await
+                .is_none()
+        );
+        assert_eq!(started.elapsed(), LIMIT, "40 ms were left for the lease");
+        assert_eq!(calls(&metrics, "lease", "timeout"), 1);
+        // Another request has a budget of its own.
+        let fresh = Budget::default();
+        let quick = || answers_after(Duration::from_millis(1));
+        assert!(gate.call("get", node("a:1"), &fresh, quick).await.is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_node_is_skipped_while_the_others_serve_until_a_probe_succeeds() {
+        let (gate, metrics) = gate();
+        let quick = || answers_after(Duration::from_millis(1));
+        for _ in 0..NODE_BREAKER_THRESHOLD {
+            // Healthy nodes succeed in between: the global breaker stays closed.
+            assert!(
+                gate.call("get", node("b:1"), &Budget::default(), quick)
+                    .await
+                    .is_some()
+            );
+            assert!(
+                gate.call("get", node("a:1"), &Budget::default(), hangs)
+                    .await
+                    .is_none()
+            );
+        }
+        let started = Instant::now();
+        assert!(
+            gate.call("get", node("a:1"), &Budget::default(), hangs)
+                .await
+                .is_none()
+        );
+        assert_eq!(started.elapsed(), Duration::ZERO, "skipped, not waited for");
+        assert_eq!(calls(&metrics, "get", "skipped"), 1);
+        assert!(
+            gate.call("get", node("b:1"), &Budget::default(), quick)
+                .await
+                .is_some()
+        );
+        assert!(!gate.breaker.is_open());
+        assert_eq!(
+            gate.nodes_open()
+                .into_iter()
+                .filter(|(_, open)| *open)
+                .collect::<Vec<_>>(),
+            vec![("a:1".to_owned(), true)]
+        );
+
+        // After the cooldown one probe goes through; a failed one reopens...
+        tokio::time::advance(BREAKER_COOLDOWN).await;
+        assert!(
+            gate.call("get", node("a:1"), &Budget::default(), hangs)
+                .await
+                .is_none()
+        );
+        assert_eq!(
+            calls(&metrics, "get", "timeout"),
+            u64::from(NODE_BREAKER_THRESHOLD) + 1
+        );
+        assert!(
+            gate.call("get", node("a:1"), &Budget::default(), quick)
+                .await
+                .is_none()
+        );
+        assert_eq!(calls(&metrics, "get", "skipped"), 2);
+        // ...and a successful one closes it.
+        tokio::time::advance(BREAKER_COOLDOWN).await;
+        assert!(
+            gate.call("get", node("a:1"), &Budget::default(), quick)
+                .await
+                .is_some()
+        );
+        assert!(
+            gate.call("get", node("a:1"), &Budget::default(), quick)
+                .await
+                .is_some()
+        );
+        assert!(gate.nodes_open().iter().all(|(_, open)| !open));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_a_cluster_the_global_breaker_is_the_only_one() {
+        let (gate, metrics) = gate();
+        for _ in 0..BREAKER_THRESHOLD {
+            assert!(
+                gate.call("get", None, &Budget::default(), hangs)
+                    .await
+                    .is_none()
+            );
+        }
+        assert!(gate.breaker.is_open());
+        let quick = || answers_after(Duration::from_millis(1));
+        assert!(
+            gate.call("get", None, &Budget::default(), quick)
+                .await
+                .is_none()
+        );
+        assert_eq!(calls(&metrics, "get", "skipped"), 1);
+        assert!(gate.nodes_open().is_empty());
     }
 
     #[test]
