@@ -313,6 +313,11 @@ impl Cache {
             Lease::Lost => {
                 let deadline = Instant::now() + flight.lock_timeout;
                 while Instant::now() < deadline {
+                    // The winner's fill may be where this request cannot
+                    // read it (a node skipped, the budget spent): fetch.
+                    if budget.troubled() {
+                        return None;
+                    }
                     tokio::time::sleep(FLEET_POLL).await;
                     if let Some(filled) = self.fresh(flight, budget).await {
                         return Some(filled);

@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -72,8 +72,9 @@ enum Queued {
 /// The shared Redis tier.
 pub struct RedisTier {
     client: fred::prelude::Client,
-    /// Breakers, budgets and outcome metrics of the request-path calls.
-    gate: Gate,
+    /// Breakers, budgets and outcome metrics of the request-path calls
+    /// (the write queue shares its breakers).
+    gate: Arc<Gate>,
     /// Writes happen off the response path, in order, through this queue.
     writes: mpsc::Sender<Queued>,
     metrics: Arc<Metrics>,
@@ -106,7 +107,7 @@ impl RedisTier {
                 conn.max_command_attempts = 1;
                 conn.max_command_buffer_len = COMMAND_BUFFER;
                 conn.unresponsive = UnresponsiveConfig {
-                    max_timeout: Some(config.connect_timeout),
+                    max_timeout: None,
                     interval: UNRESPONSIVE_INTERVAL,
                 };
                 conn.tcp = TcpConfig {
@@ -123,18 +124,18 @@ impl RedisTier {
         // The connection task runs for the client's lifetime; its handle is
         // not needed because the client reconnects on its own.
         drop(client.connect());
-        let breaker = Arc::new(Breaker::new("all nodes", BREAKER_THRESHOLD));
+        let gate = Arc::new(Gate::new(config.command_timeout, metrics.clone()));
         let (writes, queue) = mpsc::channel(config.write_queue);
         tokio::spawn(write_loop(
             queue,
             client.clone(),
             config.command_timeout,
-            breaker.clone(),
+            gate.clone(),
             metrics.clone(),
         ));
         Ok(RedisTier {
             client,
-            gate: Gate::new(config.command_timeout, breaker, metrics.clone()),
+            gate,
             writes,
             metrics,
         })
@@ -264,13 +265,9 @@ impl RedisTier {
         self.gate.nodes_open()
     }
 
-    /// The cluster node (`host:port` of the master) that owns `redis_key`'s
-    /// slot in fred's cached slot map; `None` when Redis is not a cluster
-    /// (the global breaker is then the node's) or the map is not known yet.
+    /// The node that owns `redis_key`'s slot ([`node_of`]).
     fn node_of(&self, redis_key: &str) -> Option<String> {
-        let routing = self.client.cached_cluster_state()?;
-        let slot = ClusterRouting::hash_key(redis_key.as_bytes());
-        routing.get_server(slot).map(ToString::to_string)
+        node_of(&self.client, redis_key)
     }
 
     /// Whether fred has its connections up.
@@ -293,7 +290,7 @@ async fn write_loop(
     mut queue: mpsc::Receiver<Queued>,
     client: fred::prelude::Client,
     timeout: Duration,
-    breaker: Arc<Breaker>,
+    gate: Arc<Gate>,
     metrics: Arc<Metrics>,
 ) {
     while let Some(queued) = queue.recv().await {
@@ -309,10 +306,17 @@ async fn write_loop(
             Write::Delete { .. } => "del",
             Write::Invalidate { .. } => "publish",
         };
-        if !breaker.allow(Instant::now()) {
+        // A write to a node that keeps failing would hold up the writes
+        // queued behind it for a deadline each.
+        let node = match &write {
+            Write::Set { object, .. } => node_of(&client, &redis_key(object.key())),
+            Write::Delete { key } => node_of(&client, key),
+            Write::Invalidate { .. } => None,
+        };
+        let Some(breakers) = gate.breakers(node, Instant::now()) else {
             metrics.redis_call(op, "skipped");
             continue;
-        }
+        };
         let started = Instant::now();
         let result = match write {
             Write::Set { object, keep_for } => {
@@ -345,17 +349,17 @@ async fn write_loop(
         metrics.redis_duration(op, started.elapsed());
         match result {
             Ok(Ok(())) => {
-                breaker.success();
+                breakers.success();
                 metrics.redis_call(op, "done");
             }
             Ok(Err(error)) => {
                 tracing::debug!(op, %error, "redis write failed");
                 metrics.redis_call(op, "error");
-                breaker.failure(Instant::now());
+                breakers.failure(Instant::now());
             }
             Err(_) => {
                 metrics.redis_call(op, "timeout");
-                breaker.failure(Instant::now());
+                breakers.failure(Instant::now());
             }
         }
     }
@@ -433,13 +437,24 @@ fn redis_key(key: &CacheKey) -> String {
 /// one, because a request that waits for another pod's fill sleeps between
 /// its checks, and that wait is bounded by the route's `lock_timeout`, not
 /// by Redis.
+///
+/// It also remembers whether Redis failed this request once (a call skipped,
+/// failed or out of time): waiting for another pod's fill is pointless when
+/// this request may not be able to read it.
 #[derive(Debug, Default)]
 pub struct Budget {
     /// Nanoseconds spent in calls so far.
     spent: AtomicU64,
+    /// A call of this request got no answer from Redis.
+    troubled: AtomicBool,
 }
 
 impl Budget {
+    /// Whether a call of this request got no answer from Redis.
+    pub fn troubled(&self) -> bool {
+        self.troubled.load(Ordering::Relaxed)
+    }
+
     /// What is left of `limit`.
     fn left(&self, limit: Duration) -> Duration {
         limit.saturating_sub(Duration::from_nanos(self.spent.load(Ordering::Relaxed)))
@@ -458,8 +473,8 @@ impl Budget {
 struct Gate {
     /// The budget of a request, and the deadline of each background call.
     timeout: Duration,
-    /// "All of Redis is gone": shared with the write queue.
-    breaker: Arc<Breaker>,
+    /// "All of Redis is gone".
+    breaker: Breaker,
     /// One breaker per cluster node (`host:port`) calls have been routed to,
     /// so that one frozen node stops costing deadlines while the others
     /// serve. Nodes are few; an entry is never removed.
@@ -468,10 +483,10 @@ struct Gate {
 }
 
 impl Gate {
-    fn new(timeout: Duration, breaker: Arc<Breaker>, metrics: Arc<Metrics>) -> Gate {
+    fn new(timeout: Duration, metrics: Arc<Metrics>) -> Gate {
         Gate {
             timeout,
-            breaker,
+            breaker: Breaker::new("all nodes", BREAKER_THRESHOLD),
             nodes: Mutex::default(),
             metrics,
         }
@@ -491,24 +506,28 @@ impl Gate {
     {
         let left = budget.left(self.timeout);
         if left.is_zero() {
+            budget.troubled.store(true, Ordering::Relaxed);
             self.metrics.redis_call(op, "no-budget");
             return None;
         }
-        let now = Instant::now();
-        let node = node.map(|node| self.node(node));
-        if !self.breaker.allow(now) || node.as_ref().is_some_and(|node| !node.allow(now)) {
+        let started = Instant::now();
+        let Some(breakers) = self.breakers(node, started) else {
+            budget.troubled.store(true, Ordering::Relaxed);
             self.metrics.redis_call(op, "skipped");
             return None;
-        }
+        };
         let result = tokio::time::timeout(left, command()).await;
-        let elapsed = now.elapsed();
+        let elapsed = started.elapsed();
         budget.spend(elapsed);
         self.metrics.redis_duration(op, elapsed);
-        let breakers = std::iter::once(&*self.breaker).chain(node.as_deref());
         match result {
             Ok(Ok(value)) => {
-                breakers.for_each(Breaker::success);
+                breakers.success();
                 return Some(value);
+            }
+            // fred's own deadline (the same `command_timeout`) may fire first.
+            Ok(Err(error)) if *error.kind() == fred::error::ErrorKind::Timeout => {
+                self.metrics.redis_call(op, "timeout");
             }
             Ok(Err(error)) => {
                 self.metrics.redis_call(op, "error");
@@ -516,9 +535,20 @@ impl Gate {
             }
             Err(_) => self.metrics.redis_call(op, "timeout"),
         }
-        let now = Instant::now();
-        breakers.for_each(|breaker| breaker.failure(now));
+        budget.troubled.store(true, Ordering::Relaxed);
+        breakers.failure(Instant::now());
         None
+    }
+
+    /// The breakers a call to `node` (when known) passes, or `None` when
+    /// one of them skips it: all of Redis, or that node, keeps failing.
+    fn breakers(&self, node: Option<String>, now: Instant) -> Option<Breakers<'_>> {
+        let node = node.map(|node| self.node(node));
+        let allowed = self.breaker.allow(now) && node.as_ref().is_none_or(|node| node.allow(now));
+        allowed.then_some(Breakers {
+            global: &self.breaker,
+            node,
+        })
     }
 
     /// The breaker of `node`, made on its first call.
@@ -546,6 +576,37 @@ impl Gate {
             },
         )
     }
+}
+
+/// The breakers one call passed, to be told how it went.
+struct Breakers<'a> {
+    global: &'a Breaker,
+    node: Option<Arc<Breaker>>,
+}
+
+impl Breakers<'_> {
+    fn success(&self) {
+        self.global.success();
+        if let Some(node) = &self.node {
+            node.success();
+        }
+    }
+
+    fn failure(&self, now: Instant) {
+        self.global.failure(now);
+        if let Some(node) = &self.node {
+            node.failure(now);
+        }
+    }
+}
+
+/// The cluster node (`host:port` of the master) that owns `redis_key`'s
+/// slot in fred's cached slot map; `None` when Redis is not a cluster (the
+/// global breaker is then the node's) or the map is not known yet.
+fn node_of(client: &fred::prelude::Client, redis_key: &str) -> Option<String> {
+    let routing = client.cached_cluster_state()?;
+    let slot = ClusterRouting::hash_key(redis_key.as_bytes());
+    routing.get_server(slot).map(ToString::to_string)
 }
 
 /// Circuit breaker: after enough consecutive failures, calls skip Redis for
@@ -701,8 +762,7 @@ mod tests {
 
     fn gate() -> (Gate, Arc<Metrics>) {
         let metrics = Arc::new(Metrics::new());
-        let breaker = Arc::new(Breaker::new("all nodes", BREAKER_THRESHOLD));
-        (Gate::new(LIMIT, breaker, metrics.clone()), metrics)
+        (Gate::new(LIMIT, metrics.clone()), metrics)
     }
 
     /// A node that never answers (frozen).
