@@ -689,7 +689,7 @@ async fn a_frozen_master_costs_a_request_at_most_one_deadline_and_the_other_shar
     const BUDGET: Duration = Duration::from_millis(150);
     // Scheduling on a loaded 2-core machine; the origin answers at once.
     const MARGIN: Duration = Duration::from_millis(100);
-    let mut cluster = blocking(RedisCluster::start).await;
+    let cluster = blocking(RedisCluster::start).await;
     let origin = Origin::start().await;
     let filler = proxy_on(&origin, &cluster.seeds(), "").await;
     // No memory tier: every request of this proxy asks L2.
