@@ -224,6 +224,8 @@ impl Metrics {
 
     /// Each cluster node's breaker, set just before rendering.
     pub fn set_redis_nodes(&self, nodes: Vec<(String, bool)>) {
+        // Nodes that left the cluster's slot map drop out.
+        self.redis_node_open.clear();
         for (node, open) in nodes {
             self.redis_node_open
                 .get_or_create(&NodeLabels { node })

@@ -1,12 +1,12 @@
-//! L2: the shared Redis tier through fred; a request's calls share one deadline, breakers skip Redis (or one cluster node) while it is down, and any trouble is a miss.
+//! L2: the shared Redis tier through fred; a request's calls share one deadline, breakers skip a failing cluster node (or all of Redis), and any trouble is a miss.
 //!
 //! Every call on a request's path goes through one [`Gate`]: it skips the
-//! call when the request has no Redis time left ([`Budget`]), when all of
-//! Redis is failing (the global [`Breaker`]), or when the cluster node that
-//! owns the key's slot is failing (a breaker per node); otherwise it bounds
-//! the call by what is left of the budget and records what came of it.
-//! Writes are queued and sent off the request path, each with its own
-//! deadline.
+//! call when the request has no Redis time left ([`Budget`]) or when the
+//! [`Breaker`] of the cluster node that owns the key's slot is open (without
+//! a cluster, the one breaker of all of Redis); otherwise it bounds the call
+//! by what is left of the budget and records what came of it. Writes are
+//! queued and sent off the request path, each with its own deadline,
+//! through the same breakers.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -46,6 +46,9 @@ const RECONNECT_DELAY_MS: u32 = 100;
 const COMMAND_BUFFER: usize = 1024;
 /// How often fred checks connections for unanswered commands.
 const UNRESPONSIVE_INTERVAL: Duration = Duration::from_millis(100);
+/// How often the slot map is checked for a failover while a node's breaker
+/// is open.
+const TOPOLOGY_CHECK: Duration = Duration::from_secs(1);
 
 /// The pub/sub channel on which pods announce invalidated keys.
 const INVALIDATIONS: &str = "sidecache:invalidations";
@@ -106,6 +109,12 @@ impl RedisTier {
                 // A failed call is a miss; retrying only adds latency.
                 conn.max_command_attempts = 1;
                 conn.max_command_buffer_len = COMMAND_BUFFER;
+                // fred would drop a connection that stops answering and
+                // reconnect the whole client, which cannot finish while one
+                // node accepts connections but never answers (frozen): all
+                // of Redis would be gone for as long. The call deadlines and
+                // the node breakers handle such a node instead, and
+                // `follow_failovers` notices when its replica takes over.
                 conn.unresponsive = UnresponsiveConfig {
                     max_timeout: None,
                     interval: UNRESPONSIVE_INTERVAL,
@@ -132,6 +141,12 @@ impl RedisTier {
             config.command_timeout,
             gate.clone(),
             metrics.clone(),
+        ));
+        tokio::spawn(follow_failovers(
+            client.clone(),
+            Arc::downgrade(&gate),
+            config.command_timeout,
+            config.connect_timeout,
         ));
         Ok(RedisTier {
             client,
@@ -254,9 +269,9 @@ impl RedisTier {
             && matches!(tokio::time::timeout_at(deadline, flushed).await, Ok(Ok(())))
     }
 
-    /// Whether the global breaker is skipping Redis.
+    /// Whether all of Redis is skipped (every node's breaker is open).
     pub fn breaker_open(&self) -> bool {
-        self.gate.breaker.is_open()
+        self.gate.all_open()
     }
 
     /// The cluster nodes calls have gone to, as `host:port`, and whether
@@ -313,7 +328,7 @@ async fn write_loop(
             Write::Delete { key } => node_of(&client, key),
             Write::Invalidate { .. } => None,
         };
-        let Some(breakers) = gate.breakers(node, Instant::now()) else {
+        let Some(breaker) = gate.breaker(node, Instant::now()) else {
             metrics.redis_call(op, "skipped");
             continue;
         };
@@ -349,20 +364,77 @@ async fn write_loop(
         metrics.redis_duration(op, started.elapsed());
         match result {
             Ok(Ok(())) => {
-                breakers.success();
+                breaker.success();
                 metrics.redis_call(op, "done");
             }
             Ok(Err(error)) => {
                 tracing::debug!(op, %error, "redis write failed");
                 metrics.redis_call(op, "error");
-                breakers.failure(Instant::now());
+                breaker.failure(Instant::now());
             }
             Err(_) => {
                 metrics.redis_call(op, "timeout");
-                breakers.failure(Instant::now());
+                breaker.failure(Instant::now());
             }
         }
     }
+}
+
+/// While a node's breaker is open, checks every [`TOPOLOGY_CHECK`] whether
+/// the cluster moved its slots (its replica took over) and, if so, has fred
+/// follow: fred no longer gives up on a connection that stops answering, so
+/// without this it would keep routing those slots to the failed node. Ends
+/// with the tier.
+async fn follow_failovers(
+    client: fred::prelude::Client,
+    gate: std::sync::Weak<Gate>,
+    timeout: Duration,
+    sync_timeout: Duration,
+) {
+    let mut every = tokio::time::interval(TOPOLOGY_CHECK);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let Some(gate) = gate.upgrade() else { return };
+        if !gate.nodes_open().iter().any(|(_, open)| *open) {
+            continue;
+        }
+        let Some(known) = client.cached_cluster_state() else {
+            continue;
+        };
+        // Any node may answer; one that does not is tried again next time.
+        let asked = tokio::time::timeout(timeout, client.cluster_slots::<fred::types::Value>());
+        let Ok(Ok(slots)) = asked.await else { continue };
+        let Ok(current) = ClusterRouting::from_cluster_slots(slots, "") else {
+            continue;
+        };
+        if owners(&current) == owners(&known) {
+            continue;
+        }
+        tracing::info!("cluster slots moved while a node was failing; following them");
+        if !matches!(
+            tokio::time::timeout(sync_timeout, client.sync_cluster()).await,
+            Ok(Ok(()))
+        ) {
+            continue;
+        }
+        // Breakers of nodes that no longer own slots would read as open forever.
+        let primaries: Vec<String> = current
+            .unique_primary_nodes()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        gate.keep_nodes(&primaries);
+    }
+}
+
+/// Which node owns which slots.
+fn owners(routing: &ClusterRouting) -> Vec<(u16, u16, String)> {
+    routing
+        .slots()
+        .iter()
+        .map(|range| (range.start, range.end, range.primary.to_string()))
+        .collect()
 }
 
 /// Subscribes to invalidations from other pods (purges and RFC 9111 §4.4
@@ -467,17 +539,17 @@ impl Budget {
 }
 
 /// The one place a request-path call is admitted, bounded and accounted:
-/// the budget, the global breaker, the breaker of the key's node, the
+/// the budget, the breaker of the key's node (or of all of Redis), the
 /// deadline, and the `sidecache_redis_calls_total` outcome of a call that
 /// did not answer (the caller counts the answers: hit, miss, won, ...).
 struct Gate {
     /// The budget of a request, and the deadline of each background call.
     timeout: Duration,
-    /// "All of Redis is gone".
-    breaker: Breaker,
+    /// The breaker of calls whose node is not known (not a cluster).
+    breaker: Arc<Breaker>,
     /// One breaker per cluster node (`host:port`) calls have been routed to,
     /// so that one frozen node stops costing deadlines while the others
-    /// serve. Nodes are few; an entry is never removed.
+    /// serve. Nodes are few; a node leaves when a failover moves its slots.
     nodes: Mutex<HashMap<String, Arc<Breaker>>>,
     metrics: Arc<Metrics>,
 }
@@ -486,7 +558,7 @@ impl Gate {
     fn new(timeout: Duration, metrics: Arc<Metrics>) -> Gate {
         Gate {
             timeout,
-            breaker: Breaker::new("all nodes", BREAKER_THRESHOLD),
+            breaker: Arc::new(Breaker::new("redis", BREAKER_THRESHOLD)),
             nodes: Mutex::default(),
             metrics,
         }
@@ -511,7 +583,7 @@ impl Gate {
             return None;
         }
         let started = Instant::now();
-        let Some(breakers) = self.breakers(node, started) else {
+        let Some(breaker) = self.breaker(node, started) else {
             budget.troubled.store(true, Ordering::Relaxed);
             self.metrics.redis_call(op, "skipped");
             return None;
@@ -522,7 +594,7 @@ impl Gate {
         self.metrics.redis_duration(op, elapsed);
         match result {
             Ok(Ok(value)) => {
-                breakers.success();
+                breaker.success();
                 return Some(value);
             }
             // fred's own deadline (the same `command_timeout`) may fire first.
@@ -536,19 +608,30 @@ impl Gate {
             Err(_) => self.metrics.redis_call(op, "timeout"),
         }
         budget.troubled.store(true, Ordering::Relaxed);
-        breakers.failure(Instant::now());
+        breaker.failure(Instant::now());
         None
     }
 
-    /// The breakers a call to `node` (when known) passes, or `None` when
-    /// one of them skips it: all of Redis, or that node, keeps failing.
-    fn breakers(&self, node: Option<String>, now: Instant) -> Option<Breakers<'_>> {
-        let node = node.map(|node| self.node(node));
-        let allowed = self.breaker.allow(now) && node.as_ref().is_none_or(|node| node.allow(now));
-        allowed.then_some(Breakers {
-            global: &self.breaker,
-            node,
-        })
+    /// The breaker a call to `node` answers to, or `None` when it skips the
+    /// call: the node's in a cluster, the global one otherwise (standalone,
+    /// Sentinel, or no slot map yet). One breaker per call, because a
+    /// frozen node's failures must not open the breaker of nodes that
+    /// answer: a burst of its timeouts would otherwise skip all of Redis,
+    /// and each of its failed probes reopen it. When all of a cluster is
+    /// gone, every node's breaker opens.
+    fn breaker(&self, node: Option<String>, now: Instant) -> Option<Arc<Breaker>> {
+        let breaker = match node {
+            Some(node) => self.node(node),
+            None => self.breaker.clone(),
+        };
+        breaker.allow(now).then_some(breaker)
+    }
+
+    /// Whether all of Redis is skipped: the global breaker, or, in a
+    /// cluster, every node's.
+    fn all_open(&self) -> bool {
+        let nodes = self.nodes_open();
+        self.breaker.is_open() || (!nodes.is_empty() && nodes.iter().all(|(_, open)| *open))
     }
 
     /// The breaker of `node`, made on its first call.
@@ -565,6 +648,13 @@ impl Gate {
             .clone()
     }
 
+    /// Forgets the breakers of nodes not in `nodes`.
+    fn keep_nodes(&self, nodes: &[String]) {
+        if let Ok(mut breakers) = self.nodes.lock() {
+            breakers.retain(|node, _| nodes.contains(node));
+        }
+    }
+
     fn nodes_open(&self) -> Vec<(String, bool)> {
         self.nodes.lock().map_or_else(
             |_| Vec::new(),
@@ -575,28 +665,6 @@ impl Gate {
                     .collect()
             },
         )
-    }
-}
-
-/// The breakers one call passed, to be told how it went.
-struct Breakers<'a> {
-    global: &'a Breaker,
-    node: Option<Arc<Breaker>>,
-}
-
-impl Breakers<'_> {
-    fn success(&self) {
-        self.global.success();
-        if let Some(node) = &self.node {
-            node.success();
-        }
-    }
-
-    fn failure(&self, now: Instant) {
-        self.global.failure(now);
-        if let Some(node) = &self.node {
-            node.failure(now);
-        }
     }
 }
 
@@ -617,7 +685,7 @@ fn node_of(client: &fred::prelude::Client, redis_key: &str) -> Option<String> {
 /// fail-open rules here (a probe that is cancelled must not wedge it).
 #[derive(Debug)]
 struct Breaker {
-    /// What it guards, for the log lines: `all nodes`, or a node's `host:port`.
+    /// What it guards, for the log lines: `redis`, or a node's `host:port`.
     scope: String,
     /// Consecutive failures that open it.
     threshold: u32,
@@ -715,7 +783,7 @@ mod tests {
 
     #[test]
     fn breaker_opens_after_consecutive_failures_and_probes_after_the_cooldown() {
-        let breaker = Breaker::new("all nodes", BREAKER_THRESHOLD);
+        let breaker = Breaker::new("redis", BREAKER_THRESHOLD);
         let t0 = Instant::now();
         for _ in 0..BREAKER_THRESHOLD - 1 {
             breaker.failure(t0);
@@ -746,7 +814,7 @@ mod tests {
 
     #[test]
     fn a_probe_that_never_reports_does_not_wedge_the_breaker() {
-        let breaker = Breaker::new("all nodes", BREAKER_THRESHOLD);
+        let breaker = Breaker::new("redis", BREAKER_THRESHOLD);
         let t0 = Instant::now();
         for _ in 0..BREAKER_THRESHOLD {
             breaker.failure(t0);
@@ -906,6 +974,44 @@ mod tests {
                 .is_some()
         );
         assert!(gate.nodes_open().iter().all(|(_, open)| !open));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_of_timeouts_on_one_node_skips_no_other_node() {
+        let (gate, _) = gate();
+        // Concurrent requests all waiting on the node when it froze: as
+        // many timeouts in a row as open the breaker of all of Redis.
+        let call = || async {
+            gate.call("get", node("a:1"), &Budget::default(), hangs)
+                .await
+        };
+        let burst = tokio::join!(call(), call(), call(), call(), call());
+        assert_eq!(burst, (None, None, None, None, None));
+        let quick = || answers_after(Duration::from_millis(1));
+        assert!(
+            gate.call("get", node("b:1"), &Budget::default(), quick)
+                .await
+                .is_some()
+        );
+        assert!(!gate.all_open());
+        // A failed probe of the frozen node costs the others nothing either.
+        tokio::time::advance(BREAKER_COOLDOWN).await;
+        assert!(
+            gate.call("get", node("a:1"), &Budget::default(), hangs)
+                .await
+                .is_none()
+        );
+        assert!(
+            gate.call("get", node("b:1"), &Budget::default(), quick)
+                .await
+                .is_some()
+        );
+        // When every node fails, all of Redis is skipped.
+        for _ in 0..NODE_BREAKER_THRESHOLD {
+            gate.call("get", node("b:1"), &Budget::default(), hangs)
+                .await;
+        }
+        assert!(gate.all_open());
     }
 
     #[tokio::test(start_paused = true)]

@@ -222,16 +222,17 @@ impl RedisCluster {
             .sum()
     }
 
-    /// Freezes the master on `port` and keeps it frozen as far as the
-    /// cluster is concerned: its replica does not take over, and the other
-    /// masters keep serving their slots (as a real cluster would for the
-    /// `cluster-node-timeout` before a failover, or for good when failover
-    /// is off).
-    pub fn freeze_master(&mut self, port: u16) {
+    /// Freezes the master on `port`; the other masters keep serving their
+    /// slots meanwhile. With `failover` its replica takes over after the
+    /// `cluster-node-timeout`; without, the master stays frozen as far as
+    /// the cluster is concerned (a real cluster before its node timeout, or
+    /// one with failover off).
+    pub fn freeze_master(&mut self, port: u16, failover: bool) {
+        let no_failover = if failover { "no" } else { "yes" };
         for node in self.nodes.iter().filter(|n| n.is_running()) {
             for (name, value) in [
                 ("cluster-require-full-coverage", "no"),
-                ("cluster-replica-no-failover", "yes"),
+                ("cluster-replica-no-failover", no_failover),
             ] {
                 assert_eq!(
                     cli(node.port, &["config", "set", name, value]).as_deref(),
