@@ -953,9 +953,7 @@ async fn when_a_frozen_masters_replica_takes_over_its_keys_are_hits_again() {
         },
     )
     .await;
-    assert_eq!(
-        hit.unwrap().text(),
-        format!("{path} #1"),
-        "the filler's copy"
-    );
+    // The filler's copy, or one this pod stored there since.
+    let text = hit.unwrap().text();
+    assert!(text.starts_with(&format!("{path} #")), "{text}");
 }

@@ -396,15 +396,26 @@ async fn follow_failovers(
     loop {
         every.tick().await;
         let Some(gate) = gate.upgrade() else { return };
-        if !gate.nodes_open().iter().any(|(_, open)| *open) {
+        let nodes = gate.nodes_open();
+        if !nodes.iter().any(|(_, open)| *open) {
             continue;
         }
         let Some(known) = client.cached_cluster_state() else {
             continue;
         };
-        // Any node may answer; one that does not is tried again next time.
-        let asked = tokio::time::timeout(timeout, client.cluster_slots::<fred::types::Value>());
-        let Ok(Ok(slots)) = asked.await else { continue };
+        // Asked of a node that answers: fred would send it to any, the
+        // failing one included.
+        let Some(answering) = known.unique_primary_nodes().into_iter().find(|server| {
+            let name = server.to_string();
+            !nodes.iter().any(|(node, open)| *open && *node == name)
+        }) else {
+            continue;
+        };
+        let ask = client.with_cluster_node(answering);
+        let asked = tokio::time::timeout(timeout, ask.cluster_slots::<fred::types::Value>());
+        let Ok(Ok(slots)) = asked.await else {
+            continue;
+        };
         let Ok(current) = ClusterRouting::from_cluster_slots(slots, "") else {
             continue;
         };
@@ -627,11 +638,15 @@ impl Gate {
         breaker.allow(now).then_some(breaker)
     }
 
-    /// Whether all of Redis is skipped: the global breaker, or, in a
-    /// cluster, every node's.
+    /// Whether all of Redis is skipped: in a cluster, every node's breaker
+    /// is open; otherwise the one breaker.
     fn all_open(&self) -> bool {
         let nodes = self.nodes_open();
-        self.breaker.is_open() || (!nodes.is_empty() && nodes.iter().all(|(_, open)| *open))
+        if nodes.is_empty() {
+            self.breaker.is_open()
+        } else {
+            nodes.iter().all(|(_, open)| *open)
+        }
     }
 
     /// The breaker of `node`, made on its first call.
