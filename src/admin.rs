@@ -64,6 +64,7 @@ impl Admin {
         if let Some(redis) = self.cache.redis() {
             self.metrics
                 .set_redis(redis.connected(), redis.breaker_open());
+            self.metrics.set_redis_nodes(redis.nodes_open());
         }
         self.metrics.render()
     }

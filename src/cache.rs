@@ -27,6 +27,8 @@ use key::CacheKey;
 use memory::MemoryTier;
 use redis::{Lease, RedisTier};
 
+pub use redis::Budget;
+
 /// How often a pod that lost the fleet lease looks for the winner's fill.
 const FLEET_POLL: Duration = Duration::from_millis(50);
 
@@ -154,16 +156,23 @@ impl Cache {
     /// (fresh or not: the caller decides how to use it) and, if the URL has
     /// variants, their index. `request` holds the request headers as the
     /// origin would see them, which select the variant. At most two objects
-    /// are looked up: the URL's, then the variant's.
-    pub async fn lookup(&self, key: &CacheKey, request: &HeaderMap, now: SystemTime) -> Lookup {
-        match self.get(key, now).await {
+    /// are looked up: the URL's, then the variant's, both within the
+    /// request's Redis `budget`.
+    pub async fn lookup(
+        &self,
+        key: &CacheKey,
+        request: &HeaderMap,
+        now: SystemTime,
+        budget: &Budget,
+    ) -> Lookup {
+        match self.get(key, now, budget).await {
             None => Lookup::default(),
             Some((Stored::Response(entry), tier)) => Lookup {
                 found: Some((entry, tier)),
                 variants: None,
             },
             Some((Stored::Variants(variants), _)) => {
-                let found = match self.get(&variants.key_for(request), now).await {
+                let found = match self.get(&variants.key_for(request), now, budget).await {
                     Some((Stored::Response(entry), tier)) => Some((entry, tier)),
                     _ => None,
                 };
@@ -178,7 +187,12 @@ impl Cache {
     /// One object from the tiers. A fresh L1 response (or any L1 index)
     /// answers at once; otherwise L2 is asked too, where another pod may
     /// have stored a newer copy, and its object is copied into L1.
-    async fn get(&self, key: &CacheKey, now: SystemTime) -> Option<(Stored, Tier)> {
+    async fn get(
+        &self,
+        key: &CacheKey,
+        now: SystemTime,
+        budget: &Budget,
+    ) -> Option<(Stored, Tier)> {
         let local = self.memory.get(key);
         let settled = match &local {
             Some(Stored::Response(entry)) => entry.remaining_freshness(now).is_some(),
@@ -189,7 +203,7 @@ impl Cache {
             return local.map(|object| (object, Tier::Memory));
         }
         let shared = match &self.redis {
-            Some(redis) => redis.get(key).await,
+            Some(redis) => redis.get(key, budget).await,
             None => None,
         };
         let newer = match (&shared, &local) {
@@ -252,8 +266,9 @@ impl Cache {
 
     /// Joins the fetch of `flight`: in this process the first request leads
     /// and the others wait for what it stores; across the fleet, the leader
-    /// takes a Redis lease, or waits for the pod that holds it.
-    pub async fn admit(&self, flight: Flight<'_>) -> Admission {
+    /// takes a Redis lease, or waits for the pod that holds it (its Redis
+    /// calls drawing on the request's `budget`).
+    pub async fn admit(&self, flight: Flight<'_>, budget: &Budget) -> Admission {
         match self.flights.join(flight.id) {
             Role::Follower(follower) => match follower.wait(flight.lock_timeout).await {
                 Some(filled) if filled.selects(flight.forwarded) => {
@@ -261,7 +276,8 @@ impl Cache {
                 }
                 _ => Admission::Alone,
             },
-            Role::Leader(mut leader) => match self.lead_in_fleet(flight, &mut leader).await {
+            Role::Leader(mut leader) => match self.lead_in_fleet(flight, &mut leader, budget).await
+            {
                 Some(filled) => {
                     let entry = filled.entry.clone();
                     leader.stored(filled);
@@ -283,10 +299,15 @@ impl Cache {
     /// until it lands, the lease goes away, or `lock_timeout` passes.
     /// `Some` is the other pod's entry; `None` means fetch. Redis trouble
     /// means fetch, never wait.
-    async fn lead_in_fleet(&self, flight: Flight<'_>, leader: &mut Leader) -> Option<Filled> {
+    async fn lead_in_fleet(
+        &self,
+        flight: Flight<'_>,
+        leader: &mut Leader,
+        budget: &Budget,
+    ) -> Option<Filled> {
         let redis = self.redis.as_ref()?.clone();
         let id = flight.id;
-        match redis.lease(&id, flight.lock_timeout).await {
+        match redis.lease(&id, flight.lock_timeout, budget).await {
             Lease::Won => {
                 leader.on_finish(move || redis.release_lease(&id));
                 None
@@ -295,14 +316,19 @@ impl Cache {
             Lease::Lost => {
                 let deadline = Instant::now() + flight.lock_timeout;
                 while Instant::now() < deadline {
+                    // The winner's fill may be where this request cannot
+                    // read it (a node skipped, the budget spent): fetch.
+                    if budget.troubled() {
+                        return None;
+                    }
                     tokio::time::sleep(FLEET_POLL).await;
-                    if let Some(filled) = self.fresh(flight).await {
+                    if let Some(filled) = self.fresh(flight, budget).await {
                         return Some(filled);
                     }
-                    if redis.lease_held(&id).await != Some(true) {
+                    if redis.lease_held(&id, budget).await != Some(true) {
                         // The holder stores before it lets go: its fill may
                         // have landed since the look above.
-                        return self.fresh(flight).await;
+                        return self.fresh(flight, budget).await;
                     }
                 }
                 self.metrics.redis_call("lease", "expired");
@@ -312,9 +338,11 @@ impl Cache {
     }
 
     /// A fresh response for `flight`'s request, if one is stored now.
-    async fn fresh(&self, flight: Flight<'_>) -> Option<Filled> {
+    async fn fresh(&self, flight: Flight<'_>, budget: &Budget) -> Option<Filled> {
         let now = self.clock.now();
-        let lookup = self.lookup(flight.url_key, flight.forwarded, now).await;
+        let lookup = self
+            .lookup(flight.url_key, flight.forwarded, now, budget)
+            .await;
         let (entry, _) = lookup
             .found
             .filter(|(entry, _)| entry.remaining_freshness(now).is_some())?;

@@ -15,7 +15,8 @@
 //!   host as the route and `cache.host` say), which is what `Vary` keys by.
 //! - [`cache::key`]: canonical, length-prefixed, hashed cache keys.
 //! - [`cache`]: the tiers facade: lookup ([`cache::memory`] is L1,
-//!   [`cache::redis`] the shared L2 with deadlines and a breaker), `admit`
+//!   [`cache::redis`] the shared L2: one Redis budget per request, a
+//!   breaker per cluster node), `admit`
 //!   (single-flight in the pod, [`cache::flight`], and in the fleet, a Redis
 //!   lease), and `store`, the one way in. [`cache::coherence`] keeps each
 //!   pod's memory tier from serving, for longer than a bound, what another

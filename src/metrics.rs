@@ -52,6 +52,7 @@ pub struct Metrics {
     redis_duration: Family<RedisOpLabels, Histogram>,
     redis_connected: Gauge,
     redis_breaker_open: Gauge,
+    redis_node_open: Family<NodeLabels, Gauge>,
     background_refreshes: Family<ResultLabels, Counter>,
     memory_flushes: Family<ReasonLabels, Counter>,
 }
@@ -59,6 +60,12 @@ pub struct Metrics {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: &'static str,
+}
+
+/// A Redis Cluster node, as `host:port`: a handful of values per cluster.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NodeLabels {
+    node: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -111,7 +118,7 @@ impl Metrics {
         let redis_calls = Family::<RedisCallLabels, Counter>::default();
         registry.register(
             "redis_calls",
-            "L2 calls by operation (get, set) and outcome (hit, miss, stored, error, timeout, corrupt, skipped by the breaker, dropped from a full queue)",
+            "L2 calls by operation (get, lease, set, del, publish) and outcome (hit, miss, won, lost, done, error, timeout, corrupt, skipped by a breaker, no-budget when the request had spent its Redis time, dropped from a full queue)",
             redis_calls.clone(),
         );
         // 50 us to ~0.8 s: Redis answers in well under a millisecond when healthy.
@@ -132,8 +139,14 @@ impl Metrics {
         let redis_breaker_open = Gauge::default();
         registry.register(
             "redis_breaker_open",
-            "1 while the circuit breaker skips Redis",
+            "1 while the global circuit breaker skips Redis (every node failing)",
             redis_breaker_open.clone(),
+        );
+        let redis_node_open = Family::<NodeLabels, Gauge>::default();
+        registry.register(
+            "redis_node_open",
+            "1 while a Redis Cluster node's breaker skips the calls routed to it (one series per node calls went to)",
+            redis_node_open.clone(),
         );
         let background_refreshes = Family::<ResultLabels, Counter>::default();
         registry.register(
@@ -155,6 +168,7 @@ impl Metrics {
             redis_duration,
             redis_connected,
             redis_breaker_open,
+            redis_node_open,
             requests,
             origin_duration,
             origin_errors,
@@ -225,6 +239,17 @@ impl Metrics {
     pub fn set_redis(&self, connected: bool, breaker_open: bool) {
         self.redis_connected.set(i64::from(connected));
         self.redis_breaker_open.set(i64::from(breaker_open));
+    }
+
+    /// Each cluster node's breaker, set just before rendering.
+    pub fn set_redis_nodes(&self, nodes: Vec<(String, bool)>) {
+        // Nodes that left the cluster's slot map drop out.
+        self.redis_node_open.clear();
+        for (node, open) in nodes {
+            self.redis_node_open
+                .get_or_create(&NodeLabels { node })
+                .set(i64::from(open));
+        }
     }
 
     /// The Prometheus text exposition; the gauges are set by the caller first.

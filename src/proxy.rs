@@ -21,7 +21,7 @@ use crate::cache::flight::Leader;
 use crate::cache::key::{self, CacheKey};
 use crate::cache::policy::{self, CacheControl, RequestPolicy};
 use crate::cache::status::{CACHE_STATUS, CacheStatus};
-use crate::cache::{Admission, Cache, Flight, validation};
+use crate::cache::{Admission, Budget, Cache, Flight, validation};
 use crate::config::CacheConfig;
 use crate::metrics::{Metrics, UNROUTED};
 use crate::origin::{self, Origin, OriginBody, OriginError, OriginResponseBody};
@@ -362,9 +362,11 @@ impl Proxy {
         let request =
             CacheableRequest::new(&self.namespace, canonical_host, route, client, &mut parts);
         let now = self.cache.now();
+        // All of this request's Redis calls share one deadline.
+        let budget = Budget::default();
         let lookup = self
             .cache
-            .lookup(&request.url_key, &request.forwarded, now)
+            .lookup(&request.url_key, &request.forwarded, now, &budget)
             .await;
         let presented = request.presented(self.max_object_size);
         let prior = match decide::on_lookup(&presented, lookup, now) {
@@ -382,7 +384,7 @@ impl Proxy {
         // Concurrent misses for the same thing wait for one fetch.
         let mut leader = None;
         if request.route.coalesce && request.plan.coalesces() {
-            match self.cache.admit(request.flight(&prior)).await {
+            match self.cache.admit(request.flight(&prior), &budget).await {
                 Admission::Lead(lead) => leader = Some(lead),
                 Admission::Collapsed(entry) if decide::may_answer(&presented, &entry) => {
                     let now = self.cache.now();
@@ -513,7 +515,9 @@ impl Proxy {
         let proxy = self.clone();
         let (request, parts) = request.refresh();
         self.background.spawn(async move {
-            let leader = match proxy.cache.admit(request.flight(&prior)).await {
+            // A refresh is a request of its own, with its own Redis budget.
+            let budget = Budget::default();
+            let leader = match proxy.cache.admit(request.flight(&prior), &budget).await {
                 Admission::Lead(leader) => leader,
                 Admission::Collapsed(_) => {
                     proxy.metrics.background_refresh("elsewhere");

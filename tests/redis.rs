@@ -668,3 +668,292 @@ async fn an_invalidation_queued_at_shutdown_still_reaches_the_other_pods() {
     )
     .await;
 }
+
+/// Which of `paths` (each stored once, from the origin's first answer)
+/// the node on `port` holds: its values carry the origin's body, "{path} #1".
+fn held_by(port: u16, paths: &[String]) -> Vec<bool> {
+    let keys = cli(port, &["--scan"]).unwrap();
+    let bodies: Vec<String> = keys
+        .lines()
+        .map(|key| cli(port, &["get", key]).unwrap())
+        .collect();
+    paths
+        .iter()
+        .map(|path| bodies.iter().any(|b| b.contains(&format!("{path} #1"))))
+        .collect()
+}
+
+/// The value of one series in a proxy's `/metrics` (0 when absent).
+async fn metric(proxy: &Proxy, series: &str) -> u64 {
+    proxy
+        .admin("/metrics")
+        .await
+        .text()
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_master_costs_a_request_at_most_one_deadline_and_the_other_shards_keep_serving() {
+    const URLS: usize = 90;
+    const CLIENTS: usize = 8;
+    const PACE: Duration = Duration::from_millis(10);
+    // Each request's Redis work shares this one deadline.
+    const BUDGET: Duration = Duration::from_millis(150);
+    // Scheduling on a loaded 2-core machine; the origin answers at once.
+    const MARGIN: Duration = Duration::from_millis(100);
+    let cluster = blocking(RedisCluster::start).await;
+    let origin = Origin::start().await;
+    let filler = proxy_on(&origin, &cluster.seeds(), "").await;
+    // No memory tier: every request of this proxy asks L2.
+    let reader = Arc::new(
+        ProxyConfig::new(&origin)
+            .with("[cache.memory]\ncapacity = \"0\"\n")
+            .with(redis_toml_with(&cluster.seeds(), "150ms"))
+            .with(route())
+            .start()
+            .await,
+    );
+    filler.wait_redis_connected().await;
+    reader.wait_redis_connected().await;
+    let url = |i: usize| format!("/r/frozen/{i}");
+    for i in 0..URLS {
+        get(&filler, &url(i)).await;
+    }
+    let victim = cluster.master_ports()[0];
+    let cluster = Arc::new(std::sync::Mutex::new(cluster));
+    let c = cluster.clone();
+    eventually("the fill", Duration::from_secs(5), async || {
+        let c = c.clone();
+        blocking(move || c.lock().unwrap().total_keys()).await == URLS as u64
+    })
+    .await;
+    let on_victim =
+        blocking(move || held_by(victim, &(0..URLS).map(url).collect::<Vec<_>>())).await;
+    let frozen_urls = on_victim.iter().filter(|on| **on).count();
+    assert!(
+        (10..URLS - 10).contains(&frozen_urls),
+        "keys spread over the masters: {frozen_urls} of {URLS} on {victim}"
+    );
+    let on_victim = Arc::new(on_victim);
+
+    // Steady load over all URLs, each client paced to one request per
+    // PACE (well below what the machine can serve, so that the windows
+    // compare what Redis costs rather than how busy the CPU is): a client
+    // that waits on Redis falls behind its pace. The master freezes after
+    // 2.5 s. Equal windows before (0.5–2.5 s) and during (3.5–5.5 s) the
+    // freeze; the second starts after the node's breaker has had time to open.
+    let started = Instant::now();
+    let frozen_at = Duration::from_millis(2500);
+    let before = Duration::from_millis(500)..frozen_at;
+    let during = Duration::from_millis(3500)..Duration::from_millis(5500);
+    let mut clients = Vec::new();
+    for client in 0..CLIENTS {
+        let reader = reader.clone();
+        let during = during.clone();
+        clients.push(tokio::spawn(async move {
+            // (started after, took, URL index, status, L2 hit)
+            let mut seen = Vec::new();
+            let mut i = client;
+            let mut pace = tokio::time::interval(PACE);
+            pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            while started.elapsed() < during.end {
+                pace.tick().await;
+                let sent = started.elapsed();
+                let answer = get(&reader, &url(i % URLS)).await;
+                seen.push((
+                    sent,
+                    started.elapsed() - sent,
+                    i % URLS,
+                    answer.status.as_u16(),
+                    answer.cache_status().contains("hit"),
+                ));
+                i += CLIENTS;
+            }
+            seen
+        }));
+    }
+    tokio::time::sleep(frozen_at).await;
+    let c = cluster.clone();
+    blocking(move || c.lock().unwrap().freeze_master(victim, false)).await;
+    let mut results = Vec::new();
+    for client in clients {
+        results.extend(client.await.unwrap());
+    }
+
+    let failed = results.iter().filter(|r| r.3 != 200).count();
+    let latencies = |window: &std::ops::Range<Duration>, healthy: bool| {
+        let mut took: Vec<Duration> = results
+            .iter()
+            .filter(|r| window.contains(&r.0) && on_victim[r.2] != healthy)
+            .map(|r| r.1)
+            .collect();
+        took.sort();
+        took
+    };
+    let (healthy_before, healthy_during) = (latencies(&before, true), latencies(&during, true));
+    let (frozen_before, frozen_during) = (latencies(&before, false), latencies(&during, false));
+    // Over the budget: the frozen shard's keys against the healthy ones'
+    // in the same window, which this machine's load alone slows alike.
+    let over_budget = |took: &[Duration]| took.iter().filter(|t| **t > BUDGET).count();
+    let slowest = |took: &[Duration]| took.last().copied().unwrap_or_default();
+    let healthy_misses_during = results
+        .iter()
+        .filter(|r| during.contains(&r.0) && !on_victim[r.2] && !r.4)
+        .count();
+    eprintln!(
+        "frozen master {victim} ({frozen_urls} of {URLS} URLs): {} requests, {failed} failed; \
+         healthy-shard requests {} before / {} during (slowest {:?} / {:?}, over {BUDGET:?}: {} / {}); \
+         frozen-shard requests {} / {} (slowest {:?} / {:?}, over {BUDGET:?}: {} / {})",
+        results.len(),
+        healthy_before.len(),
+        healthy_during.len(),
+        slowest(&healthy_before),
+        slowest(&healthy_during),
+        over_budget(&healthy_before),
+        over_budget(&healthy_during),
+        frozen_before.len(),
+        frozen_during.len(),
+        slowest(&frozen_before),
+        slowest(&frozen_during),
+        over_budget(&frozen_before),
+        over_budget(&frozen_during),
+    );
+    assert!(
+        healthy_before.len() > 100,
+        "the load ran: {}",
+        healthy_before.len()
+    );
+    // One deadline at most, plus what the machine's load alone costs. (The
+    // old code paid a deadline per call, up to three per request, and at
+    // least one on every request for the frozen shard's keys.)
+    let noise = MARGIN.max(slowest(&healthy_during));
+    assert!(
+        slowest(&frozen_during) <= BUDGET + noise,
+        "a request spent {:?}, more than one Redis deadline ({BUDGET:?}) and {noise:?}",
+        slowest(&frozen_during)
+    );
+    // Only the few calls that open the node's breaker, and one probe per
+    // cooldown, pay the deadline.
+    assert!(
+        over_budget(&frozen_during) <= over_budget(&healthy_during) + frozen_during.len() / 20,
+        "{} of {} requests for the frozen shard took over {BUDGET:?}",
+        over_budget(&frozen_during),
+        frozen_during.len()
+    );
+    // The goal is 80 % (on a quiet machine this keeps about 100 %); the
+    // bound is generous for a loaded 2-core machine, whose load can differ
+    // between the windows. Without a breaker per node it fell to about 20 %.
+    assert!(
+        healthy_during.len() * 10 >= healthy_before.len() * 6,
+        "healthy shards kept {} of {} requests",
+        healthy_during.len(),
+        healthy_before.len()
+    );
+    assert_eq!(
+        healthy_misses_during, 0,
+        "keys on healthy shards stay L2 hits"
+    );
+
+    // A few deadlines opened the node's breaker; since then its calls are
+    // skipped (a probe every cooldown still pays one).
+    let victim_series = format!("sidecache_redis_node_open{{node=\"127.0.0.1:{victim}\"}} ");
+    assert_eq!(metric(&reader, &victim_series).await, 1, "{victim_series}");
+    let get_calls =
+        |outcome: &str| format!("sidecache_redis_calls_total{{op=\"get\",outcome=\"{outcome}\"}} ");
+    let timeouts = metric(&reader, &get_calls("timeout")).await;
+    let skipped = metric(&reader, &get_calls("skipped")).await;
+    assert!(
+        skipped > 10 * timeouts,
+        "{skipped} skipped vs {timeouts} timed out"
+    );
+    assert_eq!(
+        metric(&reader, "sidecache_redis_breaker_open ").await,
+        0,
+        "the global breaker stays closed"
+    );
+
+    // Thawed, the next probe succeeds and its keys are hits again.
+    let c = cluster.clone();
+    blocking(move || c.lock().unwrap().node(victim).thaw()).await;
+    let victim_url = url(on_victim.iter().position(|on| *on).unwrap());
+    eventually(
+        "the thawed node to serve again",
+        Duration::from_secs(10),
+        async || {
+            // Requests are what probe the node.
+            let hit = get(&reader, &victim_url)
+                .await
+                .cache_status()
+                .contains("hit");
+            hit && metric(&reader, &victim_series).await == 0
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_a_frozen_masters_replica_takes_over_its_keys_are_hits_again() {
+    const URLS: usize = 30;
+    let cluster = blocking(RedisCluster::start).await;
+    let origin = Origin::start().await;
+    let filler = proxy_on(&origin, &cluster.seeds(), "").await;
+    let reader = proxy_on(
+        &origin,
+        &cluster.seeds(),
+        "[cache.memory]\ncapacity = \"0\"\n",
+    )
+    .await;
+    filler.wait_redis_connected().await;
+    reader.wait_redis_connected().await;
+    let paths: Vec<String> = (0..URLS).map(|i| format!("/r/takeover/{i}")).collect();
+    for path in &paths {
+        get(&filler, path).await;
+    }
+    let cluster = Arc::new(std::sync::Mutex::new(cluster));
+    let c = cluster.clone();
+    eventually("the fill", Duration::from_secs(5), async || {
+        let c = c.clone();
+        blocking(move || c.lock().unwrap().total_keys()).await == URLS as u64
+    })
+    .await;
+    let victim = cluster.lock().unwrap().master_ports()[0];
+    let (p, c) = (paths.clone(), cluster.clone());
+    let path = blocking(move || {
+        // Replicated before the freeze, so the replica has it.
+        c.lock().unwrap().wait_ok(Duration::from_secs(10));
+        let held = held_by(victim, &p);
+        p[held.iter().position(|h| *h).unwrap()].clone()
+    })
+    .await;
+
+    let c = cluster.clone();
+    blocking(move || c.lock().unwrap().freeze_master(victim, true)).await;
+    let victim_series = format!("sidecache_redis_node_open{{node=\"127.0.0.1:{victim}\"}} ");
+    eventually(
+        "the frozen node's breaker to open",
+        Duration::from_secs(5),
+        async || {
+            get(&reader, &path).await;
+            metric(&reader, &victim_series).await == 1
+        },
+    )
+    .await;
+    // The old master stays frozen: only a fresh slot map leads to the new one.
+    let mut hit = None;
+    eventually(
+        "L2 hits from the promoted replica",
+        Duration::from_secs(20),
+        async || {
+            let answer = get(&reader, &path).await;
+            let found = answer.cache_status().contains("hit");
+            hit = found.then_some(answer);
+            found
+        },
+    )
+    .await;
+    // The filler's copy, or one this pod stored there since.
+    let text = hit.unwrap().text();
+    assert!(text.starts_with(&format!("{path} #")), "{text}");
+}

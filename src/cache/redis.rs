@@ -1,17 +1,30 @@
-//! L2: the shared Redis tier through fred; every call has a deadline, a circuit breaker skips Redis while it is down, and any trouble is a miss.
+//! L2: the shared Redis tier through fred; a request's calls share one deadline, breakers skip a failing cluster node (or all of Redis), and any trouble is a miss.
+//!
+//! Every call on a request's path goes through one [`Gate`]: it skips the
+//! call when the request has no Redis time left ([`Budget`]) or when the
+//! [`Breaker`] of the cluster node that owns the key's slot is open (without
+//! a cluster, the one breaker of all of Redis); otherwise it bounds the call
+//! by what is left of the budget and records what came of it. Writes are
+//! queued and sent off the request path, each with its own deadline,
+//! through the same breakers.
 
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use fred::clients::SubscriberClient;
 use fred::prelude::{
-    ClientLike, Expiration, KeysInterface, ReconnectPolicy, SetOptions, TcpConfig,
+    ClientLike, ClusterInterface, Expiration, KeysInterface, ReconnectPolicy, SetOptions, TcpConfig,
 };
 use fred::prelude::{EventInterface, LuaInterface, PubsubInterface};
 use fred::types::Builder;
+use fred::types::cluster::ClusterRouting;
 use fred::types::config::UnresponsiveConfig;
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
 use super::entry::Stored;
 use super::key::CacheKey;
@@ -20,6 +33,9 @@ use crate::metrics::Metrics;
 
 /// Consecutive failed calls that open the breaker.
 const BREAKER_THRESHOLD: u32 = 5;
+/// Consecutive failed calls to one cluster node that open its breaker: a
+/// frozen node costs this many deadlines, then only probes.
+const NODE_BREAKER_THRESHOLD: u32 = 3;
 /// How long an open breaker skips Redis before letting one probe call through.
 const BREAKER_COOLDOWN: Duration = Duration::from_millis(500);
 /// Pause between reconnect attempts; attempts never stop, because a client
@@ -30,6 +46,9 @@ const RECONNECT_DELAY_MS: u32 = 100;
 const COMMAND_BUFFER: usize = 1024;
 /// How often fred checks connections for unanswered commands.
 const UNRESPONSIVE_INTERVAL: Duration = Duration::from_millis(100);
+/// How often the slot map is checked for a failover while a node's breaker
+/// is open.
+const TOPOLOGY_CHECK: Duration = Duration::from_secs(1);
 
 /// The pub/sub channel on which pods announce invalidated keys.
 const INVALIDATIONS: &str = "sidecache:invalidations";
@@ -92,9 +111,9 @@ enum Queued {
 /// The shared Redis tier.
 pub struct RedisTier {
     client: fred::prelude::Client,
-    /// Deadline for every call.
-    timeout: Duration,
-    breaker: Arc<Breaker>,
+    /// Breakers, budgets and outcome metrics of the request-path calls
+    /// (the write queue shares its breakers).
+    gate: Arc<Gate>,
     /// Writes happen off the response path, in order, through this queue.
     writes: mpsc::Sender<Queued>,
     metrics: Arc<Metrics>,
@@ -126,8 +145,14 @@ impl RedisTier {
                 // A failed call is a miss; retrying only adds latency.
                 conn.max_command_attempts = 1;
                 conn.max_command_buffer_len = COMMAND_BUFFER;
+                // fred would drop a connection that stops answering and
+                // reconnect the whole client, which cannot finish while one
+                // node accepts connections but never answers (frozen): all
+                // of Redis would be gone for as long. The call deadlines and
+                // the node breakers handle such a node instead, and
+                // `follow_failovers` notices when its replica takes over.
                 conn.unresponsive = UnresponsiveConfig {
-                    max_timeout: Some(config.connect_timeout),
+                    max_timeout: None,
                     interval: UNRESPONSIVE_INTERVAL,
                 };
                 conn.tcp = TcpConfig {
@@ -144,52 +169,36 @@ impl RedisTier {
         // The connection task runs for the client's lifetime; its handle is
         // not needed because the client reconnects on its own.
         drop(client.connect());
-        let breaker = Arc::new(Breaker::default());
+        let gate = Arc::new(Gate::new(config.command_timeout, metrics.clone()));
         let (writes, queue) = mpsc::channel(config.write_queue);
         tokio::spawn(write_loop(
             queue,
             client.clone(),
             config.command_timeout,
-            breaker.clone(),
+            gate.clone(),
             metrics.clone(),
+        ));
+        tokio::spawn(follow_failovers(
+            client.clone(),
+            Arc::downgrade(&gate),
+            config.command_timeout,
+            config.connect_timeout,
         ));
         Ok(RedisTier {
             client,
-            timeout: config.command_timeout,
-            breaker,
+            gate,
             writes,
             metrics,
         })
     }
 
-    /// Looks `key` up; any error, timeout, or undecodable value is a miss.
-    pub async fn get(&self, key: &CacheKey) -> Option<Stored> {
-        if !self.breaker.allow(Instant::now()) {
-            self.metrics.redis_call("get", "skipped");
-            return None;
-        }
+    /// Looks `key` up within what is left of the request's `budget`; any
+    /// error, timeout, skip, or undecodable value is a miss.
+    pub async fn get(&self, key: &CacheKey, budget: &Budget) -> Option<Stored> {
         let redis_key = redis_key(key);
-        let started = Instant::now();
-        let result = tokio::time::timeout(
-            self.timeout,
-            self.client.get::<Option<Bytes>, _>(&redis_key),
-        )
-        .await;
-        self.metrics.redis_duration("get", started.elapsed());
-        let value = match result {
-            Ok(Ok(value)) => {
-                self.breaker.success();
-                value
-            }
-            Ok(Err(error)) => {
-                self.failed("get", "error", &error.to_string());
-                return None;
-            }
-            Err(_) => {
-                self.failed("get", "timeout", "deadline passed");
-                return None;
-            }
-        };
+        let node = self.node_of(&redis_key);
+        let get = || self.client.get::<Option<Bytes>, _>(&redis_key);
+        let value = self.gate.call("get", node, budget, get).await?;
         let Some(value) = value else {
             self.metrics.redis_call("get", "miss");
             return None;
@@ -237,61 +246,40 @@ impl RedisTier {
 
     /// Tries to become the one pod in the fleet that fetches `flight`: a
     /// `SET NX PX` lease that expires by itself after `ttl`.
-    pub async fn lease(&self, flight: &[u8; 32], ttl: Duration) -> Lease {
-        if !self.breaker.allow(Instant::now()) {
-            return Lease::Unavailable;
-        }
+    pub async fn lease(&self, flight: &[u8; 32], ttl: Duration, budget: &Budget) -> Lease {
         let px = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1);
-        let set = self.client.set::<Option<String>, _, _>(
-            lease_key(flight),
-            "1",
-            Some(Expiration::PX(px)),
-            Some(SetOptions::NX),
-            false,
-        );
-        match tokio::time::timeout(self.timeout, set).await {
-            Ok(Ok(Some(_))) => {
-                self.breaker.success();
+        let key = lease_key(flight);
+        let node = self.node_of(&key);
+        let set = || {
+            self.client.set::<Option<String>, _, _>(
+                &key,
+                "1",
+                Some(Expiration::PX(px)),
+                Some(SetOptions::NX),
+                false,
+            )
+        };
+        match self.gate.call("lease", node, budget, set).await {
+            Some(Some(_)) => {
                 self.metrics.redis_call("lease", "won");
                 Lease::Won
             }
-            Ok(Ok(None)) => {
-                self.breaker.success();
+            Some(None) => {
                 self.metrics.redis_call("lease", "lost");
                 Lease::Lost
             }
-            Ok(Err(error)) => {
-                self.failed("lease", "error", &error.to_string());
-                Lease::Unavailable
-            }
-            Err(_) => {
-                self.failed("lease", "timeout", "deadline passed");
-                Lease::Unavailable
-            }
+            None => Lease::Unavailable,
         }
     }
 
     /// Whether another pod still holds the lease on `flight`; `None` when
-    /// Redis cannot say.
-    pub async fn lease_held(&self, flight: &[u8; 32]) -> Option<bool> {
-        if !self.breaker.allow(Instant::now()) {
-            return None;
-        }
-        let exists = self.client.exists::<i64, _>(lease_key(flight));
-        match tokio::time::timeout(self.timeout, exists).await {
-            Ok(Ok(count)) => {
-                self.breaker.success();
-                Some(count > 0)
-            }
-            Ok(Err(error)) => {
-                self.failed("lease", "error", &error.to_string());
-                None
-            }
-            Err(_) => {
-                self.failed("lease", "timeout", "deadline passed");
-                None
-            }
-        }
+    /// Redis cannot say (within what is left of `budget`).
+    pub async fn lease_held(&self, flight: &[u8; 32], budget: &Budget) -> Option<bool> {
+        let key = lease_key(flight);
+        let node = self.node_of(&key);
+        let exists = || self.client.exists::<i64, _>(&key);
+        let count = self.gate.call("lease", node, budget, exists).await?;
+        Some(count > 0)
     }
 
     /// Gives the lease back, queued after the fill's own writes so that
@@ -315,7 +303,10 @@ impl RedisTier {
     /// miss, and one read a second costs nothing worth skipping.
     pub async fn invalidation_sequence(&self) -> Option<u64> {
         let started = Instant::now();
-        let read = tokio::time::timeout(self.timeout, self.client.get::<Option<u64>, _>(SEQUENCE));
+        let read = tokio::time::timeout(
+            self.gate.timeout,
+            self.client.get::<Option<u64>, _>(SEQUENCE),
+        );
         let result = read.await;
         self.metrics.redis_duration("seq", started.elapsed());
         match result {
@@ -344,9 +335,20 @@ impl RedisTier {
             && matches!(tokio::time::timeout_at(deadline, flushed).await, Ok(Ok(())))
     }
 
-    /// Whether the breaker is letting calls through.
+    /// Whether all of Redis is skipped (every node's breaker is open).
     pub fn breaker_open(&self) -> bool {
-        self.breaker.is_open()
+        self.gate.all_open()
+    }
+
+    /// The cluster nodes calls have gone to, as `host:port`, and whether
+    /// each one's breaker is skipping it.
+    pub fn nodes_open(&self) -> Vec<(String, bool)> {
+        self.gate.nodes_open()
+    }
+
+    /// The node that owns `redis_key`'s slot ([`node_of`]).
+    fn node_of(&self, redis_key: &str) -> Option<String> {
+        node_of(&self.client, redis_key)
     }
 
     /// Whether fred has its connections up.
@@ -354,16 +356,10 @@ impl RedisTier {
         self.client.is_connected()
     }
 
-    fn failed(&self, op: &'static str, outcome: &'static str, error: &str) {
-        self.metrics.redis_call(op, outcome);
-        tracing::debug!(op, error, "redis call failed");
-        self.breaker.failure(Instant::now());
-    }
-
     /// Deletes a bad value in the background, within the deadline.
     fn delete_now(&self, redis_key: String) {
         let client = self.client.clone();
-        let timeout = self.timeout;
+        let timeout = self.gate.timeout;
         tokio::spawn(async move {
             let _ = tokio::time::timeout(timeout, client.del::<i64, _>(redis_key)).await;
         });
@@ -375,7 +371,7 @@ async fn write_loop(
     mut queue: mpsc::Receiver<Queued>,
     client: fred::prelude::Client,
     timeout: Duration,
-    breaker: Arc<Breaker>,
+    gate: Arc<Gate>,
     metrics: Arc<Metrics>,
 ) {
     while let Some(queued) = queue.recv().await {
@@ -391,10 +387,17 @@ async fn write_loop(
             Write::Delete { .. } => "del",
             Write::Invalidate { .. } => "publish",
         };
-        if !breaker.allow(Instant::now()) {
+        // A write to a node that keeps failing would hold up the writes
+        // queued behind it for a deadline each.
+        let node = match &write {
+            Write::Set { object, .. } => node_of(&client, &redis_key(object.key())),
+            Write::Delete { key } => node_of(&client, key),
+            Write::Invalidate { .. } => None,
+        };
+        let Some(breaker) = gate.breaker(node, Instant::now()) else {
             metrics.redis_call(op, "skipped");
             continue;
-        }
+        };
         let started = Instant::now();
         let result = match write {
             Write::Set { object, keep_for } => {
@@ -441,6 +444,74 @@ async fn write_loop(
             }
         }
     }
+}
+
+/// While a node's breaker is open, checks every [`TOPOLOGY_CHECK`] whether
+/// the cluster moved its slots (its replica took over) and, if so, has fred
+/// follow: fred no longer gives up on a connection that stops answering, so
+/// without this it would keep routing those slots to the failed node. Ends
+/// with the tier.
+async fn follow_failovers(
+    client: fred::prelude::Client,
+    gate: std::sync::Weak<Gate>,
+    timeout: Duration,
+    sync_timeout: Duration,
+) {
+    let mut every = tokio::time::interval(TOPOLOGY_CHECK);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let Some(gate) = gate.upgrade() else { return };
+        let nodes = gate.nodes_open();
+        if !nodes.iter().any(|(_, open)| *open) {
+            continue;
+        }
+        let Some(known) = client.cached_cluster_state() else {
+            continue;
+        };
+        // Asked of a node that answers: fred would send it to any, the
+        // failing one included.
+        let Some(answering) = known.unique_primary_nodes().into_iter().find(|server| {
+            let name = server.to_string();
+            !nodes.iter().any(|(node, open)| *open && *node == name)
+        }) else {
+            continue;
+        };
+        let ask = client.with_cluster_node(answering);
+        let asked = tokio::time::timeout(timeout, ask.cluster_slots::<fred::types::Value>());
+        let Ok(Ok(slots)) = asked.await else {
+            continue;
+        };
+        let Ok(current) = ClusterRouting::from_cluster_slots(slots, "") else {
+            continue;
+        };
+        if owners(&current) == owners(&known) {
+            continue;
+        }
+        tracing::info!("cluster slots moved while a node was failing; following them");
+        if !matches!(
+            tokio::time::timeout(sync_timeout, client.sync_cluster()).await,
+            Ok(Ok(()))
+        ) {
+            continue;
+        }
+        // Breakers of nodes that no longer own slots would read as open forever.
+        let primaries: Vec<String> = current
+            .unique_primary_nodes()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        gate.keep_nodes(&primaries);
+    }
+}
+
+/// Which node owns which slots.
+fn owners(routing: &ClusterRouting) -> Vec<(u16, u16, String)> {
+    routing
+        .slots()
+        .iter()
+        .map(|range| (range.start, range.end, range.primary.to_string()))
+        .collect()
 }
 
 /// Subscribes to invalidations from other pods (purges and RFC 9111 §4.4
@@ -504,14 +575,199 @@ fn redis_key(key: &CacheKey) -> String {
     format!("sidecache:{{{}}}", key.hex())
 }
 
+/// The Redis time one request may still spend, shared by all its calls on
+/// the request path (lookup, variant lookup, lease, the checks while waiting
+/// for another pod's fill): however many calls a request makes and however
+/// many of them hang, Redis costs it at most one `command_timeout`.
+///
+/// It counts time spent in calls rather than setting a deadline at the first
+/// one, because a request that waits for another pod's fill sleeps between
+/// its checks, and that wait is bounded by the route's `lock_timeout`, not
+/// by Redis.
+///
+/// It also remembers whether Redis failed this request once (a call skipped,
+/// failed or out of time): waiting for another pod's fill is pointless when
+/// this request may not be able to read it.
+#[derive(Debug, Default)]
+pub struct Budget {
+    /// Nanoseconds spent in calls so far.
+    spent: AtomicU64,
+    /// A call of this request got no answer from Redis.
+    troubled: AtomicBool,
+}
+
+impl Budget {
+    /// Whether a call of this request got no answer from Redis.
+    pub fn troubled(&self) -> bool {
+        self.troubled.load(Ordering::Relaxed)
+    }
+
+    /// What is left of `limit`.
+    fn left(&self, limit: Duration) -> Duration {
+        limit.saturating_sub(Duration::from_nanos(self.spent.load(Ordering::Relaxed)))
+    }
+
+    fn spend(&self, elapsed: Duration) {
+        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        self.spent.fetch_add(nanos, Ordering::Relaxed);
+    }
+}
+
+/// The one place a request-path call is admitted, bounded and accounted:
+/// the budget, the breaker of the key's node (or of all of Redis), the
+/// deadline, and the `sidecache_redis_calls_total` outcome of a call that
+/// did not answer (the caller counts the answers: hit, miss, won, ...).
+struct Gate {
+    /// The budget of a request, and the deadline of each background call.
+    timeout: Duration,
+    /// The breaker of calls whose node is not known (not a cluster).
+    breaker: Arc<Breaker>,
+    /// One breaker per cluster node (`host:port`) calls have been routed to,
+    /// so that one frozen node stops costing deadlines while the others
+    /// serve. Nodes are few; a node leaves when a failover moves its slots.
+    nodes: Mutex<HashMap<String, Arc<Breaker>>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Gate {
+    fn new(timeout: Duration, metrics: Arc<Metrics>) -> Gate {
+        Gate {
+            timeout,
+            breaker: Arc::new(Breaker::new("redis", BREAKER_THRESHOLD)),
+            nodes: Mutex::default(),
+            metrics,
+        }
+    }
+
+    /// Runs `command` (sent to `node`, when known) within what is left of
+    /// `budget`: `None` when it was skipped, failed or timed out.
+    async fn call<T, F>(
+        &self,
+        op: &'static str,
+        node: Option<String>,
+        budget: &Budget,
+        command: impl FnOnce() -> F,
+    ) -> Option<T>
+    where
+        F: Future<Output = Result<T, fred::error::Error>>,
+    {
+        let left = budget.left(self.timeout);
+        if left.is_zero() {
+            budget.troubled.store(true, Ordering::Relaxed);
+            self.metrics.redis_call(op, "no-budget");
+            return None;
+        }
+        let started = Instant::now();
+        let Some(breaker) = self.breaker(node, started) else {
+            budget.troubled.store(true, Ordering::Relaxed);
+            self.metrics.redis_call(op, "skipped");
+            return None;
+        };
+        let result = tokio::time::timeout(left, command()).await;
+        let elapsed = started.elapsed();
+        budget.spend(elapsed);
+        self.metrics.redis_duration(op, elapsed);
+        match result {
+            Ok(Ok(value)) => {
+                breaker.success();
+                return Some(value);
+            }
+            // fred's own deadline (the same `command_timeout`) may fire first.
+            Ok(Err(error)) if *error.kind() == fred::error::ErrorKind::Timeout => {
+                self.metrics.redis_call(op, "timeout");
+            }
+            Ok(Err(error)) => {
+                self.metrics.redis_call(op, "error");
+                tracing::debug!(op, %error, "redis call failed");
+            }
+            Err(_) => self.metrics.redis_call(op, "timeout"),
+        }
+        budget.troubled.store(true, Ordering::Relaxed);
+        breaker.failure(Instant::now());
+        None
+    }
+
+    /// The breaker a call to `node` answers to, or `None` when it skips the
+    /// call: the node's in a cluster, the global one otherwise (standalone,
+    /// Sentinel, or no slot map yet). One breaker per call, because a
+    /// frozen node's failures must not open the breaker of nodes that
+    /// answer: a burst of its timeouts would otherwise skip all of Redis,
+    /// and each of its failed probes reopen it. When all of a cluster is
+    /// gone, every node's breaker opens.
+    fn breaker(&self, node: Option<String>, now: Instant) -> Option<Arc<Breaker>> {
+        let breaker = match node {
+            Some(node) => self.node(node),
+            None => self.breaker.clone(),
+        };
+        breaker.allow(now).then_some(breaker)
+    }
+
+    /// Whether all of Redis is skipped: in a cluster, every node's breaker
+    /// is open; otherwise the one breaker.
+    fn all_open(&self) -> bool {
+        let nodes = self.nodes_open();
+        if nodes.is_empty() {
+            self.breaker.is_open()
+        } else {
+            nodes.iter().all(|(_, open)| *open)
+        }
+    }
+
+    /// The breaker of `node`, made on its first call.
+    fn node(&self, node: String) -> Arc<Breaker> {
+        let Ok(mut nodes) = self.nodes.lock() else {
+            // A poisoned map only costs the per-node skipping.
+            return Arc::new(Breaker::new(node, NODE_BREAKER_THRESHOLD));
+        };
+        nodes
+            .entry(node)
+            .or_insert_with_key(|node| {
+                Arc::new(Breaker::new(node.as_str(), NODE_BREAKER_THRESHOLD))
+            })
+            .clone()
+    }
+
+    /// Forgets the breakers of nodes not in `nodes`.
+    fn keep_nodes(&self, nodes: &[String]) {
+        if let Ok(mut breakers) = self.nodes.lock() {
+            breakers.retain(|node, _| nodes.contains(node));
+        }
+    }
+
+    fn nodes_open(&self) -> Vec<(String, bool)> {
+        self.nodes.lock().map_or_else(
+            |_| Vec::new(),
+            |nodes| {
+                nodes
+                    .iter()
+                    .map(|(node, breaker)| (node.clone(), breaker.is_open()))
+                    .collect()
+            },
+        )
+    }
+}
+
+/// The cluster node (`host:port` of the master) that owns `redis_key`'s
+/// slot in fred's cached slot map; `None` when Redis is not a cluster (the
+/// global breaker is then the node's) or the map is not known yet.
+fn node_of(client: &fred::prelude::Client, redis_key: &str) -> Option<String> {
+    let routing = client.cached_cluster_state()?;
+    let slot = ClusterRouting::hash_key(redis_key.as_bytes());
+    routing.get_server(slot).map(ToString::to_string)
+}
+
 /// Circuit breaker: after enough consecutive failures, calls skip Redis for
 /// a cooldown instead of each paying the deadline; then one probe call goes
 /// through, and its result closes or reopens the breaker.
 ///
 /// Hand-written because it is a dozen lines of state that must fit the
 /// fail-open rules here (a probe that is cancelled must not wedge it).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Breaker {
+    /// What it guards, for the log lines: `redis`, or a node's `host:port`.
+    scope: String,
+    /// Consecutive failures that open it.
+    threshold: u32,
     state: Mutex<BreakerState>,
 }
 
@@ -528,6 +784,14 @@ enum BreakerState {
 }
 
 impl Breaker {
+    fn new(scope: impl Into<String>, threshold: u32) -> Breaker {
+        Breaker {
+            scope: scope.into(),
+            threshold,
+            state: Mutex::default(),
+        }
+    }
+
     fn allow(&self, now: Instant) -> bool {
         let Ok(mut state) = self.state.lock() else {
             return true;
@@ -552,7 +816,7 @@ impl Breaker {
             *state,
             BreakerState::Open { .. } | BreakerState::Probing { .. }
         ) {
-            tracing::info!("redis is answering again; L2 back in use");
+            tracing::info!(scope = %self.scope, "redis is answering again; L2 back in use");
         }
         *state = BreakerState::Closed;
     }
@@ -565,11 +829,12 @@ impl Breaker {
             BreakerState::Closed => 1,
             BreakerState::Failing(n) => n + 1,
             BreakerState::Open { .. } => return,
-            BreakerState::Probing { .. } => BREAKER_THRESHOLD,
+            BreakerState::Probing { .. } => self.threshold,
         };
-        if failures >= BREAKER_THRESHOLD {
+        if failures >= self.threshold {
             if !matches!(*state, BreakerState::Probing { .. }) {
                 tracing::warn!(
+                    scope = %self.scope,
                     failures,
                     cooldown = ?BREAKER_COOLDOWN,
                     "redis failing; skipping L2 (serving from memory and origin)"
@@ -597,7 +862,7 @@ mod tests {
 
     #[test]
     fn breaker_opens_after_consecutive_failures_and_probes_after_the_cooldown() {
-        let breaker = Breaker::default();
+        let breaker = Breaker::new("redis", BREAKER_THRESHOLD);
         let t0 = Instant::now();
         for _ in 0..BREAKER_THRESHOLD - 1 {
             breaker.failure(t0);
@@ -628,7 +893,7 @@ mod tests {
 
     #[test]
     fn a_probe_that_never_reports_does_not_wedge_the_breaker() {
-        let breaker = Breaker::default();
+        let breaker = Breaker::new("redis", BREAKER_THRESHOLD);
         let t0 = Instant::now();
         for _ in 0..BREAKER_THRESHOLD {
             breaker.failure(t0);
@@ -638,6 +903,215 @@ mod tests {
         // The probe's caller was cancelled: no success, no failure.
         assert!(!breaker.allow(t1 + BREAKER_COOLDOWN / 2));
         assert!(breaker.allow(t1 + BREAKER_COOLDOWN), "next probe");
+    }
+
+    const LIMIT: Duration = Duration::from_millis(100);
+
+    fn gate() -> (Gate, Arc<Metrics>) {
+        let metrics = Arc::new(Metrics::new());
+        (Gate::new(LIMIT, metrics.clone()), metrics)
+    }
+
+    /// A node that never answers (frozen).
+    async fn hangs() -> Result<(), fred::error::Error> {
+        std::future::pending().await
+    }
+
+    /// A node that answers after `delay`.
+    async fn answers_after(delay: Duration) -> Result<(), fred::error::Error> {
+        tokio::time::sleep(delay).await;
+        Ok(())
+    }
+
+    fn calls(metrics: &Metrics, op: &str, outcome: &str) -> u64 {
+        let series = format!("sidecache_redis_calls_total{{op=\"{op}\",outcome=\"{outcome}\"}} ");
+        metrics
+            .render()
+            .lines()
+            .find_map(|line| line.strip_prefix(&series)?.parse().ok())
+            .unwrap_or(0)
+    }
+
+    fn node(name: &str) -> Option<String> {
+        Some(name.to_owned())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_spends_at_most_one_deadline_however_many_calls_hang() {
+        let (gate, metrics) = gate();
+        let budget = Budget::default();
+        let started = Instant::now();
+        assert!(
+            gate.call("get", node("a:1"), &budget, hangs)
+                .await
+                .is_none()
+        );
+        assert_eq!(started.elapsed(), LIMIT);
+        // The variant lookup and the lease are misses without a wait.
+        assert!(
+            gate.call("get", node("b:1"), &budget, hangs)
+                .await
+                .is_none()
+        );
+        assert!(
+            gate.call("lease", node("b:1"), &budget, hangs)
+                .await
+                .is_none()
+        );
+        assert_eq!(started.elapsed(), LIMIT);
+        assert_eq!(calls(&metrics, "get", "timeout"), 1);
+        assert_eq!(calls(&metrics, "get", "no-budget"), 1);
+        assert_eq!(calls(&metrics, "lease", "no-budget"), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_gets_only_what_the_earlier_ones_left() {
+        let (gate, metrics) = gate();
+        let budget = Budget::default();
+        let started = Instant::now();
+        let slow = || answers_after(Duration::from_millis(60));
+        assert!(gate.call("get", node("a:1"), &budget, slow).await.is_some());
+        assert!(
+            gate.call("lease", node("a:1"), &budget, hangs)
+                .await
+                .is_none()
+        );
+        assert_eq!(started.elapsed(), LIMIT, "40 ms were left for the lease");
+        assert_eq!(calls(&metrics, "lease", "timeout"), 1);
+        // Another request has a budget of its own.
+        let fresh = Budget::default();
+        let quick = || answers_after(Duration::from_millis(1));
+        assert!(gate.call("get", node("a:1"), &fresh, quick).await.is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_node_is_skipped_while_the_others_serve_until_a_probe_succeeds() {
+        let (gate, metrics) = gate();
+        let quick = || answers_after(Duration::from_millis(1));
+        for _ in 0..NODE_BREAKER_THRESHOLD {
+            // Healthy nodes succeed in between: the global breaker stays closed.
+            assert!(
+                gate.call("get", node("b:1"), &Budget::default(), quick)
+                    .await
+                    .is_some()
+            );
+            assert!(
+                gate.call("get", node("a:1"), &Budget::default(), hangs)
+                    .await
+                    .is_none()
+            );
+        }
+        let started = Instant::now();
+        assert!(
+            gate.call("get", node("a:1"), &Budget::default(), hangs)
+                .await
+                .is_none()
+        );
+        assert_eq!(started.elapsed(), Duration::ZERO, "skipped, not waited for");
+        assert_eq!(calls(&metrics, "get", "skipped"), 1);
+        assert!(
+            gate.call("get", node("b:1"), &Budget::default(), quick)
+                .await
+                .is_some()
+        );
+        assert!(!gate.breaker.is_open());
+        assert_eq!(
+            gate.nodes_open()
+                .into_iter()
+                .filter(|(_, open)| *open)
+                .collect::<Vec<_>>(),
+            vec![("a:1".to_owned(), true)]
+        );
+
+        // After the cooldown one probe goes through; a failed one reopens...
+        tokio::time::advance(BREAKER_COOLDOWN).await;
+        assert!(
+            gate.call("get", node("a:1"), &Budget::default(), hangs)
+                .await
+                .is_none()
+        );
+        assert_eq!(
+            calls(&metrics, "get", "timeout"),
+            u64::from(NODE_BREAKER_THRESHOLD) + 1
+        );
+        assert!(
+            gate.call("get", node("a:1"), &Budget::default(), quick)
+                .await
+                .is_none()
+        );
+        assert_eq!(calls(&metrics, "get", "skipped"), 2);
+        // ...and a successful one closes it.
+        tokio::time::advance(BREAKER_COOLDOWN).await;
+        assert!(
+            gate.call("get", node("a:1"), &Budget::default(), quick)
+                .await
+                .is_some()
+        );
+        assert!(
+            gate.call("get", node("a:1"), &Budget::default(), quick)
+                .await
+                .is_some()
+        );
+        assert!(gate.nodes_open().iter().all(|(_, open)| !open));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_of_timeouts_on_one_node_skips_no_other_node() {
+        let (gate, _) = gate();
+        // Concurrent requests all waiting on the node when it froze: as
+        // many timeouts in a row as open the breaker of all of Redis.
+        let call = || async {
+            gate.call("get", node("a:1"), &Budget::default(), hangs)
+                .await
+        };
+        let burst = tokio::join!(call(), call(), call(), call(), call());
+        assert_eq!(burst, (None, None, None, None, None));
+        let quick = || answers_after(Duration::from_millis(1));
+        assert!(
+            gate.call("get", node("b:1"), &Budget::default(), quick)
+                .await
+                .is_some()
+        );
+        assert!(!gate.all_open());
+        // A failed probe of the frozen node costs the others nothing either.
+        tokio::time::advance(BREAKER_COOLDOWN).await;
+        assert!(
+            gate.call("get", node("a:1"), &Budget::default(), hangs)
+                .await
+                .is_none()
+        );
+        assert!(
+            gate.call("get", node("b:1"), &Budget::default(), quick)
+                .await
+                .is_some()
+        );
+        // When every node fails, all of Redis is skipped.
+        for _ in 0..NODE_BREAKER_THRESHOLD {
+            gate.call("get", node("b:1"), &Budget::default(), hangs)
+                .await;
+        }
+        assert!(gate.all_open());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_a_cluster_the_global_breaker_is_the_only_one() {
+        let (gate, metrics) = gate();
+        for _ in 0..BREAKER_THRESHOLD {
+            assert!(
+                gate.call("get", None, &Budget::default(), hangs)
+                    .await
+                    .is_none()
+            );
+        }
+        assert!(gate.breaker.is_open());
+        let quick = || answers_after(Duration::from_millis(1));
+        assert!(
+            gate.call("get", None, &Budget::default(), quick)
+                .await
+                .is_none()
+        );
+        assert_eq!(calls(&metrics, "get", "skipped"), 1);
+        assert!(gate.nodes_open().is_empty());
     }
 
     #[test]

@@ -19,6 +19,8 @@ pub struct RedisNode {
     child: Option<Child>,
     dir: TempDir,
     cluster: bool,
+    /// Stopped by SIGSTOP: its connections stay open, nothing answers.
+    frozen: bool,
 }
 
 impl RedisNode {
@@ -28,6 +30,7 @@ impl RedisNode {
             child: None,
             dir,
             cluster,
+            frozen: false,
         };
         node.restart();
         node
@@ -74,8 +77,36 @@ impl RedisNode {
         self.child = Some(child);
     }
 
+    /// Stops the process (SIGSTOP, by its PID): like a node hung in a long
+    /// command or a paused VM, its sockets stay open and nothing answers.
+    pub fn freeze(&mut self) {
+        assert!(self.signal("-STOP"), "SIGSTOP to node {}", self.port);
+        self.frozen = true;
+    }
+
+    /// Lets a frozen process run again (SIGCONT). Never panics: [`Drop`]
+    /// calls it, so that no test leaves a node stopped.
+    pub fn thaw(&mut self) {
+        if self.frozen {
+            self.frozen = !self.signal("-CONT");
+        }
+    }
+
+    /// Sends `signal` to the process by the PID this harness holds.
+    fn signal(&self, signal: &str) -> bool {
+        self.child.as_ref().is_some_and(|child| {
+            Command::new("kill")
+                .args([signal, &child.id().to_string()])
+                .status()
+                .is_ok_and(|status| status.success())
+        })
+    }
+
     /// Kills the process (SIGKILL, by the PID this harness holds) and reaps it.
     pub fn kill(&mut self) {
+        // A stopped process dies of SIGKILL too; thawing first keeps the
+        // order of events plain for anyone watching the node.
+        self.thaw();
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -189,6 +220,29 @@ impl RedisCluster {
             .iter()
             .map(|&port| self.dbsize(port))
             .sum()
+    }
+
+    /// Freezes the master on `port`; the other masters keep serving their
+    /// slots meanwhile. With `failover` its replica takes over after the
+    /// `cluster-node-timeout`; without, the master stays frozen as far as
+    /// the cluster is concerned (a real cluster before its node timeout, or
+    /// one with failover off).
+    pub fn freeze_master(&mut self, port: u16, failover: bool) {
+        let no_failover = if failover { "no" } else { "yes" };
+        for node in self.nodes.iter().filter(|n| n.is_running()) {
+            for (name, value) in [
+                ("cluster-require-full-coverage", "no"),
+                ("cluster-replica-no-failover", no_failover),
+            ] {
+                assert_eq!(
+                    cli(node.port, &["config", "set", name, value]).as_deref(),
+                    Some("OK"),
+                    "{name} on {}",
+                    node.port
+                );
+            }
+        }
+        self.node(port).freeze();
     }
 
     pub fn node(&mut self, port: u16) -> &mut RedisNode {
