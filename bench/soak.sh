@@ -331,9 +331,13 @@ main() {
     for i in "${!pod_ports[@]}"; do
         kill -0 "${pids[$i]}" 2>/dev/null || { echo "pod-$i died; its log:" >&2; tail -n 20 "$work/pod-$i.log" >&2; status=1; }
     done
-    # What the pods logged as trouble: a hint at where failures came from.
+    # What the pods logged (warnings and errors only), colours dropped and
+    # numbers, times and client names masked so that repeats count together: where a failure or a stale
+    # window came from.
     for i in "${!pod_ports[@]}"; do
-        echo "== pod-$i: $(grep -c . "$work/pod-$i.log" || true) warn/error log lines"
+        echo "== pod-$i: $(grep -c . "$work/pod-$i.log" || true) warn/error log lines; the most frequent:"
+        sed -E 's/\x1b\[[0-9;]*m//g' "$work/pod-$i.log" | cut -d' ' -f2- |
+            sed -E 's/fred-[A-Za-z0-9]+/fred-X/g; s/[0-9]+/N/g' | sort | uniq -c | sort -rn | head -n 5
     done
     if [ "$status" -eq 0 ]; then echo "== soak passed"; else echo "== soak FAILED"; fi
     return "$status"

@@ -24,7 +24,7 @@
 //! when there were failures or wrong bodies (stale windows are reported, not
 //! judged: their bound is what issue 12 adds).
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -51,6 +51,9 @@ const PATHS: usize = 256;
 const HOT: usize = 32;
 /// How many examples of each kind of problem the report lists.
 const EXAMPLES: usize = 10;
+/// Stale windows are counted by when their purge completed, in buckets
+/// this long.
+const WINDOW_BUCKET: Duration = Duration::from_secs(15);
 /// How often a progress line is printed.
 const PROGRESS_EVERY: Duration = Duration::from_secs(30);
 
@@ -274,8 +277,16 @@ struct Counts {
     stale_within: u64,
     /// Responses older than a version purged more than the bound ago.
     stale_beyond: u64,
-    /// (path, purged version) of every purge that was not honoured in time.
-    stale_windows: HashSet<(usize, u64)>,
+    /// (path, purged version) of every purge that was not honoured in
+    /// time, with the latest an older version was still served after it.
+    stale_windows: HashMap<(usize, u64), Duration>,
+    /// New stale windows by when their purge completed, in
+    /// `WINDOW_BUCKET`s since the start: lines them up with the chaos log.
+    stale_windows_by_time: BTreeMap<u64, u64>,
+    /// Stale responses beyond the bound by where they came from: the
+    /// memory tier (a purge broadcast the pod missed), Redis (a purge whose
+    /// delete did not land), anything else (a 304 on an old `ETag`).
+    stale_from: [u64; 3],
     /// Longest time from a purge's completion to a request that still got
     /// an older version.
     stale_max: Duration,
@@ -349,8 +360,24 @@ impl Tally {
         }
         counts.stale_beyond += 1;
         counts.stale_max = counts.stale_max.max(late);
+        let tier = if what.contains("detail=l2") {
+            1
+        } else if what.contains("; hit") {
+            0
+        } else {
+            2
+        };
+        counts.stale_from[tier] += 1;
+        let new = counts.stale_windows.insert((path, newer), late).is_none();
+        if let Some(longest) = counts.stale_windows.get_mut(&(path, newer)) {
+            *longest = (*longest).max(late);
+        }
+        if new {
+            let bucket = (at - self.start).as_secs() / WINDOW_BUCKET.as_secs();
+            *counts.stale_windows_by_time.entry(bucket).or_default() += 1;
+        }
         // One example per window: the first response beyond the bound.
-        if counts.stale_windows.insert((path, newer)) && counts.stale_examples.len() < EXAMPLES {
+        if new && counts.stale_examples.len() < EXAMPLES {
             counts.stale_examples.push(format!(
                 "at {:.1}s /soak/{path}: v{version} served {:.2}s after v{newer} was purged ({what})",
                 (started - self.start).as_secs_f64(),
@@ -632,6 +659,35 @@ fn report(soak: &Soak, elapsed: Duration) -> bool {
         counts.stale_max.as_secs_f64(),
         counts.stale_within
     );
+    if !counts.stale_windows.is_empty() {
+        let mut lengths = [0u64; 4];
+        for longest in counts.stale_windows.values() {
+            let secs = longest.as_secs_f64();
+            let bin = [5.0, 10.0, 20.0]
+                .iter()
+                .filter(|edge| secs >= **edge)
+                .count();
+            lengths[bin] += 1;
+        }
+        println!(
+            "  windows lasting <5 s {}, 5-10 s {}, 10-20 s {}, >=20 s {}",
+            lengths[0], lengths[1], lengths[2], lengths[3]
+        );
+        println!(
+            "  stale responses from the memory tier {}, from Redis {}, other (304) {}",
+            counts.stale_from[0], counts.stale_from[1], counts.stale_from[2]
+        );
+        let by_time: Vec<String> = counts
+            .stale_windows_by_time
+            .iter()
+            .map(|(bucket, windows)| format!("{}s:{windows}", bucket * WINDOW_BUCKET.as_secs()))
+            .collect();
+        println!(
+            "  windows by when their purge completed ({} s buckets): {}",
+            WINDOW_BUCKET.as_secs(),
+            by_time.join(" ")
+        );
+    }
     for (title, examples) in [
         ("failures", &counts.failure_examples),
         ("wrong bodies", &counts.wrong_examples),
