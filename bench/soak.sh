@@ -19,8 +19,8 @@
 # default 32) and SOAK_CHAOS_EVERY (seconds between chaos steps, default 15)
 # size it; the defaults suit a 2-core machine shared with the Redis nodes
 # and the pods. Exits 0 when no request failed and no body was wrong (stale
-# windows are reported, not judged). Installs redis-server and redis-cli
-# with apt-get when missing. Everything it starts is stopped by PID on exit,
+# windows are reported, not judged). Installs redis-server, redis-cli and
+# curl with apt-get when missing. Everything it starts is stopped by PID on exit,
 # Ctrl-C included; a frozen node is thawed first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -63,6 +63,7 @@ install_missing() {
     local packages=()
     command -v redis-server >/dev/null || packages+=(redis-server)
     command -v redis-cli >/dev/null || packages+=(redis-tools)
+    command -v curl >/dev/null || packages+=(curl)
     [ ${#packages[@]} -gt 0 ] || return 0
     echo "== installing ${packages[*]}"
     local sudo="" policy=/usr/sbin/policy-rc.d made_policy=""
@@ -227,6 +228,17 @@ start_pods() {
         pids+=("$!")
         wait_for_port "${pod_ports[$i]}" "pod-$i" "$!"
     done
+    # Load before a pod has reached Redis would count its first missed
+    # purges as chaos; its invalidation subscriber connects alongside, and
+    # has no gauge of its own: hence the extra second.
+    local _ port
+    for port in "${pod_ports[@]}"; do
+        for _ in $(seq 100); do
+            curl -sf "http://127.0.0.1:$((port + 1))/metrics" | grep -q '^sidecache_redis_connected 1' && break
+            sleep 0.1
+        done
+    done
+    sleep 1
 }
 
 # Sleeps S seconds, or less if the soak has finished.
