@@ -335,3 +335,47 @@ async fn a_redis_outage_with_nothing_invalidated_keeps_the_memory_tier() {
         "{metrics}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_redis_could_not_take_is_sent_again_once_it_can() {
+    let (redis, origin, a, b) = standalone_pods_with_b_holding("/r/held").await;
+
+    // Redis answers nothing for a while: A's lookups time out until its
+    // breaker opens, and the purge that then goes through A is not even
+    // sent (a paused Redis would still run a command sent during the pause).
+    let pause = Duration::from_millis(1500);
+    let millis = pause.as_millis().to_string();
+    assert_eq!(
+        redis_cli(&redis, &["client", "pause", &millis, "ALL"]).await,
+        "OK"
+    );
+    let paused = Instant::now();
+    for other in 0..8 {
+        assert_eq!(get(&a, &format!("/r/other-{other}")).await.status, 200);
+    }
+    eventually(
+        "A's breaker to open",
+        Duration::from_millis(500),
+        async || {
+            a.admin("/metrics")
+                .await
+                .text()
+                .contains("sidecache_redis_breaker_open 1")
+        },
+    )
+    .await;
+    assert_eq!(a.purge("http://app.example/r/held").await.status, 200);
+    assert!(
+        in_memory(&b, "/r/held").await,
+        "B still holds it during the pause"
+    );
+    tokio::time::sleep(pause.saturating_sub(paused.elapsed())).await;
+
+    // Sent again once Redis answers: B drops its copy, and Redis has none
+    // either, so B's next request for it went to the origin.
+    eventually("B to drop the purged copy", LIMIT, async || {
+        !in_memory(&b, "/r/held").await
+    })
+    .await;
+    assert_eq!(origin.hits("/r/held"), 2, "not the purged copy from Redis");
+}

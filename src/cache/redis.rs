@@ -8,7 +8,7 @@
 //! queued and sent off the request path, each with its own deadline,
 //! through the same breakers.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -94,11 +94,12 @@ impl Heard {
 enum Write {
     /// Encode and store the entry for `keep_for`.
     Set { object: Stored, keep_for: Duration },
-    /// Delete the object (an invalidation or purge).
+    /// Delete a key (a lease).
     Delete { key: String },
-    /// Number the invalidation of this key hash in the fleet's sequence and
-    /// tell every pod to drop it from its memory tier.
-    Invalidate { hash: String },
+    /// An invalidation or purge: delete the object, then number it in the
+    /// fleet's sequence and tell every pod to drop it from its memory tier.
+    /// Retried until Redis takes it (see [`write_loop`]).
+    Invalidate { key: String, hash: String },
 }
 
 /// What the writer task's queue carries.
@@ -232,15 +233,12 @@ impl RedisTier {
     /// Queues the deletion of `key`, after any write of it already queued,
     /// and tells the other pods to drop it from their memory tiers.
     pub fn remove(&self, key: &CacheKey) {
-        for write in [
-            Write::Delete {
-                key: redis_key(key),
-            },
-            Write::Invalidate { hash: key.hex() },
-        ] {
-            if self.writes.try_send(Queued::Write(write)).is_err() {
-                self.metrics.redis_call("del", "dropped");
-            }
+        let write = Write::Invalidate {
+            key: redis_key(key),
+            hash: key.hex(),
+        };
+        if self.writes.try_send(Queued::Write(write)).is_err() {
+            self.metrics.redis_call("publish", "dropped");
         }
     }
 
@@ -366,7 +364,18 @@ impl RedisTier {
     }
 }
 
-/// Sends queued writes one after another, each within the deadline.
+/// Invalidations Redis did not take yet (a node down, its breaker open),
+/// kept to be sent again: one that is lost would leave the old copy in
+/// Redis, and in every pod's memory tier for its whole freshness, since no
+/// pod could see a gap in a sequence it never entered. Beyond this many the
+/// oldest are dropped, and counted.
+const PENDING_INVALIDATIONS: usize = 4096;
+/// Pause between attempts at the pending invalidations.
+const INVALIDATION_RETRY: Duration = Duration::from_millis(250);
+
+/// Sends queued writes one after another, each call within the deadline
+/// and through its node's breaker; invalidations that fail are sent again
+/// every [`INVALIDATION_RETRY`] until Redis takes them.
 async fn write_loop(
     mut queue: mpsc::Receiver<Queued>,
     client: fred::prelude::Client,
@@ -374,74 +383,142 @@ async fn write_loop(
     gate: Arc<Gate>,
     metrics: Arc<Metrics>,
 ) {
-    while let Some(queued) = queue.recv().await {
-        let write = match queued {
-            Queued::Write(write) => write,
-            Queued::Flush(done) => {
-                let _ = done.send(());
-                continue;
+    let writer = Writer {
+        client,
+        timeout,
+        gate,
+        metrics,
+    };
+    let mut pending: VecDeque<Write> = VecDeque::new();
+    loop {
+        let queued = if pending.is_empty() {
+            queue.recv().await
+        } else {
+            tokio::select! {
+                queued = queue.recv() => queued,
+                () = tokio::time::sleep(INVALIDATION_RETRY) => {
+                    writer.retry(&mut pending).await;
+                    continue;
+                }
             }
         };
-        let op = match write {
-            Write::Set { .. } => "set",
-            Write::Delete { .. } => "del",
-            Write::Invalidate { .. } => "publish",
-        };
-        // A write to a node that keeps failing would hold up the writes
-        // queued behind it for a deadline each.
-        let node = match &write {
-            Write::Set { object, .. } => node_of(&client, &redis_key(object.key())),
-            Write::Delete { key } => node_of(&client, key),
-            Write::Invalidate { .. } => None,
-        };
-        let Some(breaker) = gate.breaker(node, Instant::now()) else {
-            metrics.redis_call(op, "skipped");
-            continue;
-        };
-        let started = Instant::now();
-        let result = match write {
+        match queued {
+            None => return,
+            Some(Queued::Flush(done)) => {
+                // At shutdown: one more try at what is still pending.
+                writer.retry(&mut pending).await;
+                let _ = done.send(());
+            }
+            Some(Queued::Write(write)) => {
+                if !writer.send(&write).await && matches!(write, Write::Invalidate { .. }) {
+                    writer.keep(&mut pending, write);
+                }
+            }
+        }
+    }
+}
+
+/// What the writer task sends with.
+struct Writer {
+    client: fred::prelude::Client,
+    timeout: Duration,
+    gate: Arc<Gate>,
+    metrics: Arc<Metrics>,
+}
+
+impl Writer {
+    /// Sends `write`; whether Redis took it.
+    async fn send(&self, write: &Write) -> bool {
+        match write {
             Write::Set { object, keep_for } => {
+                let key = redis_key(object.key());
                 let px = i64::try_from(keep_for.as_millis())
                     .unwrap_or(i64::MAX)
                     .max(1);
-                let set = client.set::<(), _, _>(
-                    redis_key(object.key()),
+                let set = self.client.set::<(), _, _>(
+                    &key,
                     object.encode(),
                     Some(Expiration::PX(px)),
                     None,
                     false,
                 );
-                tokio::time::timeout(timeout, set).await
+                self.call("set", node_of(&self.client, &key), set).await
             }
             Write::Delete { key } => {
-                tokio::time::timeout(timeout, async { client.del::<i64, _>(key).await.map(drop) })
-                    .await
+                let del = async { self.client.del::<i64, _>(key).await.map(drop) };
+                self.call("del", node_of(&self.client, key), del).await
             }
-            Write::Invalidate { hash } => {
+            Write::Invalidate { key, hash } => {
+                // The copy in Redis goes first: a pod told to drop its own
+                // copy must not find the old one in Redis.
+                let del = async { self.client.del::<i64, _>(key).await.map(drop) };
+                if !self.call("del", node_of(&self.client, key), del).await {
+                    return false;
+                }
                 let announce = async {
-                    client
-                        .eval::<i64, _, _, _>(ANNOUNCE, SEQUENCE, vec![INVALIDATIONS, &hash])
+                    self.client
+                        .eval::<i64, _, _, _>(ANNOUNCE, SEQUENCE, vec![INVALIDATIONS, hash])
                         .await
                         .map(drop)
                 };
-                tokio::time::timeout(timeout, announce).await
+                self.call("publish", None, announce).await
             }
+        }
+    }
+
+    /// One call through `node`'s breaker (the global one for `None`),
+    /// within the deadline, counted; whether it succeeded.
+    async fn call(
+        &self,
+        op: &'static str,
+        node: Option<String>,
+        call: impl Future<Output = Result<(), fred::error::Error>>,
+    ) -> bool {
+        // A write to a node that keeps failing would hold up the writes
+        // queued behind it for a deadline each.
+        let Some(breaker) = self.gate.breaker(node, Instant::now()) else {
+            self.metrics.redis_call(op, "skipped");
+            return false;
         };
-        metrics.redis_duration(op, started.elapsed());
+        let started = Instant::now();
+        let result = tokio::time::timeout(self.timeout, call).await;
+        self.metrics.redis_duration(op, started.elapsed());
         match result {
             Ok(Ok(())) => {
                 breaker.success();
-                metrics.redis_call(op, "done");
+                self.metrics.redis_call(op, "done");
+                true
             }
             Ok(Err(error)) => {
                 tracing::debug!(op, %error, "redis write failed");
-                metrics.redis_call(op, "error");
+                self.metrics.redis_call(op, "error");
                 breaker.failure(Instant::now());
+                false
             }
             Err(_) => {
-                metrics.redis_call(op, "timeout");
+                self.metrics.redis_call(op, "timeout");
                 breaker.failure(Instant::now());
+                false
             }
+        }
+    }
+
+    /// Keeps an invalidation Redis did not take, to send it again.
+    fn keep(&self, pending: &mut VecDeque<Write>, write: Write) {
+        if pending.len() >= PENDING_INVALIDATIONS {
+            pending.pop_front();
+            self.metrics.redis_call("publish", "dropped");
+        }
+        pending.push_back(write);
+    }
+
+    /// Sends the pending invalidations again, oldest first, until one fails.
+    async fn retry(&self, pending: &mut VecDeque<Write>) {
+        while let Some(write) = pending.front() {
+            if !self.send(write).await {
+                return;
+            }
+            pending.pop_front();
         }
     }
 }
