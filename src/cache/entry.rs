@@ -497,6 +497,89 @@ mod tests {
         );
     }
 
+    mod properties {
+        use super::*;
+        use proptest::collection::vec;
+        use proptest::prelude::*;
+
+        fn header() -> impl Strategy<Value = (HeaderName, HeaderValue)> {
+            (
+                "[a-z][a-z0-9-]{0,12}",
+                vec(prop_oneof![0x20u8..0x7f, 0x80u8..=0xff], 0..24),
+            )
+                .prop_map(|(name, value)| {
+                    (
+                        HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                        HeaderValue::from_bytes(&value).unwrap(),
+                    )
+                })
+        }
+
+        fn entry() -> impl Strategy<Value = Entry> {
+            (
+                200u16..600,
+                vec(header(), 0..8),
+                vec(any::<u8>(), 0..256),
+                any::<[u64; 3]>(),
+                "/[a-z%0-9]{0,8}",
+            )
+                .prop_map(|(status, fields, body, [response, age, fresh], path)| {
+                    let uri: http::Uri = path.parse().unwrap();
+                    Entry {
+                        key: CacheKey::for_url("ns", "h", &uri),
+                        status: StatusCode::from_u16(status).unwrap(),
+                        headers: fields.into_iter().collect(),
+                        body: body.into(),
+                        response_time: UNIX_EPOCH + Duration::from_millis(response),
+                        initial_age: Duration::from_millis(age),
+                        freshness_lifetime: Duration::from_millis(fresh),
+                    }
+                })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            #[test]
+            fn responses_round_trip(entry in entry()) {
+                let encoded = Stored::Response(Arc::new(entry.clone())).encode();
+                let Ok(Stored::Response(decoded)) = Stored::decode(encoded.clone(), &entry.key) else {
+                    panic!("a response");
+                };
+                prop_assert_eq!(&decoded.key, &entry.key);
+                prop_assert_eq!(decoded.status, entry.status);
+                prop_assert_eq!(&decoded.headers, &entry.headers);
+                prop_assert_eq!(&decoded.body, &entry.body);
+                prop_assert_eq!(decoded.response_time, entry.response_time);
+                prop_assert_eq!(decoded.initial_age, entry.initial_age);
+                prop_assert_eq!(decoded.freshness_lifetime, entry.freshness_lifetime);
+                // Cut anywhere before the body, it is malformed; never a panic.
+                let body_at = encoded.len() - entry.body.len();
+                for cut in 5..body_at {
+                    prop_assert_eq!(
+                        Stored::decode(encoded.slice(..cut), &entry.key).map(|_| ()),
+                        Err(DecodeError::Malformed)
+                    );
+                }
+            }
+
+            #[test]
+            fn variant_indexes_round_trip(
+                names in vec("[a-z][a-z0-9-]{0,12}", 0..8),
+                generation in any::<u64>(),
+            ) {
+                let names = names.iter().map(|n| HeaderName::from_bytes(n.as_bytes()).unwrap());
+                let mut variants = Variants::new(sample().key, names.collect());
+                variants.generation = generation;
+                let encoded = Stored::Variants(Arc::new(variants.clone())).encode();
+                let Ok(Stored::Variants(decoded)) = Stored::decode(encoded, &variants.key) else {
+                    panic!("variants");
+                };
+                prop_assert_eq!(&*decoded, &variants);
+            }
+        }
+    }
+
     #[test]
     fn generations_differ() {
         let key = sample().key;
