@@ -324,7 +324,12 @@ impl Stored {
 }
 
 fn decode_response(mut data: Bytes, key: CacheKey) -> Result<Entry, DecodeError> {
-    let status = StatusCode::from_u16(get_u16(&mut data)?).map_err(|_| DecodeError::Malformed)?;
+    // Only final statuses are ever stored (`cache_status` allows 200-599);
+    // a 1xx would be sent as if it were the answer.
+    let status = StatusCode::from_u16(get_u16(&mut data)?)
+        .ok()
+        .filter(|status| (200..600).contains(&status.as_u16()))
+        .ok_or(DecodeError::Malformed)?;
     let response_time = UNIX_EPOCH + Duration::from_millis(get_u64(&mut data)?);
     let initial_age = Duration::from_millis(get_u64(&mut data)?);
     let freshness_lifetime = Duration::from_millis(get_u64(&mut data)?);
@@ -578,6 +583,31 @@ mod tests {
                 prop_assert_eq!(&*decoded, &variants);
             }
         }
+    }
+
+    /// An L2 value for `key` with `rest` after the key, as the fuzz
+    /// target `entry_decode` builds it.
+    fn value_after_key(key: &CacheKey, kind: u8, rest: &[u8]) -> Bytes {
+        let mut value = BytesMut::new();
+        value.put_slice(b"SCE\x02");
+        value.put_u8(kind);
+        put_bytes32(&mut value, key.canonical());
+        value.put_slice(rest);
+        value.freeze()
+    }
+
+    #[test]
+    fn a_value_with_an_informational_status_is_refused() {
+        // Found by fuzz target entry_decode: status 137 decoded, and the
+        // stored "answer" would have been a 1xx.
+        let key = sample().key;
+        // status 137, response time, initial age, freshness, no headers.
+        let rest = b"\x00\x89\x36\xc2\x0e\x64\x01\x00\x00\x00\x00\x00\x00\x00\x00\x0e\x0e\x0e\
+            \x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00";
+        assert_eq!(
+            Stored::decode(value_after_key(&key, KIND_RESPONSE, rest), &key).map(|_| ()),
+            Err(DecodeError::Malformed)
+        );
     }
 
     #[test]
