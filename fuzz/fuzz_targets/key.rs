@@ -36,21 +36,21 @@ fn decoded(text: &str) -> Cow<'_, [u8]> {
     percent_decode_str(text).into()
 }
 
-/// The query as the key means it: its non-empty pairs decoded, sorted
-/// by name, repeated names in their order.
-fn query_meaning(query: &str) -> Vec<Vec<u8>> {
-    let mut pairs: Vec<Vec<u8>> = query
+/// The query as the key means it: its non-empty pairs decoded, stably
+/// sorted by the decoded name (split at the first raw `=`), so repeated
+/// names keep their order.
+fn query_meaning(query: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut pairs: Vec<(Vec<u8>, Vec<u8>)> = query
         .split('&')
         .filter(|pair| !pair.is_empty())
-        .map(|pair| decoded(pair).into_owned())
+        .map(|pair| {
+            (
+                decoded(key::pair_name(pair)).into_owned(),
+                decoded(pair).into_owned(),
+            )
+        })
         .collect();
-    let name = |pair: &Vec<u8>| -> Vec<u8> {
-        pair.split(|b| *b == b'=')
-            .next()
-            .unwrap_or_default()
-            .to_vec()
-    };
-    pairs.sort_by_key(name);
+    pairs.sort_by(|a, b| a.0.cmp(&b.0));
     pairs
 }
 
