@@ -28,13 +28,16 @@ enum Value {
     /// The right magic, version and key, then any bytes: what a corrupted
     /// or hostile value that gets past the first checks looks like.
     AfterKey { kind: u8, rest: Vec<u8> },
-    /// A response record whose header records repeat: sizes the fuzzer's
-    /// input length would not reach otherwise.
+    /// A response whose header records repeat, each name made distinct
+    /// by a number when `distinct`: sizes the fuzzer's input length would
+    /// not reach otherwise.
     Repeated {
         status: u16,
         times: [u64; 3],
         count: u32,
-        record: Vec<u8>,
+        name: Vec<u8>,
+        value: Vec<u8>,
+        distinct: bool,
         repeat: u16,
         body: Vec<u8>,
     },
@@ -70,7 +73,9 @@ fuzz_target!(|input: Input| {
             status,
             times,
             count,
-            record,
+            name,
+            value,
+            distinct,
             repeat,
             body,
         } => {
@@ -80,8 +85,15 @@ fuzz_target!(|input: Input| {
                 out.put_u64(time);
             }
             out.put_u32(count);
-            for _ in 0..repeat {
-                out.put_slice(&record);
+            for n in 0..repeat {
+                let mut name = name.clone();
+                if distinct {
+                    name.extend_from_slice(n.to_string().as_bytes());
+                }
+                out.put_u16(u16::try_from(name.len()).unwrap_or(u16::MAX));
+                out.put_slice(&name);
+                out.put_u32(u32::try_from(value.len()).unwrap_or(u32::MAX));
+                out.put_slice(&value);
             }
             out.put_slice(&body);
             out.freeze()

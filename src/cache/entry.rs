@@ -339,10 +339,14 @@ fn decode_response(mut data: Bytes, key: CacheKey) -> Result<Entry, DecodeError>
         let len = usize::from(get_u16(&mut data)?);
         let name = take(&mut data, len)?;
         let value = get_bytes32(&mut data)?;
-        headers.append(
-            HeaderName::from_bytes(&name).map_err(|_| DecodeError::Malformed)?,
-            HeaderValue::from_maybe_shared(value).map_err(|_| DecodeError::Malformed)?,
-        );
+        // `try_append`: a map holds at most 32,768 names, and `append`
+        // panics past them.
+        headers
+            .try_append(
+                HeaderName::from_bytes(&name).map_err(|_| DecodeError::Malformed)?,
+                HeaderValue::from_maybe_shared(value).map_err(|_| DecodeError::Malformed)?,
+            )
+            .map_err(|_| DecodeError::Malformed)?;
     }
     Ok(Entry {
         key,
@@ -606,6 +610,27 @@ mod tests {
             \x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00";
         assert_eq!(
             Stored::decode(value_after_key(&key, KIND_RESPONSE, rest), &key).map(|_| ()),
+            Err(DecodeError::Malformed)
+        );
+    }
+
+    #[test]
+    fn a_value_with_more_header_names_than_a_map_holds_is_refused() {
+        // Found by review after the entry_decode run: HeaderMap::append
+        // panics past 32,768 names; hyper never makes a response with that
+        // many, but a value in Redis may hold them.
+        let key = sample().key;
+        let mut rest = BytesMut::new();
+        rest.put_u16(200);
+        rest.put_bytes(0, 24);
+        rest.put_u32(40_000);
+        for n in 0..40_000u32 {
+            let name = format!("x{n}");
+            put_bytes16(&mut rest, name.as_bytes());
+            rest.put_u32(0);
+        }
+        assert_eq!(
+            Stored::decode(value_after_key(&key, KIND_RESPONSE, &rest), &key).map(|_| ()),
             Err(DecodeError::Malformed)
         );
     }
