@@ -31,17 +31,23 @@ fuzz_target!(|data: &[u8]| {
     // now, and how long an entry is kept. A stored entry's lifetime can
     // be as long as a route's ttl or an L2 value's (u64 milliseconds).
     let now = Instant::now();
-    let _ = tokio_free_deadline(now, config.server.shutdown_grace);
-    let _ = tokio_free_deadline(now, config.server.shutdown_delay);
-    let _ = tokio_free_deadline(now, config.origin.timeout);
-    let _ = tokio_free_deadline(now, config.origin.connect_timeout);
+    let _ = deadline_after(now, config.server.shutdown_grace);
+    let _ = deadline_after(now, config.server.shutdown_delay);
+    let _ = deadline_after(now, config.origin.timeout);
+    let _ = deadline_after(now, config.origin.connect_timeout);
     if let Some(redis) = &config.redis {
-        let _ = tokio_free_deadline(now, redis.command_timeout);
-        let _ = tokio_free_deadline(now, redis.connect_timeout);
+        let _ = deadline_after(now, redis.command_timeout);
+        let _ = deadline_after(now, redis.connect_timeout);
+    }
+    // What `start` builds from it: the connection limit and the L2
+    // write queue (both panic past tokio's largest semaphore).
+    let _ = tokio::sync::Semaphore::new(config.server.max_connections);
+    if let Some(redis) = &config.redis {
+        let _ = tokio::sync::mpsc::channel::<()>(redis.write_queue);
     }
     let uri = http::Uri::from_static("/");
     for route in config.routes.iter() {
-        let _ = tokio_free_deadline(now, route.lock_timeout);
+        let _ = deadline_after(now, route.lock_timeout);
         for lifetime in [route.ttl, Duration::from_millis(u64::MAX)] {
             let entry = Entry {
                 key: CacheKey::for_url(&config.cache.namespace, "example.com", &uri),
@@ -61,6 +67,6 @@ fuzz_target!(|data: &[u8]| {
 });
 
 /// `Instant + Duration` as the request path writes it (it panics on overflow).
-fn tokio_free_deadline(now: Instant, timeout: Duration) -> Instant {
+fn deadline_after(now: Instant, timeout: Duration) -> Instant {
     now + timeout
 }
