@@ -247,10 +247,26 @@ impl Problems {
     }
 }
 
+/// Longest duration any key takes: 2^31 seconds (68 years), RFC 9111's cap
+/// on delta-seconds. The proxy adds durations to clocks and to each other
+/// (deadlines, retention), where a longer one could overflow and panic.
+const MAX_DURATION: Duration = Duration::from_secs(1 << 31);
+
+/// Most of anything counted that the proxy sizes a tokio semaphore or
+/// queue by (connections, queued writes): far beyond what a process can
+/// use, and below tokio's own limit (2^61), past which it panics.
+const MAX_COUNT: usize = 1 << 30;
+
 fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text).map_err(|e| {
+    let duration = humantime::parse_duration(text).map_err(|e| {
         format!("invalid duration {text:?} ({e}); use e.g. \"250ms\", \"30s\", \"5m\"")
-    })
+    })?;
+    if duration > MAX_DURATION {
+        return Err(format!(
+            "duration {text:?} is longer than the longest taken, 2^31 seconds (68 years)"
+        ));
+    }
+    Ok(duration)
 }
 
 fn parse_positive_duration(text: &str) -> Result<Duration, String> {
@@ -352,6 +368,27 @@ mod tests {
                 "routes[0].tll: unknown key",
                 "origin.timeout: must be greater than zero"
             ]
+        );
+    }
+
+    #[test]
+    fn durations_longer_than_68_years_are_refused() {
+        // Found by review while writing the fuzz target config's oracle: a
+        // duration near u64::MAX seconds loaded, and the first request to
+        // store (retention: lifetime + keep_stale) or to wait for a fetch
+        // (now + lock_timeout) panicked on overflow.
+        assert_eq!(
+            with_minimal("[cache]\nkeep_stale = \"18446744073709551615s\"\n"),
+            vec![
+                "cache.keep_stale: duration \"18446744073709551615s\" is longer than the longest taken, 2^31 seconds (68 years)"
+            ]
+        );
+        assert!(
+            config(&format!(
+                "{MINIMAL}[cache]\nkeep_stale = \"{}s\"\n",
+                1u64 << 31
+            ))
+            .is_ok()
         );
     }
 

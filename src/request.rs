@@ -258,7 +258,8 @@ fn accept_encoding(headers: &HeaderMap) -> Option<HeaderValue> {
 /// other weights in shortest form, sorted by weight (highest first, stably:
 /// items of equal weight keep their order, which many frameworks read as
 /// the client's preference). `None` when the field is absent. An item
-/// whose weight does not parse is kept, with weight 1.
+/// whose weight does not parse is kept, with weight 1; one without a name
+/// is dropped.
 fn negotiation_list(headers: &HeaderMap, name: &HeaderName) -> Option<HeaderValue> {
     let mut lines = headers.get_all(name).iter().peekable();
     lines.peek()?;
@@ -281,8 +282,12 @@ fn negotiation_list(headers: &HeaderMap, name: &HeaderName) -> Option<HeaderValu
             if q < 1000 {
                 params.push(format!("q={}", f64::from(q) / 1000.0));
             }
-            (q, params.join(";"))
+            (q, params)
         })
+        // An item without a name (`;q=1`) asks for nothing; kept, it would
+        // canonicalise to another spelling each time.
+        .filter(|(_, params)| params.first().is_some_and(|name| !name.is_empty()))
+        .map(|(q, params)| (q, params.join(";")))
         .collect();
     items.sort_by_key(|(q, _)| std::cmp::Reverse(*q));
     let items: Vec<String> = items.into_iter().map(|(_, item)| item).collect();
@@ -360,6 +365,41 @@ mod tests {
     use super::*;
     use crate::config::test_route;
     use crate::testing::headers;
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            /// One request makes one variant: the canonical form of a list
+            /// is its own canonical form.
+            #[test]
+            fn negotiation_lists_are_canonical_once(
+                line in "([a-zA-Z*/-]{0,8}(;[ qQ]{0,2}=?[0-9.]{0,5})?[ ,]{0,2}){0,5}",
+            ) {
+                let Ok(value) = HeaderValue::from_str(&line) else { return Ok(()) };
+                for name in NEGOTIATION.iter().chain([&header::ACCEPT_ENCODING]) {
+                    let mut map = HeaderMap::new();
+                    map.insert(name.clone(), value.clone());
+                    let once = if name == header::ACCEPT_ENCODING {
+                        accept_encoding(&map)
+                    } else {
+                        negotiation_list(&map, name)
+                    };
+                    let once = once.unwrap();
+                    map.insert(name.clone(), once.clone());
+                    let twice = if name == header::ACCEPT_ENCODING {
+                        accept_encoding(&map)
+                    } else {
+                        negotiation_list(&map, name)
+                    };
+                    prop_assert_eq!(twice, Some(once));
+                }
+            }
+        }
+    }
 
     fn coding(values: &[&str]) -> Option<String> {
         let pairs: Vec<(&str, &str)> = values.iter().map(|v| ("accept-encoding", *v)).collect();
@@ -576,6 +616,23 @@ mod tests {
         assert_eq!(
             list("accept-charset", &["UTF-8, iso-8859-1;q=0.5"]),
             "utf-8, iso-8859-1;q=0.5"
+        );
+    }
+
+    #[test]
+    fn nameless_list_items_are_dropped_so_the_canonical_form_is_stable() {
+        // Found by `negotiation_lists_are_canonical_once`: `;,;q=1` became
+        // `;, ` and then `;`, two variants for one request.
+        let mut map = HeaderMap::new();
+        map.insert(header::ACCEPT, HeaderValue::from_static(";,;q=1"));
+        assert_eq!(negotiation_list(&map, &header::ACCEPT).unwrap(), "");
+        map.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("text/html, ;q=0.5"),
+        );
+        assert_eq!(
+            negotiation_list(&map, &header::ACCEPT).unwrap(),
+            "text/html"
         );
     }
 

@@ -181,37 +181,37 @@ fn host_of(uri: &Uri, headers: &HeaderMap) -> String {
 /// percent-encodings are uppercased and unreserved characters decoded.
 /// Dot segments are left alone because the origin receives the raw path; if
 /// the key resolved `..` and the origin did not, one URL could fill another's
-/// entry.
+/// entry. A path with a `%` that starts no escape is not a valid URI
+/// (§2.1) and is keyed as sent: decoding around it could make a new escape
+/// (`%a%61` would read as `%aa`).
 pub fn normalise_path(path: &str) -> Cow<'_, str> {
-    if !path.contains('%') {
+    let mut escapes = path.match_indices('%').map(|(at, _)| escape(path, at));
+    if !path.contains('%') || escapes.any(|escape| escape.is_none()) {
         return Cow::Borrowed(path);
     }
-    let bytes = path.as_bytes();
     let mut out = String::with_capacity(path.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && let (Some(hi), Some(lo)) = (
-                bytes.get(i + 1).and_then(|b| hex_value(*b)),
-                bytes.get(i + 2).and_then(|b| hex_value(*b)),
-            )
-        {
-            let decoded = hi << 4 | lo;
-            if decoded.is_ascii_alphanumeric() || b"-._~".contains(&decoded) {
+    let mut rest = path;
+    while let Some(at) = rest.find('%') {
+        // What precedes the escape is copied as it is: an h2 `:path` or an
+        // HTTP/1 target may hold UTF-8, which stays the bytes the origin gets.
+        out.push_str(&rest[..at]);
+        match escape(rest, at) {
+            Some(decoded) if decoded.is_ascii_alphanumeric() || b"-._~".contains(&decoded) => {
                 out.push(char::from(decoded));
-            } else {
-                out.push('%');
-                out.push(char::from(bytes[i + 1].to_ascii_uppercase()));
-                out.push(char::from(bytes[i + 2].to_ascii_uppercase()));
             }
-            i += 3;
-            continue;
+            _ => out.push_str(&rest[at..at + 3].to_ascii_uppercase()),
         }
-        // Non-ASCII bytes cannot occur: hyper only accepts ASCII request targets.
-        out.push(char::from(bytes[i]));
-        i += 1;
+        // Two hex digits are ASCII, so this is a character boundary.
+        rest = &rest[at + 3..];
     }
+    out.push_str(rest);
     Cow::Owned(out)
+}
+
+/// The byte a `%` at `at` encodes, if two hex digits follow it.
+fn escape(text: &str, at: usize) -> Option<u8> {
+    let hex = text.as_bytes().get(at + 1..at + 3)?;
+    Some(hex_value(hex[0])? << 4 | hex_value(hex[1])?)
 }
 
 fn hex_value(byte: u8) -> Option<u8> {
@@ -229,7 +229,11 @@ pub fn canonical_query(query: &str) -> String {
         .filter(|pair| !pair.is_empty())
         .map(normalise_path)
         .collect();
-    pairs.sort_by(|a, b| pair_name(a).cmp(pair_name(b)));
+    // By the name the origin decodes: `?` and `%3F` name one parameter, so
+    // their pairs keep their order, as any repeated name's do.
+    pairs.sort_by_cached_key(|pair| {
+        percent_encoding::percent_decode_str(pair_name(pair)).collect::<Vec<u8>>()
+    });
     pairs.join("&")
 }
 
@@ -282,12 +286,41 @@ mod tests {
     }
 
     #[test]
+    fn repeated_names_keep_their_order_however_they_are_spelt() {
+        // Found by fuzz target key: pairs were sorted by their spelling,
+        // so `?=1&%3F=2` and `%3F=2&?=1` (one name, two orders) shared a key.
+        assert_ne!(key("/a?%3F=1&?=2"), key("/a??=2&%3F=1"));
+        assert_ne!(key("/a??=1&%3F=2"), key("/a?%3F=2&?=1"));
+        assert_eq!(canonical_query("b=1&%3F=2&?=3"), "%3F=2&?=3&b=1");
+    }
+
+    #[test]
     fn percent_encoding_is_normalised_without_resolving_dot_segments() {
         assert_eq!(normalise_path("/%7euser/%2f%41"), "/~user/%2FA");
         assert_eq!(normalise_path("/%2e%2e/admin"), "/../admin");
         assert_eq!(key("/%7Euser"), key("/~user"));
         assert_ne!(key("/a/../b"), key("/b"));
         assert_eq!(normalise_path("/100%"), "/100%");
+    }
+
+    #[test]
+    fn utf8_beside_an_escape_stays_as_sent() {
+        // Found by `url_keys_are_shared_only_by_what_the_origin_reads_alike`:
+        // bytes were copied one by one as Latin-1 characters, so `/é%41`
+        // (UTF-8 C3 A9) was keyed as `/Ã©A` and shared a key with that path.
+        assert_eq!(normalise_path("/%61é"), "/aé");
+        assert_eq!(normalise_path("/é%41"), "/éA");
+        assert_ne!(key("/é%41"), key("/Ã©A"));
+    }
+
+    #[test]
+    fn a_stray_percent_keeps_the_path_as_sent() {
+        // Found by the same property: `%a%61` was keyed as `/%aa`, which
+        // the origin decodes to another byte.
+        assert_eq!(normalise_path("/%a%61"), "/%a%61");
+        assert_ne!(key("/%a%61"), key("/%aa"));
+        assert_eq!(normalise_path("/%%61"), "/%%61");
+        assert_eq!(normalise_path("/é%zz%41"), "/é%zz%41");
     }
 
     #[test]
@@ -356,6 +389,126 @@ mod tests {
         );
         assert_eq!(target("http://other.example/items/4"), None);
         assert_eq!(target("items/5"), None);
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::collection::vec;
+        use proptest::option;
+        use proptest::prelude::*;
+
+        /// What an origin decodes from a path or a query pair.
+        fn decoded(text: &str) -> Vec<u8> {
+            percent_encoding::percent_decode_str(text).collect()
+        }
+
+        /// A query as the key means it: its pairs decoded, stably sorted by
+        /// the decoded name (split at the first raw `=`).
+        fn query_meaning(query: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
+            let mut pairs: Vec<(Vec<u8>, Vec<u8>)> = query
+                .split('&')
+                .filter(|pair| !pair.is_empty())
+                .map(|pair| (decoded(pair_name(pair)), decoded(pair)))
+                .collect();
+            pairs.sort_by(|a, b| a.0.cmp(&b.0));
+            pairs
+        }
+
+        /// Targets from a small alphabet, so that different spellings of
+        /// one path often meet: case, escapes of unreserved and reserved
+        /// characters, a non-ASCII letter.
+        fn target() -> impl Strategy<Value = Uri> {
+            (
+                vec(
+                    prop::sample::select(
+                        &["a", "A", "/", "%61", "%41", "%2F", "%2f", "%", "é", "."][..],
+                    ),
+                    0..6,
+                ),
+                option::of(vec(
+                    prop::sample::select(&["a", "b", "=", "&", "%61", "%3D", "%5B", "[", "1"][..]),
+                    0..6,
+                )),
+            )
+                .prop_filter_map("a valid target", |(path, query)| {
+                    let mut target = format!("/{}", path.concat());
+                    if let Some(query) = query {
+                        target.push('?');
+                        target.push_str(&query.concat());
+                    }
+                    target.parse().ok()
+                })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            #[test]
+            fn parts_never_run_together(
+                a in vec(vec(any::<u8>(), 0..6), 0..5),
+                b in vec(vec(any::<u8>(), 0..6), 0..5),
+            ) {
+                let write = |parts: &[Vec<u8>]| {
+                    let mut key = KeyWriter::default();
+                    for part in parts {
+                        key.part(part);
+                    }
+                    key.finish()
+                };
+                prop_assert_eq!(write(&a) == write(&b), a == b);
+            }
+
+            #[test]
+            fn variant_keys_differ_when_the_selecting_lines_do(
+                a in vec(option::of(vec("[ -~]{0,3}", 0..3)), 2),
+                b in vec(option::of(vec("[ -~]{0,3}", 0..3)), 2),
+            ) {
+                let names = [header_name("accept-language"), header_name("x-a")];
+                let request = |lines: &[Option<Vec<String>>]| {
+                    let mut map = HeaderMap::new();
+                    for (name, lines) in names.iter().zip(lines) {
+                        for line in lines.iter().flatten() {
+                            map.append(name.clone(), line.parse().unwrap());
+                        }
+                    }
+                    map
+                };
+                // An empty list of lines is an absent field.
+                let present = |lines: &[Option<Vec<String>>]| -> Vec<Vec<String>> {
+                    lines.iter().map(|l| l.clone().unwrap_or_default()).collect()
+                };
+                let url = key("/a");
+                let (key_a, key_b) = (
+                    url.variant(7, &names, &request(&a)),
+                    url.variant(7, &names, &request(&b)),
+                );
+                prop_assert_eq!(key_a == key_b, present(&a) == present(&b));
+            }
+
+            #[test]
+            fn url_keys_are_shared_only_by_what_the_origin_reads_alike(
+                a in target(),
+                b in target(),
+                host_a in "[aB]{0,2}",
+                host_b in "[aB]{0,2}",
+            ) {
+                let key_a = CacheKey::for_url("ns", &host_a.to_ascii_lowercase(), &a);
+                let key_b = CacheKey::for_url("ns", &host_b.to_ascii_lowercase(), &b);
+                let meaning = |host: &str, uri: &Uri| {
+                    (
+                        host.to_ascii_lowercase(),
+                        decoded(uri.path()),
+                        query_meaning(uri.query().unwrap_or("")),
+                    )
+                };
+                if key_a == key_b {
+                    prop_assert_eq!(meaning(&host_a, &a), meaning(&host_b, &b), "{} and {}", a, b);
+                }
+                let normal = normalise_path(a.path());
+                prop_assert_eq!(decoded(&normal), decoded(a.path()));
+                prop_assert_eq!(normalise_path(&normal), normal.clone());
+            }
+        }
     }
 
     #[test]

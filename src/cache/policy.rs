@@ -638,6 +638,132 @@ fn digits(text: &str, max_len: usize) -> Option<u16> {
 mod tests {
     use super::*;
 
+    mod properties {
+        use super::*;
+        use proptest::collection::vec;
+        use proptest::prelude::*;
+
+        /// The directives in one canonical `Cache-Control` line.
+        fn render(cc: &CacheControl) -> String {
+            let names = |fields: &[HeaderName]| {
+                fields
+                    .iter()
+                    .map(HeaderName::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let mut out: Vec<String> = Vec::new();
+            let flags = [
+                (cc.no_store, "no-store"),
+                (cc.no_cache, "no-cache"),
+                (cc.private, "private"),
+                (cc.public, "public"),
+                (cc.must_revalidate, "must-revalidate"),
+                (cc.proxy_revalidate, "proxy-revalidate"),
+                (cc.immutable, "immutable"),
+                (cc.only_if_cached, "only-if-cached"),
+            ];
+            out.extend(
+                flags
+                    .iter()
+                    .filter(|(on, _)| *on)
+                    .map(|(_, name)| name.to_string()),
+            );
+            if !cc.no_cache_fields.is_empty() {
+                out.push(format!("no-cache=\"{}\"", names(&cc.no_cache_fields)));
+            }
+            if !cc.private_fields.is_empty() {
+                out.push(format!("private=\"{}\"", names(&cc.private_fields)));
+            }
+            let deltas = [
+                (cc.max_age, "max-age"),
+                (cc.s_maxage, "s-maxage"),
+                (cc.min_fresh, "min-fresh"),
+                (cc.stale_while_revalidate, "stale-while-revalidate"),
+                (cc.stale_if_error, "stale-if-error"),
+            ];
+            for (value, name) in deltas {
+                if let Some(seconds) = value {
+                    out.push(format!("{name}={seconds}"));
+                }
+            }
+            match cc.max_stale {
+                Some(MaxStale::Any) => out.push("max-stale".into()),
+                Some(MaxStale::Seconds(seconds)) => out.push(format!("max-stale={seconds}")),
+                None => {}
+            }
+            out.join(", ")
+        }
+
+        /// Directive-shaped text: known names in any case, values quoted or
+        /// not, numbers past u64, field lists, stray quotes and commas.
+        fn directives() -> impl Strategy<Value = String> {
+            let name = prop::sample::select(
+                &[
+                    "no-store",
+                    "No-Cache",
+                    "private",
+                    "public",
+                    "must-revalidate",
+                    "proxy-revalidate",
+                    "immutable",
+                    "only-if-cached",
+                    "max-age",
+                    "S-MaxAge",
+                    "min-fresh",
+                    "max-stale",
+                    "stale-while-revalidate",
+                    "stale-if-error",
+                    "x",
+                ][..],
+            );
+            let value = prop_oneof![
+                Just(String::new()),
+                "[0-9]{1,25}",
+                "\"[a-z, -]{0,12}\"",
+                "[ -~]{0,6}",
+            ];
+            vec((name, proptest::option::of(value)), 0..8).prop_map(|directives| {
+                directives
+                    .into_iter()
+                    .map(|(name, value)| match value {
+                        Some(value) => format!("{name}={value}"),
+                        None => name.to_owned(),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            #[test]
+            fn cache_control_reparses_its_canonical_form(line in directives(), noise in "[ -~]{0,40}") {
+                for text in [line, noise] {
+                    let Ok(value) = http::HeaderValue::from_str(&text) else { continue };
+                    let mut map = HeaderMap::new();
+                    map.insert(header::CACHE_CONTROL, value);
+                    let cc = CacheControl::parse(&map);
+                    for seconds in [cc.max_age, cc.s_maxage, cc.min_fresh].into_iter().flatten() {
+                        prop_assert!(seconds <= MAX_DELTA_SECONDS);
+                    }
+                    let canonical = render(&cc);
+                    map.insert(header::CACHE_CONTROL, canonical.parse().unwrap());
+                    prop_assert_eq!(CacheControl::parse(&map), cc, "{}", canonical);
+                }
+            }
+
+            #[test]
+            fn http_dates_read_back_as_written(secs in 0u64..253_402_300_800) {
+                let time = SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+                let text = httpdate::fmt_http_date(time);
+                prop_assert_eq!(parse_http_date(&text), Some(time));
+                prop_assert_eq!(parse_http_date(&text.to_ascii_lowercase()), Some(time));
+            }
+        }
+    }
+
     use crate::testing::headers;
 
     fn at(secs: u64) -> SystemTime {

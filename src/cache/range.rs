@@ -184,6 +184,69 @@ mod tests {
         assert_eq!(parse(&many, 10), Ranges::Whole);
     }
 
+    mod properties {
+        use super::*;
+        use proptest::collection::vec;
+        use proptest::prelude::*;
+
+        /// A `Range` value from the grammar's pieces, valid or not: numbers
+        /// near the body's length and at u64's ends, separators, junk.
+        fn range_value() -> impl Strategy<Value = String> {
+            let number = prop_oneof![0u64..40, Just(u64::MAX), Just(u64::MAX - 1), Just(1 << 53),]
+                .prop_map(|n| n.to_string());
+            let spec = (
+                proptest::option::of(number.clone()),
+                proptest::option::of(number),
+                prop::sample::select(&["-", "", "--", " - "][..]),
+            )
+                .prop_map(|(first, last, dash)| {
+                    format!(
+                        "{}{dash}{}",
+                        first.unwrap_or_default(),
+                        last.unwrap_or_default()
+                    )
+                });
+            (
+                prop::sample::select(&["bytes=", "BYTES =", "bytes", "items=", "=", ""][..]),
+                vec(spec, 0..20),
+                prop::sample::select(&[",", ", ", ",,", " "][..]),
+            )
+                .prop_map(|(unit, specs, separator)| format!("{unit}{}", specs.join(separator)))
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            #[test]
+            fn ranges_stay_within_the_body(value in range_value(), len in 0usize..40) {
+                let body = Bytes::from(vec![b'x'; len]);
+                let ranges = parse(&value, len as u64);
+                let answer = partial(&body, &ranges, Some(&HeaderValue::from_static("text/plain")));
+                match (&ranges, answer) {
+                    (Ranges::Whole, None) => {}
+                    (Ranges::Unsatisfiable, Some(answer)) => {
+                        prop_assert_eq!(answer.status, StatusCode::RANGE_NOT_SATISFIABLE);
+                    }
+                    (Ranges::Parts(parts), Some(answer)) => {
+                        prop_assert!(!parts.is_empty() && parts.len() <= MAX_RANGES);
+                        for (first, last) in parts {
+                            prop_assert!(first <= last && *last < len as u64, "{first}-{last}/{len}");
+                        }
+                        let payload: u64 = parts.iter().map(|(first, last)| last - first + 1).sum();
+                        prop_assert!(answer.body.len() as u64 >= payload);
+                        prop_assert_eq!(
+                            &answer.headers[header::CONTENT_LENGTH],
+                            &answer.body.len().to_string()
+                        );
+                    }
+                    (ranges, answer) => {
+                        prop_assert!(false, "{ranges:?} answered {:?}", answer.map(|a| a.status));
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn if_range_needs_a_strong_match_rfc9110_13_1_5() {
         let stored: HeaderMap = [

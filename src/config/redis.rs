@@ -6,7 +6,7 @@ use std::time::Duration;
 use fred::prelude::{Config as ClientConfig, ServerConfig as Servers};
 use serde::Deserialize;
 
-use super::{Environment, Problems, parse_positive_duration};
+use super::{Environment, MAX_COUNT, Problems, parse_positive_duration};
 
 /// Default deadline for every Redis call: a miss costs at most this much.
 pub const DEFAULT_REDIS_COMMAND_TIMEOUT: Duration = Duration::from_millis(50);
@@ -173,8 +173,11 @@ impl RawRedis {
             parse_positive_duration,
         );
         let write_queue = self.write_queue.unwrap_or(DEFAULT_REDIS_WRITE_QUEUE);
-        if write_queue == 0 {
-            p.push("redis.write_queue", "must be at least 1");
+        if !(1..=MAX_COUNT).contains(&write_queue) {
+            p.push(
+                "redis.write_queue",
+                format!("must be between 1 and {MAX_COUNT}"),
+            );
         }
         (p.0.len() == errors_before).then_some(RedisConfig {
             client,
@@ -323,7 +326,11 @@ mod tests {
             ),
             (
                 "[redis]\nnodes = [\"a:1\"]\nwrite_queue = 0",
-                "redis.write_queue: must be at least 1",
+                "redis.write_queue: must be between 1 and 1073741824",
+            ),
+            (
+                "[redis]\nnodes = [\"a:1\"]\nwrite_queue = 4611686018427387904",
+                "redis.write_queue: must be between 1 and 1073741824",
             ),
         ];
         for (text, expected) in cases {

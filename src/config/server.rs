@@ -6,7 +6,9 @@ use std::time::Duration;
 use http::{HeaderName, Uri, header};
 use serde::Deserialize;
 
-use super::{Problems, parse_duration, parse_header_names, parse_positive_duration, parse_size};
+use super::{
+    MAX_COUNT, Problems, parse_duration, parse_header_names, parse_positive_duration, parse_size,
+};
 use crate::cache::policy::{CDN_CACHE_CONTROL, SIDECACHE_CACHE_CONTROL};
 
 // [server]
@@ -174,8 +176,11 @@ impl RawServer {
                     .unwrap_or(DEFAULT_H2_MAX_CONCURRENT_STREAMS),
             },
         };
-        if server.max_connections == 0 {
-            p.push("server.max_connections", "must be at least 1");
+        if !(1..=MAX_COUNT).contains(&server.max_connections) {
+            p.push(
+                "server.max_connections",
+                format!("must be between 1 and {MAX_COUNT}"),
+            );
         }
         if !(1..=MAX_WORKERS).contains(&server.workers) {
             p.push(
@@ -595,7 +600,13 @@ mod tests {
             ),
             (
                 "[server]\nmax_connections = 0",
-                "server.max_connections: must be at least 1",
+                "server.max_connections: must be between 1 and 1073741824",
+            ),
+            (
+                // The fuzz target config builds the connection semaphore
+                // from it; tokio panics past 2^61 permits.
+                "[server]\nmax_connections = 4611686018427387904",
+                "server.max_connections: must be between 1 and 1073741824",
             ),
             (
                 "[server]\nworkers = 0",
