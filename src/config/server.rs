@@ -84,10 +84,12 @@ impl RawServer {
             max_connections: self.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS),
             workers: self.workers.unwrap_or_else(default_workers),
         };
-        if !(1..=MAX_COUNT).contains(&server.max_connections) {
+        if server.max_connections == 0 {
+            p.push("server.max_connections", "must be at least 1");
+        } else if server.max_connections > MAX_COUNT {
             p.push(
                 "server.max_connections",
-                format!("must be between 1 and {MAX_COUNT}"),
+                format!("must be at most {MAX_COUNT}"),
             );
         }
         if !(1..=MAX_WORKERS).contains(&server.workers) {
@@ -455,13 +457,13 @@ mod tests {
             ),
             (
                 "[server]\nmax_connections = 0",
-                "server.max_connections: must be between 1 and 1073741824",
+                "server.max_connections: must be at least 1",
             ),
             (
                 // The fuzz target config builds the connection semaphore
                 // from it; tokio panics past 2^61 permits.
                 "[server]\nmax_connections = 4611686018427387904",
-                "server.max_connections: must be between 1 and 1073741824",
+                "server.max_connections: must be at most 1073741824",
             ),
             (
                 "[server]\nworkers = 0",
