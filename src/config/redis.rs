@@ -173,11 +173,10 @@ impl RawRedis {
             parse_positive_duration,
         );
         let write_queue = self.write_queue.unwrap_or(DEFAULT_REDIS_WRITE_QUEUE);
-        if !(1..=MAX_COUNT).contains(&write_queue) {
-            p.push(
-                "redis.write_queue",
-                format!("must be between 1 and {MAX_COUNT}"),
-            );
+        if write_queue == 0 {
+            p.push("redis.write_queue", "must be at least 1");
+        } else if write_queue > MAX_COUNT {
+            p.push("redis.write_queue", format!("must be at most {MAX_COUNT}"));
         }
         (p.0.len() == errors_before).then_some(RedisConfig {
             client,
@@ -326,11 +325,11 @@ mod tests {
             ),
             (
                 "[redis]\nnodes = [\"a:1\"]\nwrite_queue = 0",
-                "redis.write_queue: must be between 1 and 1073741824",
+                "redis.write_queue: must be at least 1",
             ),
             (
                 "[redis]\nnodes = [\"a:1\"]\nwrite_queue = 4611686018427387904",
-                "redis.write_queue: must be between 1 and 1073741824",
+                "redis.write_queue: must be at most 1073741824",
             ),
         ];
         for (text, expected) in cases {

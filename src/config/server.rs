@@ -176,10 +176,12 @@ impl RawServer {
                     .unwrap_or(DEFAULT_H2_MAX_CONCURRENT_STREAMS),
             },
         };
-        if !(1..=MAX_COUNT).contains(&server.max_connections) {
+        if server.max_connections == 0 {
+            p.push("server.max_connections", "must be at least 1");
+        } else if server.max_connections > MAX_COUNT {
             p.push(
                 "server.max_connections",
-                format!("must be between 1 and {MAX_COUNT}"),
+                format!("must be at most {MAX_COUNT}"),
             );
         }
         if !(1..=MAX_WORKERS).contains(&server.workers) {
@@ -600,13 +602,13 @@ mod tests {
             ),
             (
                 "[server]\nmax_connections = 0",
-                "server.max_connections: must be between 1 and 1073741824",
+                "server.max_connections: must be at least 1",
             ),
             (
                 // The fuzz target config builds the connection semaphore
                 // from it; tokio panics past 2^61 permits.
                 "[server]\nmax_connections = 4611686018427387904",
-                "server.max_connections: must be between 1 and 1073741824",
+                "server.max_connections: must be at most 1073741824",
             ),
             (
                 "[server]\nworkers = 0",
