@@ -25,7 +25,8 @@
 //!   means for the request (`on_lookup`, `on_head`, `on_error`), pure; built
 //!   on [`cache::policy`] (RFC 9111 rules, with RFC 9213's targeted fields)
 //!   and [`cache::validation`].
-//! - [`origin`]: pooled upstream client, deadlines, hop-by-hop and forwarding headers.
+//! - [`origin`]: the HTTP/1.1 upstream client (a connection pool per worker
+//!   thread), deadlines, hop-by-hop and forwarding headers.
 //! - [`cache::fill`] stores a streamed body once it is complete;
 //!   [`respond`] makes answers from a stored [`cache::entry`] (304, 206/416, HEAD).
 //! - [`cache::status`]: the RFC 9211 `Cache-Status` header.
