@@ -23,6 +23,8 @@
 # PID on exit, Ctrl-C included.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 
 seconds=${BENCH_SECONDS:-}
 rounds=${BENCH_ROUNDS:-}
@@ -66,20 +68,7 @@ install_missing() {
     command -v wrk >/dev/null || packages+=(wrk)
     command -v redis-server >/dev/null || packages+=(redis-server)
     command -v redis-benchmark >/dev/null && command -v redis-cli >/dev/null || packages+=(redis-tools)
-    [ ${#packages[@]} -gt 0 ] || return 0
-    echo "== installing ${packages[*]}"
-    local sudo="" policy=/usr/sbin/policy-rc.d made_policy=""
-    [ "$(id -u)" -eq 0 ] || sudo=sudo
-    # As in scripts/test: a policy-rc.d that says "no" keeps the packages
-    # from starting a system-wide nginx or Redis of their own.
-    if [ ! -e "$policy" ]; then
-        printf '#!/bin/sh\nexit 101\n' | $sudo tee "$policy" >/dev/null
-        $sudo chmod +x "$policy"
-        made_policy=1
-    fi
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${packages[@]}" >/dev/null
-    [ -z "$made_policy" ] || $sudo rm -f "$policy"
+    apt_install "${packages[@]}"
 }
 
 check_ports_free() {
@@ -101,23 +90,6 @@ cleanup() {
     # Wait for them, so nothing is still writing into $work as it goes.
     for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
     [ -z "$work" ] || rm -rf "$work"
-}
-
-# Waits until PORT accepts connections; fails with NAME's log if the process
-# died first.
-wait_for_port() { # PORT NAME PID
-    local _
-    for _ in $(seq 100); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        if ! kill -0 "$3" 2>/dev/null; then
-            echo "$2 exited before listening on $1; its log:" >&2
-            cat "$work/$2.log" >&2
-            exit 1
-        fi
-        sleep 0.1
-    done
-    echo "$2 did not listen on $1 within 10 s" >&2
-    exit 1
 }
 
 # Lines every nginx here shares: logs and temp files in its own directory

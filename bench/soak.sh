@@ -24,6 +24,8 @@
 # Ctrl-C included; a frozen node is thawed first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 
 minutes=${SOAK_MINUTES:-}
 bound=2
@@ -64,20 +66,7 @@ install_missing() {
     command -v redis-server >/dev/null || packages+=(redis-server)
     command -v redis-cli >/dev/null || packages+=(redis-tools)
     command -v curl >/dev/null || packages+=(curl)
-    [ ${#packages[@]} -gt 0 ] || return 0
-    echo "== installing ${packages[*]}"
-    local sudo="" policy=/usr/sbin/policy-rc.d made_policy=""
-    [ "$(id -u)" -eq 0 ] || sudo=sudo
-    # As in scripts/test: a policy-rc.d that says "no" keeps the package
-    # from starting a system-wide Redis of its own.
-    if [ ! -e "$policy" ]; then
-        printf '#!/bin/sh\nexit 101\n' | $sudo tee "$policy" >/dev/null
-        $sudo chmod +x "$policy"
-        made_policy=1
-    fi
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${packages[@]}" >/dev/null
-    [ -z "$made_policy" ] || $sudo rm -f "$policy"
+    apt_install "${packages[@]}"
 }
 
 check_ports_free() {
@@ -104,23 +93,6 @@ cleanup() {
     # Wait for them, so nothing is still writing into $work as it goes.
     for pid in "${pids[@]}" "${redis_pids[@]}"; do wait "$pid" 2>/dev/null || true; done
     [ -z "$work" ] || rm -rf "$work"
-}
-
-# Waits until PORT accepts connections; fails with NAME's log if the process
-# died first.
-wait_for_port() { # PORT NAME PID
-    local _
-    for _ in $(seq 100); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        if ! kill -0 "$3" 2>/dev/null; then
-            echo "$2 exited before listening on $1; its log:" >&2
-            cat "$work/$2.log" >&2
-            exit 1
-        fi
-        sleep 0.1
-    done
-    echo "$2 did not listen on $1 within 10 s" >&2
-    exit 1
 }
 
 # A line of the chaos log, stamped with the seconds since the load began.

@@ -111,6 +111,16 @@ async fn read_response(reader: &mut OwnedReadHalf) -> (String, String) {
     (head, body)
 }
 
+/// A proxy whose first head must come within 200 ms and whose connections
+/// idle out after 600 ms.
+async fn short_timeouts(origin: &Origin) -> Proxy {
+    ProxyConfig::new(origin)
+        .server("header_read_timeout = \"200ms\"")
+        .server("idle_timeout = \"600ms\"")
+        .start()
+        .await
+}
+
 /// Waits until the proxy closes `reader`'s connection, with nothing sent:
 /// how long that took.
 async fn closed_silently(reader: &mut OwnedReadHalf, since: Instant) -> Duration {
@@ -256,11 +266,7 @@ async fn a_client_trickling_its_head_is_dropped_after_the_header_read_timeout_wh
 #[tokio::test]
 async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
     let origin = Origin::start().await;
-    let proxy = ProxyConfig::new(&origin)
-        .server("header_read_timeout = \"200ms\"")
-        .server("idle_timeout = \"600ms\"")
-        .start()
-        .await;
+    let proxy = short_timeouts(&origin).await;
     let (mut reader, mut writer) = TcpStream::connect(proxy.running.addr())
         .await
         .unwrap()
@@ -290,11 +296,7 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
 #[tokio::test]
 async fn a_later_request_head_trickled_after_idling_is_cut_at_the_idle_timeout() {
     let origin = Origin::start().await;
-    let proxy = ProxyConfig::new(&origin)
-        .server("header_read_timeout = \"200ms\"")
-        .server("idle_timeout = \"600ms\"")
-        .start()
-        .await;
+    let proxy = short_timeouts(&origin).await;
     let (mut reader, mut writer) = TcpStream::connect(proxy.running.addr())
         .await
         .unwrap()
@@ -328,11 +330,7 @@ async fn a_later_request_head_trickled_after_idling_is_cut_at_the_idle_timeout()
 async fn an_h2_connection_with_no_open_stream_is_closed_after_the_idle_timeout() {
     use h2_frames::*;
     let origin = Origin::start().await;
-    let proxy = ProxyConfig::new(&origin)
-        .server("header_read_timeout = \"200ms\"")
-        .server("idle_timeout = \"600ms\"")
-        .start()
-        .await;
+    let proxy = short_timeouts(&origin).await;
     let (mut reader, mut writer) = TcpStream::connect(proxy.running.addr())
         .await
         .unwrap()
