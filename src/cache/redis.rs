@@ -22,7 +22,7 @@ use fred::prelude::{
 use fred::prelude::{EventInterface, LuaInterface, PubsubInterface};
 use fred::types::Builder;
 use fred::types::cluster::ClusterRouting;
-use fred::types::config::UnresponsiveConfig;
+use fred::types::config::{Server, UnresponsiveConfig};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -389,7 +389,7 @@ async fn write_loop(
         gate,
         metrics,
     };
-    let mut pending: VecDeque<Write> = VecDeque::new();
+    let mut pending: VecDeque<Unsent> = VecDeque::new();
     loop {
         let queued = if pending.is_empty() {
             queue.recv().await
@@ -410,12 +410,23 @@ async fn write_loop(
                 let _ = done.send(());
             }
             Some(Queued::Write(write)) => {
-                if !writer.send(&write).await && matches!(write, Write::Invalidate { .. }) {
-                    writer.keep(&mut pending, write);
+                if !writer.send(&write).await
+                    && let Write::Invalidate { hash, .. } = &write
+                {
+                    let told = writer.tell(hash).await;
+                    writer.keep(&mut pending, Unsent { write, told });
                 }
             }
         }
     }
+}
+
+/// An invalidation Redis did not take yet.
+struct Unsent {
+    write: Write,
+    /// Whether the pods were told to drop its key already, unnumbered
+    /// ([`Writer::tell`]).
+    told: bool,
 }
 
 /// What the writer task sends with.
@@ -503,24 +514,77 @@ impl Writer {
         }
     }
 
+    /// Tells every pod to drop `hash` from its memory tier now, without a
+    /// number, through a node that answers. An invalidation is numbered on
+    /// the counter's node (and its copy deleted on the key's): while either
+    /// is down or failing over, which takes seconds, the numbered
+    /// announcement waits in the pending list, and without this every other
+    /// pod would serve its memory copy all that time. Pods subscribed
+    /// through a live node hear this at once; the numbered announcement
+    /// still follows, so one that missed both sees the gap. Whether a node
+    /// took it.
+    async fn tell(&self, hash: &str) -> bool {
+        let Some(routing) = self.client.cached_cluster_state() else {
+            // Not a cluster: the one server, the counter's too, is failing.
+            let publish = async {
+                self.client
+                    .publish::<(), _, _>(INVALIDATIONS, hash)
+                    .await
+                    .map(drop)
+            };
+            return self.call("tell", None, publish).await;
+        };
+        let counter_node = node_of(&self.client, SEQUENCE);
+        let Some(server) = answering_node(&routing, &self.gate, counter_node.as_deref()) else {
+            self.metrics.redis_call("tell", "skipped");
+            return false;
+        };
+        let node = server.to_string();
+        let via = self.client.with_cluster_node(server);
+        let publish = async { via.publish::<(), _, _>(INVALIDATIONS, hash).await.map(drop) };
+        self.call("tell", Some(node), publish).await
+    }
+
     /// Keeps an invalidation Redis did not take, to send it again.
-    fn keep(&self, pending: &mut VecDeque<Write>, write: Write) {
+    fn keep(&self, pending: &mut VecDeque<Unsent>, unsent: Unsent) {
         if pending.len() >= PENDING_INVALIDATIONS {
             pending.pop_front();
             self.metrics.redis_call("publish", "dropped");
         }
-        pending.push_back(write);
+        pending.push_back(unsent);
     }
 
-    /// Sends the pending invalidations again, oldest first, until one fails.
-    async fn retry(&self, pending: &mut VecDeque<Write>) {
-        while let Some(write) = pending.front() {
-            if !self.send(write).await {
-                return;
+    /// Sends the pending invalidations again, oldest first, until one
+    /// fails; then tells the pods of those still pending that they were
+    /// not told of yet (Redis was wholly away when they came).
+    async fn retry(&self, pending: &mut VecDeque<Unsent>) {
+        while let Some(unsent) = pending.front() {
+            if !self.send(&unsent.write).await {
+                break;
             }
             pending.pop_front();
         }
+        for unsent in pending.iter_mut().filter(|unsent| !unsent.told) {
+            let Write::Invalidate { hash, .. } = &unsent.write else {
+                continue;
+            };
+            if !self.tell(hash).await {
+                return;
+            }
+            unsent.told = true;
+        }
     }
+}
+
+/// A primary that owns slots and whose breaker is closed, other than
+/// `avoid`: where a command that any node can run goes while some node is
+/// failing (fred would pick any, the failing one included).
+fn answering_node(routing: &ClusterRouting, gate: &Gate, avoid: Option<&str>) -> Option<Server> {
+    let open = gate.nodes_open();
+    routing.unique_primary_nodes().into_iter().find(|server| {
+        let name = server.to_string();
+        avoid != Some(name.as_str()) && !open.iter().any(|(node, open)| *open && *node == name)
+    })
 }
 
 /// While a node's breaker is open, checks every [`TOPOLOGY_CHECK`] whether
@@ -546,12 +610,7 @@ async fn follow_failovers(
         let Some(known) = client.cached_cluster_state() else {
             continue;
         };
-        // Asked of a node that answers: fred would send it to any, the
-        // failing one included.
-        let Some(answering) = known.unique_primary_nodes().into_iter().find(|server| {
-            let name = server.to_string();
-            !nodes.iter().any(|(node, open)| *open && *node == name)
-        }) else {
+        let Some(answering) = answering_node(&known, &gate, None) else {
             continue;
         };
         let ask = client.with_cluster_node(answering);
