@@ -306,7 +306,7 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> Result<Running, S
     let admin_cache = cache.clone();
     let admin = Arc::new(Admin {
         ready: ready.clone(),
-        metrics,
+        metrics: metrics.clone(),
         cache,
         proxy: proxy.clone(),
     });
@@ -318,6 +318,7 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> Result<Running, S
         connections: connections.clone(),
         shutdown_grace: server.shutdown_grace,
         client: server.client,
+        metrics: metrics.clone(),
     };
     let workers = others
         .into_iter()
@@ -352,6 +353,7 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> Result<Running, S
             shutdown_grace: ADMIN_SHUTDOWN_GRACE,
             // Probes and scrapes need no more than the defaults allow.
             client: ClientLimits::default(),
+            metrics: metrics.clone(),
         },
         admin_stopped,
     ));

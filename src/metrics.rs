@@ -55,6 +55,7 @@ pub struct Metrics {
     redis_node_open: Family<NodeLabels, Gauge>,
     background_refreshes: Family<ResultLabels, Counter>,
     memory_flushes: Family<ReasonLabels, Counter>,
+    client_rejections: Family<ReasonLabels, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -160,9 +161,16 @@ impl Metrics {
             "Memory tier cleared because invalidations from other pods may have been missed, by reason (gap, behind, reset, start)",
             memory_flushes.clone(),
         );
+        let client_rejections = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "client_rejections",
+            "Client requests refused and connections closed at the proxy's limits, by reason (head-too-large: 431, malformed: 400, header-timeout, idle-timeout)",
+            client_rejections.clone(),
+        );
         Metrics {
             registry,
             memory_flushes,
+            client_rejections,
             background_refreshes,
             redis_calls,
             redis_duration,
@@ -211,6 +219,12 @@ impl Metrics {
 
     pub fn memory_flush(&self, reason: &'static str) {
         self.memory_flushes
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    pub fn client_rejection(&self, reason: &'static str) {
+        self.client_rejections
             .get_or_create(&ReasonLabels { reason })
             .inc();
     }

@@ -47,12 +47,10 @@ async fn from_redis(pod: &Proxy, path: &str) -> bool {
 
 /// `sidecache_memory_flushes_total{reason}` of `pod`.
 async fn flushes(pod: &Proxy, reason: &str) -> u64 {
-    let metrics = pod.admin("/metrics").await.text();
-    let prefix = format!("sidecache_memory_flushes_total{{reason=\"{reason}\"}} ");
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix(&prefix))
-        .map_or(0, |n| n.parse().unwrap())
+    pod.metric(&format!(
+        "sidecache_memory_flushes_total{{reason=\"{reason}\"}}"
+    ))
+    .await
 }
 
 /// Subscribers to the invalidation channel over these nodes.
