@@ -501,3 +501,62 @@ impl Cache {
         self.redis.as_ref()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::StatusCode;
+
+    fn now() -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)
+    }
+
+    /// A stored response that arrived `ago` before [`now`], fresh for `lifetime`.
+    fn response(ago: u64, lifetime: u64) -> Stored {
+        let (parts, ()) = http::Request::get("http://example.com/x")
+            .body(())
+            .unwrap()
+            .into_parts();
+        Stored::Response(Arc::new(Entry {
+            key: CacheKey::for_request("ns", &parts),
+            status: StatusCode::OK,
+            headers: HeaderMap::new(),
+            body: bytes::Bytes::new(),
+            response_time: now() - Duration::from_secs(ago),
+            initial_age: Duration::ZERO,
+            freshness_lifetime: Duration::from_secs(lifetime),
+        }))
+    }
+
+    fn tier(picked: Option<(Stored, Tier)>) -> Option<(Tier, SystemTime)> {
+        picked.map(|(object, tier)| match object {
+            Stored::Response(entry) => (tier, entry.response_time),
+            Stored::Variants(_) => (tier, SystemTime::UNIX_EPOCH),
+        })
+    }
+
+    #[test]
+    fn a_fresh_memory_copy_wins_else_the_newer_copy_with_redis_on_ties() {
+        let at = |ago| now() - Duration::from_secs(ago);
+        // Fresh in memory: Redis's copy is not even weighed.
+        let fresh = pick(Some(response(5, 60)), Some(response(1, 60)), now());
+        assert_eq!(tier(fresh), Some((Tier::Memory, at(5))));
+        // Stale in memory: the newer copy, Redis's when they arrived together.
+        let newer = pick(Some(response(90, 60)), Some(response(10, 60)), now());
+        assert_eq!(tier(newer), Some((Tier::Redis, at(10))));
+        let tie = pick(Some(response(90, 60)), Some(response(90, 60)), now());
+        assert_eq!(tier(tie), Some((Tier::Redis, at(90))));
+        let older = pick(Some(response(70, 60)), Some(response(90, 60)), now());
+        assert_eq!(tier(older), Some((Tier::Memory, at(70))));
+        // One tier only.
+        assert_eq!(
+            tier(pick(None, Some(response(3, 60)), now())),
+            Some((Tier::Redis, at(3)))
+        );
+        assert_eq!(
+            tier(pick(Some(response(90, 60)), None, now())),
+            Some((Tier::Memory, at(90)))
+        );
+        assert!(pick(None, None, now()).is_none());
+    }
+}

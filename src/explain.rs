@@ -376,8 +376,10 @@ pub async fn explain(proxy: &Proxy, cache: &Cache, asked: Asked) -> Explanation 
         key: None,
         variants: None,
         tiers: None,
-        decision: Decision::new("miss", ""),
+        // Every path below sets it.
+        decision: Decision::new("bypass", ""),
     };
+    // The cache's part is decided before any lookup, as `Proxy::serve` does.
     let route = match (proxy::request_policy(route.as_deref(), &parts), route) {
         (RequestPolicy::Lookup, Some(route)) => route,
         (RequestPolicy::Lookup, None) => {
@@ -389,14 +391,7 @@ pub async fn explain(proxy: &Proxy, cache: &Cache, asked: Asked) -> Explanation 
             return explanation;
         }
         (RequestPolicy::Forward(reason), _) => {
-            explanation.decision = Decision::new(
-                "forward",
-                format!(
-                    "{}: the request's conditions are the origin's to judge, so it is forwarded (RFC 9111 §4)",
-                    reason.as_str()
-                ),
-            )
-            .status(CacheStatus::Request(reason));
+            explanation.decision = forward(reason);
             return explanation;
         }
     };
@@ -418,11 +413,23 @@ pub async fn explain(proxy: &Proxy, cache: &Cache, asked: Asked) -> Explanation 
         inspection.variant.as_ref().map(|(_, held)| held),
         now,
     ));
-    let stored = inspection.lookup.found.is_some();
-    let max_object_size = proxy.max_object_size();
-    let presented = request.presented(max_object_size);
-    let decision = decide::on_lookup(&presented, inspection.lookup, now);
-    explanation.decision = match decision {
+    // Found, before `on_lookup` may turn it down for credentials.
+    let found = inspection.lookup.found.is_some();
+    let presented = request.presented(proxy.max_object_size());
+    let decided = decide::on_lookup(&presented, inspection.lookup, now);
+    explanation.decision = looked_up(&presented, decided, found, now);
+    explanation
+}
+
+/// What `on_lookup`'s answer means for the next request, and why; `found`
+/// says whether the tiers had a response before credentials were weighed.
+fn looked_up(
+    presented: &decide::Presented<'_>,
+    decided: OnLookup,
+    found: bool,
+    now: SystemTime,
+) -> Decision {
+    match decided {
         OnLookup::Serve(entry, status) => {
             let (outcome, reason) = match status {
                 CacheStatus::Hit { ttl, .. } if ttl >= 0 => (
@@ -453,7 +460,7 @@ pub async fn explain(proxy: &Proxy, cache: &Cache, asked: Asked) -> Explanation 
             )
             .status(status);
             decision.stale_while_revalidate = Some(true);
-            decision.stale_if_error = Some(stands_in(&presented, &prior, now));
+            decision.stale_if_error = Some(stands_in(presented, &prior, now));
             decision
         }
         OnLookup::Refuse(status) => Decision::new(
@@ -477,7 +484,7 @@ pub async fn explain(proxy: &Proxy, cache: &Cache, asked: Asked) -> Explanation 
                         unusable(entry, now)
                     ),
                 ),
-                (None, _) if stored && request.authorization => Decision::new(
+                (None, _) if found && presented.authorization => Decision::new(
                     "miss",
                     "authorization: the stored response is not marked shareable (public, s-maxage or must-revalidate), so it cannot answer a request with credentials (RFC 9111 §3.5)",
                 ),
@@ -489,12 +496,23 @@ pub async fn explain(proxy: &Proxy, cache: &Cache, asked: Asked) -> Explanation 
             };
             if prior.stale.is_some() {
                 decision.stale_while_revalidate = Some(false);
-                decision.stale_if_error = Some(stands_in(&presented, &prior, now));
+                decision.stale_if_error = Some(stands_in(presented, &prior, now));
             }
             decision
         }
-    };
-    explanation
+    }
+}
+
+/// The decision for a request whose own conditions send it to the origin.
+fn forward(reason: NoCacheReason) -> Decision {
+    Decision::new(
+        "forward",
+        format!(
+            "{}: the request's conditions are the origin's to judge, so it is forwarded (RFC 9111 §4)",
+            reason.as_str()
+        ),
+    )
+    .status(CacheStatus::Request(reason))
 }
 
 /// The decision for a request the cache keeps out of, with the rule that
