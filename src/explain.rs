@@ -259,8 +259,7 @@ pub struct TierReport {
 #[derive(Debug, Serialize)]
 #[serde(tag = "state", rename_all = "kebab-case")]
 pub enum Object {
-    /// The tier is not configured (no Redis, or a zero memory capacity
-    /// reads as absent).
+    /// The tier is not configured: no `[redis]`, or a memory capacity of 0.
     Off,
     Absent,
     /// Redis gave no answer within the request budget, or its breaker is
@@ -411,6 +410,7 @@ pub async fn explain(proxy: &Proxy, cache: &Cache, asked: Asked) -> Explanation 
     explanation.tiers = Some(tiers(
         &inspection.url,
         inspection.variant.as_ref().map(|(_, held)| held),
+        cache.memory().enabled(),
         now,
     ));
     // Found, before `on_lookup` may turn it down for credentials.
@@ -626,10 +626,11 @@ fn names(index: &Variants) -> Vec<String> {
     index.names.iter().map(|name| name.to_string()).collect()
 }
 
-fn tiers(url: &Held, variant: Option<&Held>, now: SystemTime) -> Tiers {
+fn tiers(url: &Held, variant: Option<&Held>, memory_on: bool, now: SystemTime) -> Tiers {
     let memory = |held: &Held| match &held.memory {
         Some(object) => object_report(object, now),
-        None => Object::Absent,
+        None if memory_on => Object::Absent,
+        None => Object::Off,
     };
     let redis = |held: &Held| match &held.redis {
         Shared::Off => Object::Off,
