@@ -218,6 +218,24 @@ impl RedisTier {
         }
     }
 
+    /// What `key` holds, for an operator's look (`/explain`): within what
+    /// is left of `budget` and never through an open breaker, like a
+    /// lookup, but it changes nothing: no outcome metric, no breaker
+    /// accounting (nor its probe), no removal of an unusable value.
+    pub async fn peek(&self, key: &CacheKey, budget: &Budget) -> Peeked {
+        let redis_key = redis_key(key);
+        let node = self.node_of(&redis_key);
+        let get = self.client.get::<Option<Bytes>, _>(&redis_key);
+        match self.gate.peek(node, budget, get).await {
+            Err(why) => Peeked::Unavailable(why),
+            Ok(None) => Peeked::Absent,
+            Ok(Some(value)) => match Stored::decode(value, key) {
+                Ok(object) => Peeked::Found(object),
+                Err(error) => Peeked::Unusable(error.to_string()),
+            },
+        }
+    }
+
     /// Queues `object` to be written with a lifetime of `keep_for`; a full
     /// queue drops the write rather than delay anyone.
     pub fn store(&self, object: Stored, keep_for: Duration) {
@@ -696,6 +714,17 @@ pub enum Lease {
     Unavailable,
 }
 
+/// What [`RedisTier::peek`] found.
+#[derive(Debug)]
+pub enum Peeked {
+    Found(Stored),
+    Absent,
+    /// A value a lookup would remove as a miss (the reason).
+    Unusable(String),
+    /// No answer: why (breaker open, out of time, an error).
+    Unavailable(&'static str),
+}
+
 /// `sidecache:{flight}:lease`, in the flight's own slot.
 fn lease_key(flight: &[u8; 32]) -> String {
     format!(
@@ -821,6 +850,53 @@ impl Gate {
         budget.troubled.store(true, Ordering::Relaxed);
         breaker.failure(Instant::now());
         None
+    }
+
+    /// Runs `command` for a look that must change nothing: bounded by what
+    /// is left of `budget` and skipped when the node's breaker (or all of
+    /// Redis's) is open, like [`Gate::call`], but it records no metric and
+    /// no success or failure, and never takes an open breaker's probe.
+    async fn peek<T>(
+        &self,
+        node: Option<String>,
+        budget: &Budget,
+        command: impl Future<Output = Result<T, fred::error::Error>>,
+    ) -> Result<T, &'static str> {
+        let left = budget.left(self.timeout);
+        if left.is_zero() {
+            return Err("no time left");
+        }
+        let open = match node {
+            Some(node) => self
+                .nodes
+                .lock()
+                .ok()
+                .and_then(|nodes| nodes.get(&node).map(|breaker| breaker.is_open()))
+                .unwrap_or(false),
+            None => self.breaker.is_open(),
+        };
+        if open {
+            budget.troubled.store(true, Ordering::Relaxed);
+            return Err("breaker open");
+        }
+        let started = Instant::now();
+        let result = tokio::time::timeout(left, command).await;
+        budget.spend(started.elapsed());
+        match result {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(error)) if *error.kind() == fred::error::ErrorKind::Timeout => {
+                budget.troubled.store(true, Ordering::Relaxed);
+                Err("timeout")
+            }
+            Ok(Err(_)) => {
+                budget.troubled.store(true, Ordering::Relaxed);
+                Err("error")
+            }
+            Err(_) => {
+                budget.troubled.store(true, Ordering::Relaxed);
+                Err("timeout")
+            }
+        }
     }
 
     /// The breaker a call to `node` answers to, or `None` when it skips the
