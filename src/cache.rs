@@ -184,8 +184,9 @@ impl<'a> Flight<'a> {
 
 /// A request's part in the fetch of what it asks for.
 pub enum Admission {
-    /// Fetch, and report through the leader handle: storing with it hands
-    /// the entry to the waiting requests, dropping it releases them.
+    /// Fetch, and report through the leader handle: a fill that shares its
+    /// body hands it to the waiting requests as it arrives, storing with it
+    /// hands them the entry, dropping it releases them.
     Lead(Leader),
     /// Another request's fetch (in this pod or another) stored this.
     Collapsed(Arc<Entry>),
@@ -385,7 +386,8 @@ impl Cache {
     }
 
     /// Joins the fetch of `flight`: in this process the first request leads
-    /// and the others wait for what it stores; across the fleet, the leader
+    /// and the others wait for what it stores (or read its body as it
+    /// arrives, once its head is decided storable); across the fleet, the leader
     /// takes a Redis lease, or waits for the pod that holds it (its Redis
     /// calls drawing on the request's `budget`).
     pub async fn admit(&self, flight: Flight<'_>, budget: &Budget) -> Admission {

@@ -36,8 +36,9 @@ pub struct Fill {
     entry: Entry,
     /// The index of its URL's variants, when it is one of them.
     variants: Option<Arc<Variants>>,
-    /// The flight this fetch leads, told when the entry is stored; dropped
-    /// with the fill otherwise, which sends the followers to the origin.
+    /// The flight this fetch leads, told when the body starts to arrive (if
+    /// shared) and when the entry is stored; dropped with the fill
+    /// otherwise, which sends the followers still waiting to the origin.
     leader: Option<Leader>,
     /// The body so far, which readers of the shared fetch follow.
     body: Growing,
@@ -96,7 +97,10 @@ impl Fill {
     }
 
     fn finish(mut self) -> Result<(), NoCacheReason> {
-        if self.declared().is_some_and(|len| len != self.body.received()) {
+        if self
+            .declared()
+            .is_some_and(|len| len != self.body.received())
+        {
             return Err(NoCacheReason::Incomplete);
         }
         self.entry.body = self.body.contiguous();
