@@ -419,3 +419,31 @@ async fn a_body_of_unknown_length_is_shared_once_stored() {
     }
     assert_eq!(origin.hits("/s/chunked"), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_private_answer_still_arriving_is_not_shared_with_waiters() {
+    let origin = Origin::start().await;
+    let body = patterned(256 * 1024);
+    let reply = Reply::ok().header("cache-control", "private, max-age=60");
+    let feed = origin.feed("/s/private", reply, Some(body.len()));
+    let proxy = start(&origin).await;
+
+    feed.send(body.slice(..CHUNK)).await;
+    let mut leader = proxy.open("/s/private").await;
+    assert_eq!(
+        leader.headers()["cache-status"],
+        "sidecache; fwd=miss; detail=private"
+    );
+    let read = first_bytes(&mut leader).await;
+    // While the private body is still arriving, each request fetches its own.
+    for hit in 2..=4 {
+        let answer = proxy.get("/s/private").await;
+        assert_eq!(answer.cache_status(), "sidecache; fwd=miss; detail=private");
+        assert_eq!(answer.text(), format!("/s/private #{hit}"));
+    }
+    let reading = read_rest(leader, read);
+    feed_from(&feed, &body, CHUNK).await;
+    feed.end();
+    assert!(reading.await.unwrap().unwrap() == body);
+    assert_eq!(origin.hits("/s/private"), 4);
+}

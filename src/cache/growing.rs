@@ -57,19 +57,16 @@ impl Growing {
         self.sender.borrow().len
     }
 
-    /// The body so far in one piece (a copy, unless it came as one chunk).
+    /// The body so far in one piece, in an allocation of its own: the
+    /// chunks may be slices of larger read buffers, which a stored entry
+    /// must not keep alive (the memory tier counts only the body's length).
     pub fn contiguous(&self) -> Bytes {
         let arrived = self.sender.borrow();
-        match arrived.chunks.as_slice() {
-            [one] => one.clone(),
-            chunks => {
-                let mut body = BytesMut::with_capacity(arrived.len);
-                for chunk in chunks {
-                    body.extend_from_slice(chunk);
-                }
-                body.freeze()
-            }
+        let mut body = BytesMut::with_capacity(arrived.len);
+        for chunk in &arrived.chunks {
+            body.extend_from_slice(chunk);
         }
+        body.freeze()
     }
 
     /// The body ended cleanly: readers end theirs once they have read it all.
