@@ -87,12 +87,15 @@ impl Fill {
         self.leader.is_some() && self.declared().is_some()
     }
 
-    /// Keeps one chunk; gives up (returns `Err`) when over the limit.
-    fn push(&mut self, data: &Bytes) -> Result<(), NoCacheReason> {
+    /// Keeps one chunk; gives up (returns `Err`) when over the limit. The
+    /// `last` one reaches the readers only with the end, after the store:
+    /// a client that has the whole body finds it stored, as it would if it
+    /// read the origin's body itself.
+    fn push(&mut self, data: &Bytes, last: bool) -> Result<(), NoCacheReason> {
         if (self.body.received() + data.len()) as u64 > self.limit {
             return Err(NoCacheReason::TooLarge);
         }
-        self.body.push(data.clone());
+        self.body.push(data.clone(), !last);
         Ok(())
     }
 
@@ -189,10 +192,11 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let this = self.get_mut();
         let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        let ended = this.inner.is_end_stream();
         match &frame {
             Some(Ok(frame)) => {
                 if let (Some(data), Some(fill)) = (frame.data_ref(), this.fill.as_mut())
-                    && let Err(reason) = fill.push(data)
+                    && let Err(reason) = fill.push(data, ended)
                 {
                     this.give_up(reason);
                 }
@@ -202,7 +206,7 @@ where
         }
         // hyper stops polling once a body of known length has been written in
         // full, so the end is noticed here rather than waiting for `None`.
-        if this.inner.is_end_stream() {
+        if ended {
             this.finish();
         }
         Poll::Ready(frame)

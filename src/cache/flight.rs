@@ -253,7 +253,7 @@ mod tests {
             panic!("follower")
         };
         let growing = crate::cache::growing::Growing::default();
-        growing.push(bytes::Bytes::from_static(b"x"));
+        growing.push(bytes::Bytes::from_static(b"x"), true);
         leader.arriving(entry(), growing.joining());
         let Some(Joined::Arriving(_, reader)) = before.wait(Duration::from_secs(5)).await else {
             panic!("arriving")

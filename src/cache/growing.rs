@@ -44,11 +44,13 @@ impl Default for Growing {
 }
 
 impl Growing {
-    /// Appends a chunk, waking the readers.
-    pub fn push(&self, chunk: Bytes) {
-        self.sender.send_modify(|arrived| {
+    /// Appends a chunk, waking the readers unless `wake` is false (they see
+    /// it on the next change: more chunks, the end, or the writer dropped).
+    pub fn push(&self, chunk: Bytes, wake: bool) {
+        self.sender.send_if_modified(|arrived| {
             arrived.len += chunk.len();
             arrived.chunks.push(chunk);
+            wake
         });
     }
 
@@ -179,16 +181,16 @@ mod tests {
     async fn readers_get_every_chunk_in_order_and_the_end() {
         let growing = Growing::default();
         let early = growing.reader();
-        growing.push(Bytes::from_static(b"ab"));
+        growing.push(Bytes::from_static(b"ab"), true);
         let joining = growing.joining();
         let mut late = joining.reader().unwrap();
-        growing.push(Bytes::from_static(b"cd"));
+        growing.push(Bytes::from_static(b"cd"), true);
         assert_eq!(growing.received(), 4);
         assert_eq!(growing.contiguous(), "abcd");
         let first = late.frame().await.unwrap().unwrap().into_data().unwrap();
         assert_eq!(first, "ab", "a late reader starts at the first byte");
         let reading = tokio::spawn(early.collect());
-        growing.push(Bytes::from_static(b"e"));
+        growing.push(Bytes::from_static(b"e"), false);
         growing.complete();
         assert_eq!(reading.await.unwrap().unwrap().to_bytes(), "abcde");
         assert_eq!(late.collect().await.unwrap().to_bytes(), "cde");
@@ -202,7 +204,7 @@ mod tests {
     async fn a_writer_dropped_before_the_end_breaks_the_readers() {
         let growing = Growing::default();
         let mut reader = growing.reader();
-        growing.push(Bytes::from_static(b"ab"));
+        growing.push(Bytes::from_static(b"ab"), true);
         let waiting = tokio::spawn(async move {
             let first = reader.frame().await.unwrap().unwrap();
             (first.into_data().unwrap(), reader.frame().await)
