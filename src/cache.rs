@@ -5,6 +5,7 @@ pub mod decide;
 pub mod entry;
 pub mod fill;
 pub mod flight;
+pub mod growing;
 pub mod key;
 pub mod memory;
 pub mod policy;
@@ -21,7 +22,8 @@ use crate::config::{CacheConfig, RedisConfig};
 use crate::metrics::Metrics;
 use coherence::Coherence;
 use entry::{Entry, Stored, Variants};
-use flight::{Filled, Flights, Leader, Role};
+use flight::{Filled, Flights, Joined, Leader, Role};
+use growing::Reader;
 use http::{HeaderMap, HeaderName, header};
 use key::CacheKey;
 use memory::MemoryTier;
@@ -182,11 +184,15 @@ impl<'a> Flight<'a> {
 
 /// A request's part in the fetch of what it asks for.
 pub enum Admission {
-    /// Fetch, and report through the leader handle: storing with it hands
-    /// the entry to the waiting requests, dropping it releases them.
+    /// Fetch, and report through the leader handle: a fill that shares its
+    /// body hands it to the waiting requests as it arrives, storing with it
+    /// hands them the entry, dropping it releases them.
     Lead(Leader),
     /// Another request's fetch (in this pod or another) stored this.
     Collapsed(Arc<Entry>),
+    /// Another request's fetch in this pod is storing this response (`head`
+    /// has no body): its `body` is read as it arrives.
+    Streaming { head: Arc<Entry>, body: Reader },
     /// Fetch without leading: the fetch waited for stored nothing, or took
     /// longer than the lock timeout.
     Alone,
@@ -380,14 +386,21 @@ impl Cache {
     }
 
     /// Joins the fetch of `flight`: in this process the first request leads
-    /// and the others wait for what it stores; across the fleet, the leader
+    /// and the others wait for what it stores (or read its body as it
+    /// arrives, once its head is decided storable); across the fleet, the leader
     /// takes a Redis lease, or waits for the pod that holds it (its Redis
     /// calls drawing on the request's `budget`).
     pub async fn admit(&self, flight: Flight<'_>, budget: &Budget) -> Admission {
         match self.flights.join(flight.id) {
             Role::Follower(follower) => match follower.wait(flight.lock_timeout).await {
-                Some(filled) if filled.selects(flight.forwarded) => {
+                Some(Joined::Stored(filled)) if filled.selects(flight.forwarded) => {
                     Admission::Collapsed(filled.entry)
+                }
+                Some(Joined::Arriving(head, body)) if head.selects(flight.forwarded) => {
+                    Admission::Streaming {
+                        head: head.entry,
+                        body,
+                    }
                 }
                 _ => Admission::Alone,
             },
