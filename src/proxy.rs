@@ -328,24 +328,27 @@ impl Proxy {
         let caches = route.as_ref().is_some_and(|r| r.caches(&parts.method));
         let cookies_bypass = route.as_ref().is_some_and(|r| r.cookies == Cookies::Bypass);
         let route_name = route.as_ref().map_or(UNROUTED, |r| r.name.as_str());
+        // Each path's future is boxed: they are several KiB, and a request's
+        // future that held them inline would be copied whole each time it
+        // moves (hyper moves it more than once before polling it).
         match (
             policy::request_policy(caches, cookies_bypass, &parts.headers),
             &route,
         ) {
             (RequestPolicy::Lookup, Some(route)) => {
-                self.serve_cacheable(parts, route.clone(), client).await
+                Box::pin(self.serve_cacheable(parts, route.clone(), client)).await
             }
             (RequestPolicy::Forward(reason), _) => {
                 let status = CacheStatus::Request(reason);
-                self.forward(parts, body, client, route_name, status).await
+                Box::pin(self.forward(parts, body, client, route_name, status)).await
             }
             (RequestPolicy::Bypass(detail), _) => {
                 let status = CacheStatus::Bypass(detail);
-                self.forward(parts, body, client, route_name, status).await
+                Box::pin(self.forward(parts, body, client, route_name, status)).await
             }
             (RequestPolicy::Lookup, None) => {
                 let status = CacheStatus::Bypass(None);
-                self.forward(parts, body, client, route_name, status).await
+                Box::pin(self.forward(parts, body, client, route_name, status)).await
             }
         }
     }

@@ -286,7 +286,11 @@ pub async fn serve<H, F>(
         let watchdog = Watchdog::new(activity.clone(), &client_limits);
         let service = service_fn(move |request: Request<Incoming>| {
             let version = request.version();
-            let response = head_fits(&request, &client_limits).then(|| handler(request, client));
+            // Boxed: the handler's future is several KiB, and hyper moves
+            // the service's future more than once before it first polls it
+            // (a boxed one moves as a pointer).
+            let response = head_fits(&request, &client_limits)
+                .then(|| Box::pin(handler(request, client)));
             let tracked = Tracked::start(activity.clone());
             async move {
                 let response = match response {
