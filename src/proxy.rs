@@ -1,6 +1,5 @@
 //! The request pipeline: route, key, lookup, forward, store — the one place that runs the stages in order.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -24,7 +23,7 @@ use crate::cache::status::{CACHE_STATUS, CacheStatus};
 use crate::cache::{Admission, Budget, Cache, Flight, validation};
 use crate::config::CacheConfig;
 use crate::metrics::{Metrics, UNROUTED};
-use crate::origin::{self, Origin, OriginBody, OriginError, OriginResponseBody};
+use crate::origin::{self, Origin, OriginBody, OriginError, OriginResponseBody, Peer};
 use crate::request;
 use crate::respond::{answer, not_modified};
 use crate::route::{Cookies, Route, RouteTable};
@@ -110,7 +109,7 @@ impl CacheableRequest {
         namespace: &str,
         canonical_host: Option<&str>,
         route: Arc<Route>,
-        client: SocketAddr,
+        client: &Peer,
         parts: &mut Parts,
     ) -> CacheableRequest {
         let client_headers = request::prepare(&route, canonical_host, client, parts);
@@ -259,7 +258,7 @@ impl Proxy {
     pub async fn handle(
         self: Arc<Self>,
         request: Request<Incoming>,
-        client: SocketAddr,
+        client: Peer,
     ) -> Response<ProxyBody> {
         let started = Instant::now();
         let method = request.method().clone();
@@ -283,7 +282,7 @@ impl Proxy {
             let Served {
                 mut response,
                 status,
-            } = match self.serve(request, route.clone(), client).await {
+            } = match self.serve(request, route.clone(), &client).await {
                 Ok(served) => served,
                 Err(Failed { error, status }) => {
                     if !matches!(error, ProxyError::NotCached) {
@@ -322,7 +321,7 @@ impl Proxy {
         self: &Arc<Self>,
         request: Request<Incoming>,
         route: Option<Arc<Route>>,
-        client: SocketAddr,
+        client: &Peer,
     ) -> Result<Served, Failed> {
         let (parts, body) = request.into_parts();
         let caches = route.as_ref().is_some_and(|r| r.caches(&parts.method));
@@ -359,7 +358,7 @@ impl Proxy {
         self: &Arc<Self>,
         mut parts: Parts,
         route: Arc<Route>,
-        client: SocketAddr,
+        client: &Peer,
     ) -> Result<Served, Failed> {
         let canonical_host = self.canonical_host.as_deref();
         let request =
@@ -561,7 +560,7 @@ impl Proxy {
         &self,
         mut parts: Parts,
         body: Incoming,
-        client: SocketAddr,
+        client: &Peer,
         route: &str,
         status: CacheStatus,
     ) -> Result<Served, Failed> {
