@@ -22,6 +22,7 @@ use crate::cache::key::CacheKey;
 use crate::cache::policy::{NoCacheReason, RequestPolicy};
 use crate::cache::status::CacheStatus;
 use crate::cache::{Budget, Cache, Held, Shared};
+use crate::origin::Peer;
 use crate::proxy::{self, Proxy};
 use crate::route::{Cookies, Route};
 
@@ -394,7 +395,7 @@ pub async fn explain(proxy: &Proxy, cache: &Cache, asked: Asked) -> Explanation 
             return explanation;
         }
     };
-    let request = proxy.cacheable(route, NO_CLIENT, &mut parts);
+    let request = proxy.cacheable(route, &Peer::new(NO_CLIENT), &mut parts);
     let now = cache.now();
     // One Redis budget, as a request has: Redis trouble is "unavailable".
     let budget = Budget::default();

@@ -1,6 +1,5 @@
 //! The request pipeline: route, key, lookup, forward, store — the one place that runs the stages in order.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -24,7 +23,7 @@ use crate::cache::status::{CACHE_STATUS, CacheStatus};
 use crate::cache::{Admission, Budget, Cache, Flight, validation};
 use crate::config::CacheConfig;
 use crate::metrics::{Metrics, UNROUTED};
-use crate::origin::{self, Origin, OriginBody, OriginError, OriginResponseBody};
+use crate::origin::{self, Origin, OriginBody, OriginError, OriginResponseBody, Peer};
 use crate::request;
 use crate::respond::{answer, answer_arriving, not_modified};
 use crate::route::{Cookies, Route, RouteTable};
@@ -110,7 +109,7 @@ impl CacheableRequest {
         namespace: &str,
         canonical_host: Option<&str>,
         route: Arc<Route>,
-        client: SocketAddr,
+        client: &Peer,
         parts: &mut Parts,
     ) -> CacheableRequest {
         let client_headers = request::prepare(&route, canonical_host, client, parts);
@@ -259,7 +258,7 @@ impl Proxy {
     pub async fn handle(
         self: Arc<Self>,
         request: Request<Incoming>,
-        client: SocketAddr,
+        client: Peer,
     ) -> Response<ProxyBody> {
         let started = Instant::now();
         let method = request.method().clone();
@@ -279,7 +278,7 @@ impl Proxy {
             let Served {
                 mut response,
                 status,
-            } = match self.serve(request, route.clone(), client).await {
+            } = match self.serve(request, route.clone(), &client).await {
                 Ok(served) => served,
                 Err(Failed { error, status }) => {
                     if !matches!(error, ProxyError::NotCached) {
@@ -318,25 +317,28 @@ impl Proxy {
         self: &Arc<Self>,
         request: Request<Incoming>,
         route: Option<Arc<Route>>,
-        client: SocketAddr,
+        client: &Peer,
     ) -> Result<Served, Failed> {
         let (parts, body) = request.into_parts();
         let route_name = route.as_ref().map_or(UNROUTED, |r| r.name.as_str());
+        // Each path's future is boxed: they are several KiB, and a request's
+        // future that held them inline would be copied whole each time it
+        // moves (hyper moves it more than once before polling it).
         match (request_policy(route.as_deref(), &parts), &route) {
             (RequestPolicy::Lookup, Some(route)) => {
-                self.serve_cacheable(parts, route.clone(), client).await
+                Box::pin(self.serve_cacheable(parts, route.clone(), client)).await
             }
             (RequestPolicy::Forward(reason), _) => {
                 let status = CacheStatus::Request(reason);
-                self.forward(parts, body, client, route_name, status).await
+                Box::pin(self.forward(parts, body, client, route_name, status)).await
             }
             (RequestPolicy::Bypass(detail), _) => {
                 let status = CacheStatus::Bypass(detail);
-                self.forward(parts, body, client, route_name, status).await
+                Box::pin(self.forward(parts, body, client, route_name, status)).await
             }
             (RequestPolicy::Lookup, None) => {
                 let status = CacheStatus::Bypass(None);
-                self.forward(parts, body, client, route_name, status).await
+                Box::pin(self.forward(parts, body, client, route_name, status)).await
             }
         }
     }
@@ -347,7 +349,7 @@ impl Proxy {
         self: &Arc<Self>,
         mut parts: Parts,
         route: Arc<Route>,
-        client: SocketAddr,
+        client: &Peer,
     ) -> Result<Served, Failed> {
         let request = self.cacheable(route, client, &mut parts);
         let now = self.cache.now();
@@ -566,7 +568,7 @@ impl Proxy {
     pub(crate) fn cacheable(
         &self,
         route: Arc<Route>,
-        client: SocketAddr,
+        client: &Peer,
         parts: &mut Parts,
     ) -> CacheableRequest {
         let canonical_host = self.canonical_host.as_deref();
@@ -583,7 +585,7 @@ impl Proxy {
         &self,
         mut parts: Parts,
         body: Incoming,
-        client: SocketAddr,
+        client: &Peer,
         route: &str,
         status: CacheStatus,
     ) -> Result<Served, Failed> {

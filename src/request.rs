@@ -7,14 +7,13 @@
 //! saw can change a stored answer without being part of its key.
 
 use std::borrow::Cow;
-use std::net::SocketAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::uri::{PathAndQuery, Uri};
 
 use crate::cache::key;
-use crate::origin;
+use crate::origin::{self, Peer};
 use crate::route::{Cookies, Forward, KeyQuery, Route};
 
 /// Headers that frameworks and servers read to rewrite the URL, the method,
@@ -111,7 +110,7 @@ pub fn never_forwarded(name: &HeaderName) -> bool {
 pub fn prepare(
     route: &Route,
     canonical_host: Option<&str>,
-    client: SocketAddr,
+    client: &Peer,
     parts: &mut Parts,
 ) -> HeaderMap {
     if let Some(uri) = keyed_uri(&parts.uri, &route.key_query) {
@@ -451,7 +450,7 @@ mod tests {
         prepare(
             route,
             canonical,
-            "192.0.2.7:5555".parse().unwrap(),
+            &Peer::new("192.0.2.7:5555".parse().unwrap()),
             &mut parts,
         );
         parts
@@ -567,7 +566,12 @@ mod tests {
             header::HOST,
             HeaderValue::from_bytes(b"evil\xff.example").unwrap(),
         );
-        prepare(&route, None, "192.0.2.7:5555".parse().unwrap(), &mut parts);
+        prepare(
+            &route,
+            None,
+            &Peer::new("192.0.2.7:5555".parse().unwrap()),
+            &mut parts,
+        );
         assert!(!parts.headers.contains_key(header::HOST));
         assert!(!parts.headers.contains_key("x-forwarded-host"));
         assert_eq!(crate::cache::key::request_host(&parts), "");

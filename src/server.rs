@@ -2,7 +2,6 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -24,6 +23,7 @@ use tokio::sync::{Semaphore, watch};
 use crate::body::{self, BoxError, ProxyBody};
 use crate::config::{ClientLimits, DEFAULT_MAX_HEADERS};
 use crate::metrics::Metrics;
+use crate::origin::Peer;
 
 /// Pause after a failed accept (e.g. out of file descriptors), so the loop
 /// does not spin while the condition lasts.
@@ -300,7 +300,7 @@ pub async fn serve<H, F>(
     limits: Limits,
     mut shutdown: watch::Receiver<bool>,
 ) where
-    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    H: Fn(Request<Incoming>, Peer) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<ProxyBody>> + Send + 'static,
 {
     let builder = builder(&limits.client);
@@ -332,12 +332,17 @@ pub async fn serve<H, F>(
             tracing::debug!(%error, "set_nodelay failed");
         }
         let handler = handler.clone();
+        let peer = Peer::new(client);
         let activity = Arc::new(Activity::new());
         let watchdog = Watchdog::new(activity.clone(), &client_limits);
         let refused = metrics.clone();
         let service = service_fn(move |request: Request<Incoming>| {
             let version = request.version();
-            let response = head_fits(&request, &client_limits).then(|| handler(request, client));
+            // Boxed: the handler's future is several KiB, and hyper moves
+            // the service's future more than once before it first polls it
+            // (a boxed one moves as a pointer).
+            let response = head_fits(&request, &client_limits)
+                .then(|| Box::pin(handler(request, peer.clone())));
             if response.is_none() {
                 tracing::debug!(%client, "request head over the limits: 431");
                 refused.client_rejection(HEAD_TOO_LARGE);

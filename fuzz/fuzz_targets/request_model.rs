@@ -10,6 +10,7 @@ use libfuzzer_sys::fuzz_target;
 use sidecache::cache::entry::Variants;
 use sidecache::cache::key::CacheKey;
 use sidecache::config::Config;
+use sidecache::origin::Peer;
 use sidecache::request;
 use sidecache_fuzz::{Field, header_map};
 
@@ -85,7 +86,7 @@ fuzz_target!(|input: Input| {
         return;
     };
     let (mut parts, ()) = request.into_parts();
-    let client = SocketAddr::from(([10, 0, 0, 1], 4711));
+    let client = &Peer::new(SocketAddr::from(([10, 0, 0, 1], 4711)));
     let canonical_host = input.canonical_host.then_some("shop.example.com");
 
     request::prepare(route, canonical_host, client, &mut parts);
