@@ -11,6 +11,7 @@ pub mod policy;
 pub mod range;
 pub mod redis;
 pub mod status;
+pub mod tags;
 pub mod validation;
 
 use std::sync::Arc;
@@ -26,6 +27,7 @@ use http::{HeaderMap, HeaderName, header};
 use key::CacheKey;
 use memory::MemoryTier;
 use redis::{Lease, RedisTier};
+use tags::{Effect, Purged, TagPurges};
 
 pub use redis::Budget;
 
@@ -116,6 +118,12 @@ pub struct Cache {
     metrics: Arc<Metrics>,
     /// What ages are measured by.
     clock: Clock,
+    /// The purge times of the tags this pod has looked at ([`tags`]).
+    tags: TagPurges,
+    /// The response fields tags are read from.
+    tag_headers: Arc<[HeaderName]>,
+    /// Part of every tag's identity, as of every key's.
+    namespace: Arc<str>,
 }
 
 impl Cache {
@@ -129,11 +137,12 @@ impl Cache {
         clock: Clock,
     ) -> Result<Cache, fred::error::Error> {
         let memory = MemoryTier::new(config.memory.capacity);
+        let tags = TagPurges::new(memory.clone(), redis.is_none());
         let redis = match redis {
             Some(redis) => {
                 // Other pods' purges and invalidations drop this pod's
                 // copies, or all of them when some may have been missed.
-                let coherence = Coherence::new(memory.clone(), metrics.clone());
+                let coherence = Coherence::new(memory.clone(), tags.clone(), metrics.clone());
                 let heard = coherence.clone();
                 let invalidated = move |invalidation| heard.heard(invalidation);
                 let redis = Arc::new(RedisTier::start(redis, metrics.clone(), invalidated)?);
@@ -149,6 +158,9 @@ impl Cache {
             flights: Flights::default(),
             metrics,
             clock,
+            tags,
+            tag_headers: config.tag_headers.clone().into(),
+            namespace: config.namespace.as_str().into(),
         })
     }
 
@@ -157,7 +169,8 @@ impl Cache {
     /// variants, their index. `request` holds the request headers as the
     /// origin would see them, which select the variant. At most two objects
     /// are looked up: the URL's, then the variant's, both within the
-    /// request's Redis `budget`.
+    /// request's Redis `budget`. A response one of whose tags was purged
+    /// since it was fetched is not found (hard purge) or found stale (soft).
     pub async fn lookup(
         &self,
         key: &CacheKey,
@@ -168,18 +181,82 @@ impl Cache {
         match self.get(key, now, budget).await {
             None => Lookup::default(),
             Some((Stored::Response(entry), tier)) => Lookup {
-                found: Some((entry, tier)),
+                found: self.judged(entry, budget).await.map(|entry| (entry, tier)),
                 variants: None,
             },
             Some((Stored::Variants(variants), _)) => {
                 let found = match self.get(&variants.key_for(request), now, budget).await {
-                    Some((Stored::Response(entry), tier)) => Some((entry, tier)),
+                    Some((Stored::Response(entry), tier)) => {
+                        self.judged(entry, budget).await.map(|entry| (entry, tier))
+                    }
                     _ => None,
                 };
                 Lookup {
                     found,
                     variants: Some(variants),
                 }
+            }
+        }
+    }
+
+    /// `entry` as its tags' purges leave it: as it is, stale since a soft
+    /// purge, or `None` after a hard one (and dropped from memory).
+    async fn judged(&self, entry: Arc<Entry>, budget: &Budget) -> Option<Arc<Entry>> {
+        match self.tag_effect(&entry, budget).await {
+            Effect::Current => Some(entry),
+            Effect::StaleSince(since) => {
+                self.metrics.tag_purged_read("stale");
+                Some(Arc::new(tags::staled(&entry, since)))
+            }
+            Effect::Gone => {
+                self.metrics.tag_purged_read("gone");
+                self.memory.remove(&entry.key);
+                None
+            }
+        }
+    }
+
+    /// What the purges of `entry`'s tags make of it.
+    async fn tag_effect(&self, entry: &Entry, budget: &Budget) -> Effect {
+        let mut purged = Purged::default();
+        for tag in &entry.tags {
+            purged = purged.merge(self.tag_purges(tag, budget).await);
+        }
+        tags::effect(entry.request_time, purged)
+    }
+
+    /// When `tag` was last purged: as known here, else as Redis records it
+    /// (then known here, and kept current by the announcements). Redis
+    /// unable to say means "never" (fail open), counted as a `tag` call.
+    async fn tag_purges(&self, tag: &str, budget: &Budget) -> Purged {
+        let hash = tags::tag_hash(&self.namespace, tag);
+        if let Some(known) = self.tags.known(&hash) {
+            return known;
+        }
+        let Some(redis) = &self.redis else {
+            return Purged::default();
+        };
+        match redis.tag_purges(&hash, budget).await {
+            Some(recorded) => {
+                self.tags.learn(hash, recorded);
+                self.tags.known(&hash).unwrap_or(recorded)
+            }
+            None => Purged::default(),
+        }
+    }
+
+    /// Purges every stored response tagged with one of `tags`, in every
+    /// tier and every pod: hard (gone) or `soft` (stale, so it may be
+    /// served stale or revalidated). Effective here at once; in other pods
+    /// when the announcement arrives, within the coherence bound. Nothing
+    /// is enumerated: entries are judged as they are read.
+    pub fn purge_tags(&self, tags: &[String], soft: bool) {
+        let purged = Purged::at(self.clock.now(), soft);
+        for tag in tags {
+            let hash = tags::tag_hash(&self.namespace, tag);
+            self.tags.learn(hash, purged);
+            if let Some(redis) = &self.redis {
+                redis.purge_tag(hash, purged);
             }
         }
     }
@@ -236,12 +313,21 @@ impl Cache {
     /// `None` when it was not worth keeping (the waiters are then released).
     pub fn store(
         &self,
-        entry: Entry,
+        mut entry: Entry,
         variants: Option<Arc<Variants>>,
         leader: Option<Leader>,
         now: SystemTime,
     ) -> Option<Arc<Entry>> {
-        let keep_for = entry.retention(now, self.keep_stale)?;
+        let parsed = tags::parse(&entry.headers, &self.tag_headers);
+        if parsed.ignored > 0 {
+            self.metrics.tags_ignored(parsed.ignored);
+        }
+        entry.tags = parsed.tags;
+        let mut keep_for = entry.retention(now, self.keep_stale)?;
+        if !entry.tags.is_empty() {
+            // No entry may outlive the record of its tags' purges.
+            keep_for = keep_for.min(tags::TAG_PURGE_RETENTION);
+        }
         let entry = Arc::new(entry);
         let variants_for_followers = variants.clone();
         // The index lives as long as its latest variant.
@@ -271,7 +357,12 @@ impl Cache {
     pub async fn admit(&self, flight: Flight<'_>, budget: &Budget) -> Admission {
         match self.flights.join(flight.id) {
             Role::Follower(follower) => match follower.wait(flight.lock_timeout).await {
-                Some(filled) if filled.selects(flight.forwarded) => {
+                // A fetch sent before a purge of its tags is no answer for
+                // the requests that waited for it.
+                Some(filled)
+                    if filled.selects(flight.forwarded)
+                        && self.tag_effect(&filled.entry, budget).await == Effect::Current =>
+                {
                     Admission::Collapsed(filled.entry)
                 }
                 _ => Admission::Alone,
