@@ -235,7 +235,7 @@ pub enum DecodeError {
 //
 // magic(3) version(1) kind(1) key_len(u32) key, then for a response:
 //   status(u16) response_time_ms(u64) initial_age_ms(u64) freshness_ms(u64)
-//   request_time_ms(u64) tag_count(u16) { tag_len(u16) tag }*
+//   request_time_us(u64) tag_count(u16) { tag_len(u16) tag }*
 //   header_count(u32) { name_len(u16) name value_len(u32) value }* body(rest)
 // and for variants:
 //   generation(u64) name_count(u16) { name_len(u16) name }*
@@ -272,7 +272,7 @@ impl Stored {
                 out.put_u64(since_epoch(entry.response_time));
                 out.put_u64(millis(entry.initial_age));
                 out.put_u64(millis(entry.freshness_lifetime));
-                out.put_u64(since_epoch(entry.request_time));
+                out.put_u64(super::tags::micros(entry.request_time));
                 out.put_u16(u16::try_from(entry.tags.len()).unwrap_or(u16::MAX));
                 for tag in &entry.tags {
                     put_bytes16(&mut out, tag.as_bytes());
@@ -346,7 +346,7 @@ fn decode_response(mut data: Bytes, key: CacheKey) -> Result<Entry, DecodeError>
     let response_time = UNIX_EPOCH + Duration::from_millis(get_u64(&mut data)?);
     let initial_age = Duration::from_millis(get_u64(&mut data)?);
     let freshness_lifetime = Duration::from_millis(get_u64(&mut data)?);
-    let request_time = UNIX_EPOCH + Duration::from_millis(get_u64(&mut data)?);
+    let request_time = UNIX_EPOCH + Duration::from_micros(get_u64(&mut data)?);
     let tag_count = get_u16(&mut data)?;
     // The count is Redis's word: the bound is the one responses get.
     if usize::from(tag_count) > super::tags::MAX_TAGS_PER_RESPONSE {
@@ -453,7 +453,7 @@ mod tests {
             response_time: UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
             initial_age: Duration::from_secs(3),
             freshness_lifetime: Duration::from_secs(60),
-            request_time: UNIX_EPOCH + Duration::from_millis(1_700_000_000_100),
+            request_time: UNIX_EPOCH + Duration::from_micros(1_700_000_000_100_042),
             tags: vec!["product-1".into(), "all".into()],
         }
     }
@@ -570,20 +570,22 @@ mod tests {
                 "/[a-z%0-9]{0,8}",
                 vec("[!-+--~]{1,20}", 0..4),
             )
-                .prop_map(|(status, fields, body, [response, age, fresh, request], path, tags)| {
-                    let uri: http::Uri = path.parse().unwrap();
-                    Entry {
-                        key: CacheKey::for_url("ns", "h", &uri),
-                        status: StatusCode::from_u16(status).unwrap(),
-                        headers: fields.into_iter().collect(),
-                        body: body.into(),
-                        response_time: UNIX_EPOCH + Duration::from_millis(response),
-                        initial_age: Duration::from_millis(age),
-                        freshness_lifetime: Duration::from_millis(fresh),
-                        request_time: UNIX_EPOCH + Duration::from_millis(request),
-                        tags,
-                    }
-                })
+                .prop_map(
+                    |(status, fields, body, [response, age, fresh, request], path, tags)| {
+                        let uri: http::Uri = path.parse().unwrap();
+                        Entry {
+                            key: CacheKey::for_url("ns", "h", &uri),
+                            status: StatusCode::from_u16(status).unwrap(),
+                            headers: fields.into_iter().collect(),
+                            body: body.into(),
+                            response_time: UNIX_EPOCH + Duration::from_millis(response),
+                            initial_age: Duration::from_millis(age),
+                            freshness_lifetime: Duration::from_millis(fresh),
+                            request_time: UNIX_EPOCH + Duration::from_micros(request),
+                            tags,
+                        }
+                    },
+                )
         }
 
         proptest! {

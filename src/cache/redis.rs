@@ -17,7 +17,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use fred::clients::SubscriberClient;
 use fred::prelude::{
-    ClientLike, ClusterInterface, Expiration, HashesInterface, KeysInterface, ReconnectPolicy, SetOptions, TcpConfig,
+    ClientLike, ClusterInterface, Expiration, HashesInterface, KeysInterface, ReconnectPolicy,
+    SetOptions, TcpConfig,
 };
 use fred::prelude::{EventInterface, LuaInterface, PubsubInterface};
 use fred::types::Builder;
@@ -104,7 +105,11 @@ impl Heard {
             Some((seq, rest)) => (Some(seq.parse().ok()?), rest),
             None => (None, message),
         };
-        let hash = |hex: &str| blake3::Hash::from_hex(hex.as_bytes()).ok().map(|h| *h.as_bytes());
+        let hash = |hex: &str| {
+            blake3::Hash::from_hex(hex.as_bytes())
+                .ok()
+                .map(|h| *h.as_bytes())
+        };
         let what = match rest.strip_prefix("tag ") {
             Some(tag) if seq.is_some() => {
                 let mut words = tag.split(' ');
@@ -544,11 +549,9 @@ impl Writer {
                     purged.soft.to_string(),
                     TAG_PURGE_RETENTION.as_millis().to_string(),
                 ];
-                let record = self.client.eval::<Vec<u64>, _, _, _>(
-                    PURGE_TAG,
-                    key.as_str(),
-                    args,
-                );
+                let record = self
+                    .client
+                    .eval::<Vec<u64>, _, _, _>(PURGE_TAG, key.as_str(), args);
                 let Some(times) = self.call("tag", node_of(&self.client, &key), record).await
                 else {
                     return false;
@@ -756,7 +759,10 @@ fn lease_key(flight: &[u8; 32]) -> String {
 
 /// `sidecache:tag:{hash}`: one key, so one slot, per tag.
 fn tag_key(tag: &[u8; 32]) -> String {
-    format!("sidecache:tag:{{{}}}", blake3::Hash::from_bytes(*tag).to_hex())
+    format!(
+        "sidecache:tag:{{{}}}",
+        blake3::Hash::from_bytes(*tag).to_hex()
+    )
 }
 
 /// `sidecache:{hash}`: the braces make the hash the cluster hash tag, so any

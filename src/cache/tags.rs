@@ -105,8 +105,10 @@ pub fn tag_hash(namespace: &str, tag: &str) -> [u8; 32] {
     *hasher.finalize().as_bytes()
 }
 
-/// When a tag was last purged, in milliseconds since the epoch by the
-/// purging pod's clock; 0 for never.
+/// When a tag was last purged, in microseconds since the epoch by the
+/// purging pod's clock; 0 for never. Microseconds, because a purge and a
+/// fetch sent just after it (on loopback) may fall in one millisecond, and
+/// a fetch sent at the very time of a purge counts as purged.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Purged {
     pub hard: u64,
@@ -116,11 +118,11 @@ pub struct Purged {
 impl Purged {
     /// A purge at `at`, hard or soft.
     pub fn at(at: SystemTime, soft: bool) -> Purged {
-        let ms = millis(at);
+        let us = micros(at);
         if soft {
-            Purged { hard: 0, soft: ms }
+            Purged { hard: 0, soft: us }
         } else {
-            Purged { hard: ms, soft: 0 }
+            Purged { hard: us, soft: 0 }
         }
     }
 
@@ -152,11 +154,11 @@ pub enum Effect {
 /// What `purged` (the merged purge times of an entry's tags) makes of an
 /// entry whose fetch was sent at `request_time`.
 pub fn effect(request_time: SystemTime, purged: Purged) -> Effect {
-    let fetched = millis(request_time);
+    let fetched = micros(request_time);
     if fetched <= purged.hard {
         Effect::Gone
     } else if fetched <= purged.soft {
-        Effect::StaleSince(UNIX_EPOCH + Duration::from_millis(purged.soft))
+        Effect::StaleSince(UNIX_EPOCH + Duration::from_micros(purged.soft))
     } else {
         Effect::Current
     }
@@ -207,9 +209,9 @@ impl TagPurges {
     /// Records purge times for a tag, merged with what is known: a purge
     /// heard while its tag was being read from Redis is kept.
     pub fn learn(&self, tag: [u8; 32], purged: Purged) {
-        self.known
-            .entry(tag)
-            .and_upsert_with(|known| known.map_or(purged, |known| known.into_value().merge(purged)));
+        self.known.entry(tag).and_upsert_with(|known| {
+            known.map_or(purged, |known| known.into_value().merge(purged))
+        });
     }
 
     /// Forgets everything (purges may have been missed: Redis tells again).
@@ -218,8 +220,15 @@ impl TagPurges {
     }
 }
 
-fn millis(at: SystemTime) -> u64 {
-    u64::try_from(at.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis()).unwrap_or(u64::MAX)
+/// `at` in microseconds since the epoch, as purge times and entries'
+/// request times are compared and stored.
+pub fn micros(at: SystemTime) -> u64 {
+    u64::try_from(
+        at.duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_micros(),
+    )
+    .unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]
@@ -247,12 +256,18 @@ mod tests {
             ["product-1", "product-2", "all", "product-3", "home"]
         );
         assert_eq!(parsed.ignored, 0);
-        assert_eq!(parse(&headers(&[("cache-tag", " , ")]), &names()), Parsed::default());
+        assert_eq!(
+            parse(&headers(&[("cache-tag", " , ")]), &names()),
+            Parsed::default()
+        );
     }
 
     #[test]
     fn tags_beyond_the_bounds_are_ignored_and_counted() {
-        let many = (0..70).map(|n| format!("t{n}")).collect::<Vec<_>>().join(" ");
+        let many = (0..70)
+            .map(|n| format!("t{n}"))
+            .collect::<Vec<_>>()
+            .join(" ");
         let long = "x".repeat(MAX_TAG_LENGTH + 1);
         let parsed = parse(
             &headers(&[("surrogate-key", &format!("{long} {many} t0"))]),
@@ -280,9 +295,18 @@ mod tests {
 
     #[test]
     fn a_fetch_sent_up_to_a_purge_is_purged_and_one_sent_after_is_not() {
-        let at = |ms| UNIX_EPOCH + Duration::from_millis(ms);
-        let purged = Purged { hard: 100, soft: 0 }.merge(Purged { hard: 50, soft: 200 });
-        assert_eq!(purged, Purged { hard: 100, soft: 200 });
+        let at = |us| UNIX_EPOCH + Duration::from_micros(us);
+        let purged = Purged { hard: 100, soft: 0 }.merge(Purged {
+            hard: 50,
+            soft: 200,
+        });
+        assert_eq!(
+            purged,
+            Purged {
+                hard: 100,
+                soft: 200
+            }
+        );
         assert_eq!(effect(at(99), purged), Effect::Gone);
         assert_eq!(effect(at(100), purged), Effect::Gone);
         assert_eq!(effect(at(101), purged), Effect::StaleSince(at(200)));
