@@ -181,13 +181,14 @@ impl Cache {
         match self.get(key, now, budget).await {
             None => Lookup::default(),
             Some((Stored::Response(entry), tier)) => Lookup {
-                found: self.judged(entry, budget).await.map(|entry| (entry, tier)),
+                found: self.judged(key, entry, tier, now, budget).await,
                 variants: None,
             },
             Some((Stored::Variants(variants), _)) => {
-                let found = match self.get(&variants.key_for(request), now, budget).await {
+                let key = variants.key_for(request);
+                let found = match self.get(&key, now, budget).await {
                     Some((Stored::Response(entry), tier)) => {
-                        self.judged(entry, budget).await.map(|entry| (entry, tier))
+                        self.judged(&key, entry, tier, now, budget).await
                     }
                     _ => None,
                 };
@@ -199,20 +200,39 @@ impl Cache {
         }
     }
 
-    /// `entry` as its tags' purges leave it: as it is, stale since a soft
-    /// purge, or `None` after a hard one (and dropped from memory).
-    async fn judged(&self, entry: Arc<Entry>, budget: &Budget) -> Option<Arc<Entry>> {
-        match self.tag_effect(&entry, budget).await {
-            Effect::Current => Some(entry),
-            Effect::StaleSince(since) => {
-                self.metrics.tag_purged_read("stale");
-                Some(Arc::new(tags::staled(&entry, since)))
+    /// The response `key`'s lookup found in `tier`, as its tags' purges
+    /// leave it: as it is, stale since a soft purge, or, after a hard one,
+    /// dropped from memory and looked for in Redis, where another pod may
+    /// have stored a copy fetched since.
+    async fn judged(
+        &self,
+        key: &CacheKey,
+        entry: Arc<Entry>,
+        tier: Tier,
+        now: SystemTime,
+        budget: &Budget,
+    ) -> Option<(Arc<Entry>, Tier)> {
+        let mut found = (entry, tier);
+        loop {
+            let (entry, tier) = found;
+            match self.tag_effect(&entry, budget).await {
+                Effect::Current => return Some((entry, tier)),
+                Effect::StaleSince(since) => {
+                    self.metrics.tag_purged_read("stale");
+                    return Some((Arc::new(tags::staled(&entry, since)), tier));
+                }
+                Effect::Gone => self.metrics.tag_purged_read("gone"),
             }
-            Effect::Gone => {
-                self.metrics.tag_purged_read("gone");
-                self.memory.remove(&entry.key);
-                None
+            if tier == Tier::Redis {
+                return None;
             }
+            self.memory.remove(key);
+            // With the memory copy gone, this asks Redis (once: its answer
+            // is judged as Redis's).
+            found = match self.get(key, now, budget).await? {
+                (Stored::Response(entry), tier) => (entry, tier),
+                (Stored::Variants(_), _) => return None,
+            };
         }
     }
 

@@ -528,6 +528,10 @@ mod tests {
         let mut other_version = encoded.to_vec();
         other_version[3] = 99;
         assert_eq!(decode(other_version.into()), DecodeError::Version(99));
+        // What pods before tags stored: a miss, refilled in the new format.
+        let mut before_tags = encoded.to_vec();
+        before_tags[3] = 2;
+        assert_eq!(decode(before_tags.into()), DecodeError::Version(2));
         for cut in [6, 10, 40, 60] {
             assert_eq!(
                 decode(encoded.slice(..cut)),
