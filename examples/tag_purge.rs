@@ -108,34 +108,59 @@ async fn main() -> anyhow::Result<()> {
         "purge answered in {acknowledged:.1?}: {}",
         String::from_utf8_lossy(&text).trim()
     );
-    let measures = args.pods.iter().map(|&pod| {
-        let client = client.clone();
-        let sample = sample.clone();
-        tokio::spawn(async move { time_to_effect(&client, pod, sample, filled, started).await })
-    });
-    for (n, measure) in measures.enumerate() {
-        let (first, all) = measure.await??;
+    // Every pod at once (spawned here, not when awaited below).
+    let measures: Vec<_> = args
+        .pods
+        .iter()
+        .map(|&pod| {
+            let client = client.clone();
+            let sample = sample.clone();
+            tokio::spawn(async move { time_to_effect(&client, pod, sample, filled, started).await })
+        })
+        .collect();
+    for (n, measure) in measures.into_iter().enumerate() {
+        let effect = measure.await??;
+        let last_old = if effect.last_old.is_zero() {
+            "no request got a copy from before the purge".to_owned()
+        } else {
+            format!(
+                "the last request answered with a copy from before the purge was sent {:.1?} after it",
+                effect.last_old
+            )
+        };
         println!(
-            "pod {n}: the first sampled entry purged {first:.1?} after the purge was sent, all {} {all:.1?} after",
-            args.sample
+            "pod {n}: {last_old}; the first new copy came {:.1?} after it; all {} sampled paths fetched again {:.1?} after it",
+            effect.first_new, args.sample, effect.all_new
         );
     }
     Ok(())
 }
 
+/// What one pod answered after the purge, in time since it was sent.
+struct Effect {
+    /// The last answer that was a copy from before the purge (zero: none).
+    last_old: Duration,
+    /// The first answer that was a copy fetched after it.
+    first_new: Duration,
+    /// When every sample path had answered with a new copy (this includes
+    /// the pod fetching them again, one path after another).
+    all_new: Duration,
+}
+
 /// Asks `pod` for each sample path, in turn and again, until it has answered
-/// every one with a copy the origin made after `filled` fetches; when the
-/// first and the last one did (the last includes the time the pod takes to
-/// fetch the sample again, one path at a time).
+/// every one with a copy the origin made after `filled` fetches.
 async fn time_to_effect(
     client: &HttpClient,
     pod: SocketAddr,
     mut pending: Vec<u64>,
     filled: u64,
     started: Instant,
-) -> anyhow::Result<(Duration, Duration)> {
-    let mut first = None;
-    let mut last = Duration::ZERO;
+) -> anyhow::Result<Effect> {
+    let mut effect = Effect {
+        last_old: Duration::ZERO,
+        first_new: Duration::ZERO,
+        all_new: Duration::ZERO,
+    };
     while !pending.is_empty() {
         if started.elapsed() > Duration::from_secs(30) {
             bail!(
@@ -145,17 +170,21 @@ async fn time_to_effect(
         }
         let mut still = Vec::new();
         for i in pending {
+            let asked = started.elapsed();
             let (_, fetch) = get(client, pod, i).await?;
             if fetch <= filled {
+                effect.last_old = asked;
                 still.push(i);
             } else {
-                last = started.elapsed();
-                first.get_or_insert(last);
+                if effect.first_new.is_zero() {
+                    effect.first_new = started.elapsed();
+                }
+                effect.all_new = started.elapsed();
             }
         }
         pending = still;
     }
-    Ok((first.unwrap_or(last), last))
+    Ok(effect)
 }
 
 /// Waits until the pod whose admin port is `admin` has sent its queued
