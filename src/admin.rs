@@ -1,4 +1,4 @@
-//! The admin port: `/healthz` (alive), `/readyz` (serving, not shutting down), `/metrics` (Prometheus), `POST /purge` (drop a URL, or every response with a tag).
+//! The admin port: `/healthz` (alive), `/readyz` (serving, not shutting down), `/metrics` (Prometheus), `POST /purge` (drop a URL, or every response with a tag), `/explain` (what the cache would do with a URL, [`crate::explain`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,6 +26,16 @@ pub struct Admin {
 }
 
 impl Admin {
+    /// Answers one admin request: `/explain` reads the tiers (so it
+    /// waits), everything else answers at once ([`Admin::handle`]).
+    pub async fn serve<B>(&self, request: Request<B>) -> Response<ProxyBody> {
+        if request.method() == Method::GET && request.uri().path() == "/explain" {
+            let query = request.uri().query().unwrap_or("");
+            return crate::explain::respond(&self.proxy, &self.cache, query).await;
+        }
+        self.handle(&request)
+    }
+
     pub fn handle<B>(&self, request: &Request<B>) -> Response<ProxyBody> {
         if request.method() == Method::POST && request.uri().path() == "/purge" {
             return self.purge(request.uri().query().unwrap_or(""));
@@ -50,7 +60,7 @@ impl Admin {
             }
             _ => text(
                 StatusCode::NOT_FOUND,
-                "not found; try /healthz, /readyz or /metrics\n",
+                "not found; try /healthz, /readyz, /metrics or /explain?url=\n",
             ),
         }
     }

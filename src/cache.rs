@@ -59,6 +59,95 @@ pub struct Lookup {
     pub variants: Option<Arc<Variants>>,
 }
 
+impl Lookup {
+    /// What a lookup found, from the object picked for the URL's key and,
+    /// when that is a variant index, the one picked for the variant key.
+    fn of(url: Option<(Stored, Tier)>, variant: Option<(Stored, Tier)>) -> Lookup {
+        match url {
+            None => Lookup::default(),
+            Some((Stored::Response(entry), tier)) => Lookup {
+                found: Some((entry, tier)),
+                variants: None,
+            },
+            Some((Stored::Variants(variants), _)) => Lookup {
+                found: match variant {
+                    Some((Stored::Response(entry), tier)) => Some((entry, tier)),
+                    _ => None,
+                },
+                variants: Some(variants),
+            },
+        }
+    }
+}
+
+/// Whether the memory tier's object answers without asking L2: a fresh
+/// response, or any variant index.
+fn settled(local: Option<&Stored>, now: SystemTime) -> bool {
+    match local {
+        Some(Stored::Response(entry)) => entry.remaining_freshness(now).is_some(),
+        Some(Stored::Variants(_)) => true,
+        None => false,
+    }
+}
+
+/// Which tier's object a lookup uses: L1's when it is settled, else the
+/// newer of the two (L2's when the ages tie, or when it is the only one).
+fn pick(local: Option<Stored>, shared: Option<Stored>, now: SystemTime) -> Option<(Stored, Tier)> {
+    if settled(local.as_ref(), now) {
+        return local.map(|object| (object, Tier::Memory));
+    }
+    let newer = match (&shared, &local) {
+        (Some(Stored::Response(shared)), Some(Stored::Response(local))) => {
+            shared.response_time >= local.response_time
+        }
+        (Some(_), _) => true,
+        (None, _) => false,
+    };
+    match shared {
+        Some(shared) if newer => Some((shared, Tier::Redis)),
+        _ => local.map(|object| (object, Tier::Memory)),
+    }
+}
+
+/// What [`Cache::inspect`] saw.
+pub struct Inspection {
+    /// What a request's lookup would find now.
+    pub lookup: Lookup,
+    /// What the tiers hold under the URL's key.
+    pub url: Held,
+    /// The variant key the request's headers select, and what the tiers
+    /// hold there, when the URL's responses vary.
+    pub variant: Option<(CacheKey, Held)>,
+}
+
+/// What each tier holds under one key.
+pub struct Held {
+    pub memory: Option<Stored>,
+    pub redis: Shared,
+}
+
+/// What the Redis tier holds under one key, as far as it can say.
+pub enum Shared {
+    /// No Redis is configured.
+    Off,
+    Found(Stored),
+    Absent,
+    /// A value a lookup would treat as a miss (and remove): why.
+    Unusable(String),
+    /// Redis did not answer in time, or its breaker is open: why.
+    Unavailable(&'static str),
+}
+
+impl Shared {
+    /// The object a lookup would get from Redis.
+    fn found(&self) -> Option<Stored> {
+        match self {
+            Shared::Found(object) => Some(object.clone()),
+            _ => None,
+        }
+    }
+}
+
 /// One fetch that concurrent requests may share: the same URL, and the same
 /// values of the headers known to select its answer before it arrives.
 #[derive(Clone, Copy)]
@@ -178,48 +267,40 @@ impl Cache {
         now: SystemTime,
         budget: &Budget,
     ) -> Lookup {
-        match self.get(key, now, budget).await {
-            None => Lookup::default(),
-            Some((Stored::Response(entry), tier)) => Lookup {
-                found: self.judged(key, entry, tier, now, budget).await,
-                variants: None,
-            },
+        let url = self.get(key, now, budget).await;
+        let url = self.judged(key, url, now, budget).await;
+        let variant = match &url {
             Some((Stored::Variants(variants), _)) => {
                 let key = variants.key_for(request);
-                let found = match self.get(&key, now, budget).await {
-                    Some((Stored::Response(entry), tier)) => {
-                        self.judged(&key, entry, tier, now, budget).await
-                    }
-                    _ => None,
-                };
-                Lookup {
-                    found,
-                    variants: Some(variants),
-                }
+                let variant = self.get(&key, now, budget).await;
+                self.judged(&key, variant, now, budget).await
             }
-        }
+            _ => None,
+        };
+        Lookup::of(url, variant)
     }
 
-    /// The response `key`'s lookup found in `tier`, as its tags' purges
-    /// leave it: as it is, stale since a soft purge, or, after a hard one,
+    /// The object `key`'s lookup found, as its tags' purges leave a
+    /// response: as it is, stale since a soft purge, or, after a hard one,
     /// dropped from memory and looked for in Redis, where another pod may
     /// have stored a copy fetched since.
     async fn judged(
         &self,
         key: &CacheKey,
-        entry: Arc<Entry>,
-        tier: Tier,
+        mut found: Option<(Stored, Tier)>,
         now: SystemTime,
         budget: &Budget,
-    ) -> Option<(Arc<Entry>, Tier)> {
-        let mut found = (entry, tier);
+    ) -> Option<(Stored, Tier)> {
         loop {
-            let (entry, tier) = found;
+            let Some((Stored::Response(entry), tier)) = found else {
+                return found;
+            };
             match self.tag_effect(&entry, budget).await {
-                Effect::Current => return Some((entry, tier)),
+                Effect::Current => return Some((Stored::Response(entry), tier)),
                 Effect::StaleSince(since) => {
                     self.metrics.tag_purged_read("stale");
-                    return Some((Arc::new(tags::staled(&entry, since)), tier));
+                    let staled = Arc::new(tags::staled(&entry, since));
+                    return Some((Stored::Response(staled), tier));
                 }
                 Effect::Gone => self.metrics.tag_purged_read("gone"),
             }
@@ -229,10 +310,7 @@ impl Cache {
             self.memory.remove(key);
             // With the memory copy gone, this asks Redis (once: its answer
             // is judged as Redis's).
-            found = match self.get(key, now, budget).await? {
-                (Stored::Response(entry), tier) => (entry, tier),
-                (Stored::Variants(_), _) => return None,
-            };
+            found = self.get(key, now, budget).await;
         }
     }
 
@@ -291,37 +369,72 @@ impl Cache {
         budget: &Budget,
     ) -> Option<(Stored, Tier)> {
         let local = self.memory.get(key);
-        let settled = match &local {
-            Some(Stored::Response(entry)) => entry.remaining_freshness(now).is_some(),
-            Some(Stored::Variants(_)) => true,
-            None => false,
-        };
-        if settled {
+        if settled(local.as_ref(), now) {
             return local.map(|object| (object, Tier::Memory));
         }
         let shared = match &self.redis {
             Some(redis) => redis.get(key, budget).await,
             None => None,
         };
-        let newer = match (&shared, &local) {
-            (Some(Stored::Response(shared)), Some(Stored::Response(local))) => {
-                shared.response_time >= local.response_time
+        let picked = pick(local, shared, now);
+        if let Some((shared, Tier::Redis)) = &picked {
+            let keep_for = match shared {
+                Stored::Response(entry) => entry.retention(now, self.keep_stale),
+                Stored::Variants(_) => Some(self.keep_stale),
+            };
+            if let Some(keep_for) = keep_for {
+                self.memory.insert(shared.clone(), keep_for);
             }
-            (Some(_), _) => true,
-            (None, _) => false,
+        }
+        picked
+    }
+
+    /// What each tier holds for a request's URL `key` and the variant its
+    /// headers select, and what a lookup would find from it (the same
+    /// [`pick`] and [`Lookup::of`]), for `/explain`. It changes nothing: no
+    /// copy into L1, no metric, no repair; L2 is asked within `budget`.
+    pub async fn inspect(
+        &self,
+        key: &CacheKey,
+        request: &HeaderMap,
+        now: SystemTime,
+        budget: &Budget,
+    ) -> Inspection {
+        let url = self.look(key, budget).await;
+        let url_found = pick(url.memory.clone(), url.redis.found(), now);
+        let variant = match &url_found {
+            Some((Stored::Variants(variants), _)) => {
+                let key = variants.key_for(request);
+                let held = self.look(&key, budget).await;
+                Some((key, held))
+            }
+            _ => None,
         };
-        match shared {
-            Some(shared) if newer => {
-                let keep_for = match &shared {
-                    Stored::Response(entry) => entry.retention(now, self.keep_stale),
-                    Stored::Variants(_) => Some(self.keep_stale),
-                };
-                if let Some(keep_for) = keep_for {
-                    self.memory.insert(shared.clone(), keep_for);
-                }
-                Some((shared, Tier::Redis))
-            }
-            _ => local.map(|object| (object, Tier::Memory)),
+        let variant_found = variant
+            .as_ref()
+            .and_then(|(_, held)| pick(held.memory.clone(), held.redis.found(), now));
+        Inspection {
+            lookup: Lookup::of(url_found, variant_found),
+            url,
+            variant,
+        }
+    }
+
+    /// Both tiers' objects under `key`, without side effects (the memory
+    /// tier counts a read for its eviction order: moka has no peek).
+    async fn look(&self, key: &CacheKey, budget: &Budget) -> Held {
+        let redis = match &self.redis {
+            Some(redis) => match redis.peek(key, budget).await {
+                redis::Peeked::Found(object) => Shared::Found(object),
+                redis::Peeked::Absent => Shared::Absent,
+                redis::Peeked::Unusable(why) => Shared::Unusable(why),
+                redis::Peeked::Unavailable(why) => Shared::Unavailable(why),
+            },
+            None => Shared::Off,
+        };
+        Held {
+            memory: self.memory.get(key),
+            redis,
         }
     }
 
@@ -495,5 +608,66 @@ impl Cache {
     /// The Redis tier, for its gauges.
     pub fn redis(&self) -> Option<&Arc<RedisTier>> {
         self.redis.as_ref()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::StatusCode;
+
+    fn now() -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)
+    }
+
+    /// A stored response that arrived `ago` before [`now`], fresh for `lifetime`.
+    fn response(ago: u64, lifetime: u64) -> Stored {
+        let (parts, ()) = http::Request::get("http://example.com/x")
+            .body(())
+            .unwrap()
+            .into_parts();
+        Stored::Response(Arc::new(Entry {
+            key: CacheKey::for_request("ns", &parts),
+            status: StatusCode::OK,
+            headers: HeaderMap::new(),
+            body: bytes::Bytes::new(),
+            response_time: now() - Duration::from_secs(ago),
+            initial_age: Duration::ZERO,
+            freshness_lifetime: Duration::from_secs(lifetime),
+            request_time: now() - Duration::from_secs(ago),
+            tags: Vec::new(),
+        }))
+    }
+
+    fn tier(picked: Option<(Stored, Tier)>) -> Option<(Tier, SystemTime)> {
+        picked.map(|(object, tier)| match object {
+            Stored::Response(entry) => (tier, entry.response_time),
+            Stored::Variants(_) => (tier, SystemTime::UNIX_EPOCH),
+        })
+    }
+
+    #[test]
+    fn a_fresh_memory_copy_wins_else_the_newer_copy_with_redis_on_ties() {
+        let at = |ago| now() - Duration::from_secs(ago);
+        // Fresh in memory: Redis's copy is not even weighed.
+        let fresh = pick(Some(response(5, 60)), Some(response(1, 60)), now());
+        assert_eq!(tier(fresh), Some((Tier::Memory, at(5))));
+        // Stale in memory: the newer copy, Redis's when they arrived together.
+        let newer = pick(Some(response(90, 60)), Some(response(10, 60)), now());
+        assert_eq!(tier(newer), Some((Tier::Redis, at(10))));
+        let tie = pick(Some(response(90, 60)), Some(response(90, 60)), now());
+        assert_eq!(tier(tie), Some((Tier::Redis, at(90))));
+        let older = pick(Some(response(70, 60)), Some(response(90, 60)), now());
+        assert_eq!(tier(older), Some((Tier::Memory, at(70))));
+        // One tier only.
+        assert_eq!(
+            tier(pick(None, Some(response(3, 60)), now())),
+            Some((Tier::Redis, at(3)))
+        );
+        assert_eq!(
+            tier(pick(Some(response(90, 60)), None, now())),
+            Some((Tier::Memory, at(90)))
+        );
+        assert!(pick(None, None, now()).is_none());
     }
 }

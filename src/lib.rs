@@ -34,7 +34,9 @@
 //! - [`cache::status`]: the RFC 9211 `Cache-Status` header.
 //!
 //! Around them: [`config`] (TOML to validated settings, a module per
-//! section), [`reload`], [`admin`] (probes, metrics and purge port).
+//! section), [`reload`], [`admin`] (probes, metrics and purge port),
+//! [`explain`] (the admin port's account of what the cache holds for a URL
+//! and what its next request would get, from the pipeline's own pieces).
 //! Leaves that anything may use and that use nothing of ours: [`metrics`]
 //! (Prometheus), [`body`] (response body types) and [`clock`] (the time
 //! ages are measured by; tests move it).
@@ -48,6 +50,7 @@ pub mod body;
 pub mod cache;
 pub mod clock;
 pub mod config;
+pub mod explain;
 pub mod metrics;
 pub mod origin;
 pub mod proxy;
@@ -308,7 +311,7 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> Result<Running, S
     let admin_cache = cache.clone();
     let admin = Arc::new(Admin {
         ready: ready.clone(),
-        metrics,
+        metrics: metrics.clone(),
         cache,
         proxy: proxy.clone(),
     });
@@ -320,6 +323,7 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> Result<Running, S
         connections: connections.clone(),
         shutdown_grace: server.shutdown_grace,
         client: server.client,
+        metrics: metrics.clone(),
     };
     let workers = others
         .into_iter()
@@ -346,14 +350,15 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> Result<Running, S
     let admin_task = tokio::spawn(server::serve(
         admin_listener,
         move |request, _client| {
-            let response = admin.handle(&request);
-            async move { response }
+            let admin = admin.clone();
+            async move { admin.serve(request).await }
         },
         Limits {
             connections: Arc::new(Semaphore::new(ADMIN_MAX_CONNECTIONS)),
             shutdown_grace: ADMIN_SHUTDOWN_GRACE,
             // Probes and scrapes need no more than the defaults allow.
             client: ClientLimits::default(),
+            metrics: metrics.clone(),
         },
         admin_stopped,
     ));

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 use sidecache::config::Config;
 use tracing_subscriber::EnvFilter;
 
@@ -26,6 +26,30 @@ struct Args {
     /// Log line format; the filter comes from RUST_LOG (default "info").
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Ask a running proxy what it holds for URL and what the next request
+    /// for it would get, and why (its admin port's /explain).
+    Explain {
+        /// The URL as clients ask for it: http://host/path?query.
+        url: String,
+        /// A request header the request would carry, `Name: Value` (repeat for more).
+        #[arg(long = "header", short = 'H', value_name = "NAME: VALUE")]
+        headers: Vec<String>,
+        /// The method of the request (GET, HEAD, ...).
+        #[arg(long, default_value = "GET")]
+        method: String,
+        /// The proxy's admin address.
+        #[arg(long, default_value_t = sidecache::config::DEFAULT_ADMIN_LISTEN.to_string())]
+        admin: String,
+        /// Print the JSON answer as it came.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -36,6 +60,28 @@ enum LogFormat {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(Command::Explain {
+        url,
+        headers,
+        method,
+        admin,
+        json,
+    }) = args.command
+    {
+        let asked = sidecache::explain::Cli {
+            url,
+            headers,
+            method,
+            admin,
+        };
+        return match explain(asked, json) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("sidecache explain: {error:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let config = match Config::load(&args.config) {
         Ok(config) => config,
         Err(error) => {
@@ -90,6 +136,20 @@ async fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
     tracing::info!("shutdown signal received; draining");
     running.shutdown().await;
     tracing::info!("stopped");
+    Ok(())
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn explain(asked: sidecache::explain::Cli, json: bool) -> anyhow::Result<()> {
+    let answer = asked.ask().await?;
+    if json {
+        print!("{answer}");
+    } else {
+        print!(
+            "{}",
+            sidecache::explain::render(&serde_json::from_str(&answer)?)
+        );
+    }
     Ok(())
 }
 

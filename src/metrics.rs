@@ -58,6 +58,7 @@ pub struct Metrics {
     purges: Family<PurgeLabels, Counter>,
     tag_purged_reads: Family<EffectLabels, Counter>,
     tags_ignored: Counter,
+    client_rejections: Family<ReasonLabels, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -192,12 +193,19 @@ impl Metrics {
             "Tags left out of stored responses: past 64 per response, longer than 256 bytes, or not UTF-8",
             tags_ignored.clone(),
         );
+        let client_rejections = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "client_rejections",
+            "Client requests refused and connections closed at the proxy's limits, by reason (head-too-large: 431, malformed: 400, header-timeout, idle-timeout)",
+            client_rejections.clone(),
+        );
         Metrics {
             registry,
             purges,
             tag_purged_reads,
             tags_ignored,
             memory_flushes,
+            client_rejections,
             background_refreshes,
             redis_calls,
             redis_duration,
@@ -264,6 +272,12 @@ impl Metrics {
 
     pub fn tags_ignored(&self, count: usize) {
         self.tags_ignored.inc_by(count as u64);
+    }
+
+    pub fn client_rejection(&self, reason: &'static str) {
+        self.client_rejections
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
     }
 
     pub fn redis_call(&self, op: &'static str, outcome: &'static str) {

@@ -85,21 +85,21 @@ impl Failed {
 
 /// What the cacheable pipeline knows about one GET or HEAD.
 #[derive(Clone)]
-struct CacheableRequest {
+pub(crate) struct CacheableRequest {
     route: Arc<Route>,
     /// The request target as the origin gets it, to fetch it again in the
     /// background.
     uri: Uri,
     /// The URL's key: a response, or the index of its variants.
-    url_key: CacheKey,
+    pub(crate) url_key: CacheKey,
     /// The request's cache directives.
     cc: CacheControl,
-    authorization: bool,
+    pub(crate) authorization: bool,
     plan: Plan,
     /// The client's own headers, for its conditions and ranges.
     client_headers: HeaderMap,
     /// The headers the origin gets, which also select among variants.
-    forwarded: HeaderMap,
+    pub(crate) forwarded: HeaderMap,
 }
 
 impl CacheableRequest {
@@ -148,7 +148,7 @@ impl CacheableRequest {
     }
 
     /// What the cache's decisions need to know about this request.
-    fn presented(&self, max_object_size: u64) -> Presented<'_> {
+    pub(crate) fn presented(&self, max_object_size: u64) -> Presented<'_> {
         Presented {
             plan: self.plan,
             cc: &self.cc,
@@ -272,11 +272,7 @@ impl Proxy {
         let started = Instant::now();
         let method = request.method().clone();
         let path = request.uri().path().to_owned();
-        let route = self
-            .routes
-            .load()
-            .find(&key::normalise_path(&path))
-            .cloned();
+        let route = self.route_for(&path);
         let route_name = route.as_ref().map_or(UNROUTED, |r| r.name.as_str());
         let span = tracing::info_span!(
             "request",
@@ -338,13 +334,8 @@ impl Proxy {
         client: SocketAddr,
     ) -> Result<Served, Failed> {
         let (parts, body) = request.into_parts();
-        let caches = route.as_ref().is_some_and(|r| r.caches(&parts.method));
-        let cookies_bypass = route.as_ref().is_some_and(|r| r.cookies == Cookies::Bypass);
         let route_name = route.as_ref().map_or(UNROUTED, |r| r.name.as_str());
-        match (
-            policy::request_policy(caches, cookies_bypass, &parts.headers),
-            &route,
-        ) {
+        match (request_policy(route.as_deref(), &parts), &route) {
             (RequestPolicy::Lookup, Some(route)) => {
                 self.serve_cacheable(parts, route.clone(), client).await
             }
@@ -371,9 +362,7 @@ impl Proxy {
         route: Arc<Route>,
         client: SocketAddr,
     ) -> Result<Served, Failed> {
-        let canonical_host = self.canonical_host.as_deref();
-        let request =
-            CacheableRequest::new(&self.namespace, canonical_host, route, client, &mut parts);
+        let request = self.cacheable(route, client, &mut parts);
         let now = self.cache.now();
         // All of this request's Redis calls share one deadline.
         let budget = Budget::default();
@@ -566,6 +555,29 @@ impl Proxy {
         });
     }
 
+    /// The route a request for `path` falls under: the first whose pattern
+    /// matches the normalised path.
+    pub fn route_for(&self, path: &str) -> Option<Arc<Route>> {
+        self.routes.load().find(&key::normalise_path(path)).cloned()
+    }
+
+    /// A GET or HEAD on a caching `route` as the cacheable pipeline takes it
+    /// in: keyed, and `parts` turned into what the origin gets.
+    pub(crate) fn cacheable(
+        &self,
+        route: Arc<Route>,
+        client: SocketAddr,
+        parts: &mut Parts,
+    ) -> CacheableRequest {
+        let canonical_host = self.canonical_host.as_deref();
+        CacheableRequest::new(&self.namespace, canonical_host, route, client, parts)
+    }
+
+    /// Largest body the cache takes, which decisions weigh.
+    pub(crate) fn max_object_size(&self) -> u64 {
+        self.max_object_size
+    }
+
     /// Passes a request through untouched by the cache, body streamed both ways.
     async fn forward(
         &self,
@@ -657,6 +669,14 @@ impl Proxy {
         origin::append_via(response.headers_mut(), version);
         Ok(response)
     }
+}
+
+/// What the cache does with a request on `route` (or none), before any
+/// lookup: look it up, or forward it and why.
+pub fn request_policy(route: Option<&Route>, parts: &Parts) -> RequestPolicy {
+    let caches = route.is_some_and(|r| r.caches(&parts.method));
+    let cookies_bypass = route.is_some_and(|r| r.cookies == Cookies::Bypass);
+    policy::request_policy(caches, cookies_bypass, &parts.headers)
 }
 
 /// Adds this cache's member to `Cache-Status`, after any an upstream cache wrote (RFC 9211 §2).

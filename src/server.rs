@@ -23,6 +23,7 @@ use tokio::sync::{Semaphore, watch};
 
 use crate::body::{self, BoxError, ProxyBody};
 use crate::config::{ClientLimits, DEFAULT_MAX_HEADERS};
+use crate::metrics::Metrics;
 
 /// Pause after a failed accept (e.g. out of file descriptors), so the loop
 /// does not spin while the condition lasts.
@@ -43,6 +44,8 @@ pub struct Limits {
     pub shutdown_grace: Duration,
     /// What one client may send before it is served, and how long it may take.
     pub client: ClientLimits,
+    /// Where refused requests and closed connections are counted.
+    pub metrics: Arc<Metrics>,
 }
 
 /// hyper's smallest HTTP/1 read buffer (it panics below it).
@@ -101,6 +104,24 @@ fn head_size(request: &Request<Incoming>) -> usize {
 /// client sees the same 431 at exactly the configured bound.
 fn head_fits(request: &Request<Incoming>, limits: &ClientLimits) -> bool {
     request.headers().len() <= limits.max_headers && head_size(request) <= limits.max_header_size
+}
+
+/// The `client_rejections` reason of a 431.
+const HEAD_TOO_LARGE: &str = "head-too-large";
+
+/// Which limit a connection that hyper ended with `error` ran into, if
+/// any: hyper answers a head it cannot buffer with 431 and one it cannot
+/// parse with 400 itself, before the service sees a request. A client
+/// that went away is not counted.
+fn refusal(error: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
+    let error = error.downcast_ref::<hyper::Error>()?;
+    if error.is_parse_too_large() {
+        Some(HEAD_TOO_LARGE)
+    } else if error.is_parse() {
+        Some("malformed")
+    } else {
+        None
+    }
 }
 
 /// 431, as hyper answers a head it cannot buffer; an HTTP/1 connection is
@@ -204,6 +225,34 @@ impl http_body::Body for TrackedBody {
     }
 }
 
+/// Why the [`Watchdog`] closed a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Closed {
+    /// No complete first request head within the header read timeout.
+    HeaderTimeout,
+    /// No request under way for the idle timeout.
+    IdleTimeout,
+}
+
+impl Closed {
+    /// The `client_rejections` reason.
+    fn as_str(self) -> &'static str {
+        match self {
+            Closed::HeaderTimeout => "header-timeout",
+            Closed::IdleTimeout => "idle-timeout",
+        }
+    }
+}
+
+impl std::fmt::Display for Closed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Closed::HeaderTimeout => "no request head within the header read timeout",
+            Closed::IdleTimeout => "idle timeout",
+        })
+    }
+}
+
 /// Closes a connection whose client is too slow to send its first request
 /// head (slowloris), or that has had no request under way for the idle
 /// timeout (which also bounds a later head sent slowly, as that request is
@@ -225,14 +274,14 @@ impl Watchdog {
     }
 
     /// Resolves when the connection should be closed, saying why.
-    async fn run(self) -> &'static str {
+    async fn run(self) -> Closed {
         tokio::time::sleep(self.header_read_timeout).await;
         if !self.activity.served.load(Ordering::Relaxed) {
-            return "no request head within the header read timeout";
+            return Closed::HeaderTimeout;
         }
         loop {
             let wait = match self.activity.idle_for() {
-                Some(idle) if idle >= self.idle_timeout => return "idle timeout",
+                Some(idle) if idle >= self.idle_timeout => return Closed::IdleTimeout,
                 Some(idle) => self.idle_timeout - idle,
                 None => self.idle_timeout,
             };
@@ -258,6 +307,7 @@ pub async fn serve<H, F>(
     let client_limits = limits.client;
     let graceful = GracefulShutdown::new();
     let permits = limits.connections;
+    let metrics = limits.metrics;
     loop {
         let permit = tokio::select! {
             permit = permits.clone().acquire_owned() => match permit {
@@ -284,17 +334,19 @@ pub async fn serve<H, F>(
         let handler = handler.clone();
         let activity = Arc::new(Activity::new());
         let watchdog = Watchdog::new(activity.clone(), &client_limits);
+        let refused = metrics.clone();
         let service = service_fn(move |request: Request<Incoming>| {
             let version = request.version();
             let response = head_fits(&request, &client_limits).then(|| handler(request, client));
+            if response.is_none() {
+                tracing::debug!(%client, "request head over the limits: 431");
+                refused.client_rejection(HEAD_TOO_LARGE);
+            }
             let tracked = Tracked::start(activity.clone());
             async move {
                 let response = match response {
                     Some(response) => response.await,
-                    None => {
-                        tracing::debug!(%client, "request head over the limits: 431");
-                        head_too_large(version)
-                    }
+                    None => head_too_large(version),
                 };
                 Ok::<_, Infallible>(response.map(|body| tracked.with(body)))
             }
@@ -303,13 +355,20 @@ pub async fn serve<H, F>(
             .serve_connection(TokioIo::new(stream), service)
             .into_owned();
         let connection = graceful.watch(connection);
+        let metrics = metrics.clone();
         tokio::spawn(async move {
             tokio::select! {
                 ended = connection => if let Err(error) = ended {
                     tracing::debug!(%client, error = %error, "connection ended with an error");
+                    if let Some(reason) = refusal(&*error) {
+                        metrics.client_rejection(reason);
+                    }
                 },
                 // Dropping the connection closes it, unanswered.
-                closed = watchdog.run() => tracing::debug!(%client, "connection closed: {closed}"),
+                closed = watchdog.run() => {
+                    tracing::debug!(%client, "connection closed: {closed}");
+                    metrics.client_rejection(closed.as_str());
+                }
             }
             drop(permit);
         });

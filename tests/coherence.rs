@@ -47,12 +47,10 @@ async fn from_redis(pod: &Proxy, path: &str) -> bool {
 
 /// `sidecache_memory_flushes_total{reason}` of `pod`.
 async fn flushes(pod: &Proxy, reason: &str) -> u64 {
-    let metrics = pod.admin("/metrics").await.text();
-    let prefix = format!("sidecache_memory_flushes_total{{reason=\"{reason}\"}} ");
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix(&prefix))
-        .map_or(0, |n| n.parse().unwrap())
+    pod.metric(&format!(
+        "sidecache_memory_flushes_total{{reason=\"{reason}\"}}"
+    ))
+    .await
 }
 
 /// Subscribers to the invalidation channel over these nodes.
@@ -64,43 +62,47 @@ fn subscribers(ports: &[u16]) -> u64 {
         .sum()
 }
 
-/// Pods A and B on the Redis described by `redis` (the `[redis]` keys),
-/// connected, subscribed (on these `ports`), each having read the
-/// invalidation counter once; B holds `path`, fetched through A, in memory.
-async fn pods_with_b_holding(redis: &str, ports: Vec<u16>, path: &str) -> (Origin, Proxy, Proxy) {
-    let origin = Origin::start().await;
+/// A pod of `origin` on the Redis described by `redis` (the `[redis]`
+/// keys), connected and having read the invalidation counter once.
+async fn pod(origin: &Origin, redis: &str) -> Proxy {
     let config =
         format!("[redis]\n{redis}\ncommand_timeout = \"50ms\"\nconnect_timeout = \"300ms\"\n");
-    let start = || {
-        ProxyConfig::new(&origin)
-            .with(&config)
-            .with(routes::cache("/r/**", "600s"))
-            .start()
-    };
-    let (a, b) = (start().await, start().await);
-    for pod in [&a, &b] {
-        pod.wait_redis_connected().await;
-        eventually(
-            "a read of the counter",
-            Duration::from_secs(10),
-            async || {
-                let metrics = pod.admin("/metrics").await.text();
-                metrics.contains("sidecache_redis_calls_total{op=\"seq\",outcome=\"done\"}")
-            },
-        )
+    let pod = ProxyConfig::new(origin)
+        .with(&config)
+        .with(routes::cache("/r/**", "600s"))
+        .start()
         .await;
-    }
+    pod.wait_redis_connected().await;
     eventually(
-        "both pods subscribed",
+        "a read of the counter",
         Duration::from_secs(10),
         async || {
-            let ports = ports.clone();
-            blocking(move || subscribers(&ports)).await == 2
+            let metrics = pod.admin("/metrics").await.text();
+            metrics.contains("sidecache_redis_calls_total{op=\"seq\",outcome=\"done\"}")
         },
     )
     .await;
+    pod
+}
+
+/// Waits until `count` pods are subscribed over these nodes.
+async fn subscribed(ports: &[u16], count: u64) {
+    eventually(
+        format!("{count} pods subscribed"),
+        Duration::from_secs(10),
+        async || {
+            let ports = ports.to_vec();
+            blocking(move || subscribers(&ports)).await == count
+        },
+    )
+    .await;
+}
+
+/// Fetches `path` through A (a fill) and then through B, which takes A's
+/// copy from Redis into its memory tier.
+async fn b_holding(a: &Proxy, b: &Proxy, path: &str) {
     assert!(
-        get(&a, path)
+        get(a, path)
             .await
             .cache_status()
             .contains("fwd=miss; stored")
@@ -108,10 +110,19 @@ async fn pods_with_b_holding(redis: &str, ports: Vec<u16>, path: &str) -> (Origi
     eventually(
         "A's fill in Redis, for B",
         Duration::from_secs(5),
-        async || get(&b, path).await.cache_status().contains("; hit"),
+        async || get(b, path).await.cache_status().contains("; hit"),
     )
     .await;
-    assert!(in_memory(&b, path).await);
+    assert!(in_memory(b, path).await);
+}
+
+/// Pods A and B on the Redis described by `redis`, both subscribed (on
+/// these `ports`); B holds `path`, fetched through A, in memory.
+async fn pods_with_b_holding(redis: &str, ports: Vec<u16>, path: &str) -> (Origin, Proxy, Proxy) {
+    let origin = Origin::start().await;
+    let (a, b) = (pod(&origin, redis).await, pod(&origin, redis).await);
+    subscribed(&ports, 2).await;
+    b_holding(&a, &b, path).await;
     (origin, a, b)
 }
 
@@ -378,4 +389,71 @@ async fn a_purge_redis_could_not_take_is_sent_again_once_it_can() {
     })
     .await;
     assert_eq!(origin.hits("/r/held"), 2, "not the purged copy from Redis");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_reaches_the_other_pods_while_the_counters_node_is_down() {
+    let cluster = blocking(RedisCluster::start).await;
+    let ports: Vec<u16> = cluster.nodes.iter().map(|n| n.port).collect();
+    let counter_node = cluster.master_of(COUNTER);
+    let nodes = format!("nodes = {}", cluster.seeds());
+    let origin = Origin::start().await;
+    let a = pod(&origin, &nodes).await;
+    subscribed(&ports, 1).await;
+    // B must hear through a node that stays up. A pod subscribes on the
+    // node its client's id hashes to, so pods are started until one's
+    // subscription is not on the counter's node (the others stay, idle).
+    let on_counter_node = async || blocking(move || subscribers(&[counter_node])).await;
+    let mut pods = vec![a];
+    let b = loop {
+        let before = on_counter_node().await;
+        let candidate = pod(&origin, &nodes).await;
+        subscribed(&ports, pods.len() as u64 + 1).await;
+        if on_counter_node().await == before {
+            break candidate;
+        }
+        pods.push(candidate);
+    };
+    let a = &pods[0];
+    b_holding(a, &b, "/r/held").await;
+
+    // The counter's node stops answering and is not replaced: no
+    // invalidation can be numbered until it is back.
+    let mut cluster = blocking(move || {
+        let mut cluster = cluster;
+        cluster.freeze_master(counter_node, false);
+        cluster
+    })
+    .await;
+    let purged = Instant::now();
+    assert_eq!(a.purge("http://app.example/r/held").await.status, 200);
+    eventually(
+        "B to drop the purged copy while the counter's node is frozen",
+        Duration::from_secs(1),
+        async || !in_memory(&b, "/r/held").await,
+    )
+    .await;
+    println!(
+        "B dropped the purged copy {:?} after the purge",
+        purged.elapsed()
+    );
+    assert_eq!(origin.hits("/r/held"), 2, "B fetched anew");
+
+    // Thawed: the numbered announcement follows, in sequence, so B, which
+    // missed nothing, clears nothing.
+    cluster.node(counter_node).thaw();
+    eventually(
+        "the purge numbered once the counter's node is back",
+        Duration::from_secs(10),
+        async || {
+            blocking(move || cli(counter_node, &["get", COUNTER]))
+                .await
+                .as_deref()
+                == Some("1")
+        },
+    )
+    .await;
+    for reason in ["gap", "behind", "reset"] {
+        assert_eq!(flushes(&b, reason).await, 0, "B flushed: {reason}");
+    }
 }

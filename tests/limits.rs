@@ -22,6 +22,11 @@ const PATIENCE: Duration = Duration::from_secs(5);
 
 /// A GET of `path` whose head is exactly `size` bytes, padded by one
 /// field; the proxy closes the connection after answering it.
+/// The `sidecache_client_rejections_total` series for `reason`.
+fn rejections(reason: &str) -> String {
+    format!("sidecache_client_rejections_total{{reason=\"{reason}\"}}")
+}
+
 fn head_of_size(path: &str, size: usize) -> Vec<u8> {
     let start = format!("GET {path} HTTP/1.1\r\nhost: a\r\nconnection: close\r\nx-pad: ");
     let end = "\r\n\r\n";
@@ -150,6 +155,11 @@ async fn a_request_head_over_max_header_size_gets_431_and_the_connection_closes(
         assert!(over.ends_with("\r\n\r\n"), "no body: {over}");
     }
     assert_eq!(origin.hits("/h/over"), 0);
+    assert_eq!(proxy.metric(&rejections("head-too-large")).await, 2);
+    // A head that does not parse is refused by hyper with 400, and counted.
+    let malformed = exchange(addr, b"GET /h/bad HTTP/1.1\r\nno colon\r\n\r\n".to_vec()).await;
+    assert!(malformed.starts_with("HTTP/1.1 400 "), "{malformed}");
+    assert_eq!(proxy.metric(&rejections("malformed")).await, 1);
 
     // The admin port has the same bounds.
     let admin = exchange(proxy.running.admin_addr(), head_of_size("/healthz", 70_000)).await;
@@ -198,6 +208,7 @@ async fn more_header_fields_than_max_headers_get_431() {
         more.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"),
         "{more}"
     );
+    assert_eq!(proxy.metric(&rejections("head-too-large")).await, 1);
     assert!(
         !more.contains("cache-status"),
         "refused by the proxy: {more}"
@@ -261,6 +272,7 @@ async fn a_client_trickling_its_head_is_dropped_after_the_header_read_timeout_wh
     );
     trickle.abort();
     assert_eq!(origin.hits("/s/slow"), 0);
+    assert_eq!(proxy.metric(&rejections("header-timeout")).await, 1);
 }
 
 #[tokio::test]
@@ -290,6 +302,7 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
         closed_after >= Duration::from_millis(550) && closed_after < Duration::from_millis(2000),
         "closed after {closed_after:?}"
     );
+    assert_eq!(proxy.metric(&rejections("idle-timeout")).await, 1);
     drop(writer);
 }
 

@@ -683,17 +683,6 @@ fn held_by(port: u16, paths: &[String]) -> Vec<bool> {
         .collect()
 }
 
-/// The value of one series in a proxy's `/metrics` (0 when absent).
-async fn metric(proxy: &Proxy, series: &str) -> u64 {
-    proxy
-        .admin("/metrics")
-        .await
-        .text()
-        .lines()
-        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_master_costs_a_request_at_most_one_deadline_and_the_other_shards_keep_serving() {
     const URLS: usize = 90;
@@ -859,17 +848,17 @@ async fn a_frozen_master_costs_a_request_at_most_one_deadline_and_the_other_shar
     // A few deadlines opened the node's breaker; since then its calls are
     // skipped (a probe every cooldown still pays one).
     let victim_series = format!("sidecache_redis_node_open{{node=\"127.0.0.1:{victim}\"}} ");
-    assert_eq!(metric(&reader, &victim_series).await, 1, "{victim_series}");
+    assert_eq!(reader.metric(&victim_series).await, 1, "{victim_series}");
     let get_calls =
         |outcome: &str| format!("sidecache_redis_calls_total{{op=\"get\",outcome=\"{outcome}\"}} ");
-    let timeouts = metric(&reader, &get_calls("timeout")).await;
-    let skipped = metric(&reader, &get_calls("skipped")).await;
+    let timeouts = reader.metric(&get_calls("timeout")).await;
+    let skipped = reader.metric(&get_calls("skipped")).await;
     assert!(
         skipped > 10 * timeouts,
         "{skipped} skipped vs {timeouts} timed out"
     );
     assert_eq!(
-        metric(&reader, "sidecache_redis_breaker_open ").await,
+        reader.metric("sidecache_redis_breaker_open ").await,
         0,
         "the global breaker stays closed"
     );
@@ -887,7 +876,7 @@ async fn a_frozen_master_costs_a_request_at_most_one_deadline_and_the_other_shar
                 .await
                 .cache_status()
                 .contains("hit");
-            hit && metric(&reader, &victim_series).await == 0
+            hit && reader.metric(&victim_series).await == 0
         },
     )
     .await;
@@ -936,7 +925,7 @@ async fn when_a_frozen_masters_replica_takes_over_its_keys_are_hits_again() {
         Duration::from_secs(5),
         async || {
             get(&reader, &path).await;
-            metric(&reader, &victim_series).await == 1
+            reader.metric(&victim_series).await == 1
         },
     )
     .await;

@@ -16,7 +16,10 @@
 //!
 //! While this pod cannot read the counter (Redis unreachable from here), it
 //! cannot know, and keeps serving its memory tier (the cache fails open);
-//! the first read that succeeds catches up, within the same bound.
+//! the first read that succeeds catches up, within the same bound. While
+//! the counter's node is down, invalidations cannot be numbered: the pod
+//! that makes one announces it bare meanwhile (`Writer::tell` in
+//! [`super::redis`]), which this pod applies like any other.
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;

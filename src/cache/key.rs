@@ -91,11 +91,31 @@ impl CacheKey {
         &self.canonical
     }
 
+    /// The first parts of the canonical bytes, as written by
+    /// [`KeyWriter::url`] (key version, namespace, scheme, host, method
+    /// class, path, query), read back rather than rebuilt so that
+    /// `/explain` shows what the key holds; `None` if the bytes end early.
+    pub fn url_parts(&self) -> Option<[String; URL_PARTS]> {
+        let mut rest: &[u8] = &self.canonical;
+        let mut parts: [String; URL_PARTS] = Default::default();
+        for part in &mut parts {
+            let (len, tail) = rest.split_first_chunk::<4>()?;
+            let len = usize::try_from(u32::from_be_bytes(*len)).ok()?;
+            let (bytes, tail) = (tail.get(..len)?, tail.get(len..)?);
+            *part = String::from_utf8_lossy(bytes).into_owned();
+            rest = tail;
+        }
+        Some(parts)
+    }
+
     /// Lowercase hex of the hash, for logs and tier keys.
     pub fn hex(&self) -> String {
         blake3::Hash::from_bytes(self.hash).to_hex().to_string()
     }
 }
+
+/// How many parts [`KeyWriter::url`] writes.
+pub const URL_PARTS: usize = 7;
 
 #[derive(Default)]
 struct KeyWriter(Vec<u8>);
@@ -275,6 +295,26 @@ mod tests {
 
     fn header_name(name: &'static str) -> HeaderName {
         HeaderName::from_static(name)
+    }
+
+    #[test]
+    fn url_parts_read_back_what_the_key_holds() {
+        let parts = key_with("HEAD", "/a%7e?b=2&a=1", &[("host", "Example.com:80")])
+            .url_parts()
+            .unwrap();
+        assert_eq!(
+            parts,
+            [
+                KEY_VERSION,
+                "ns",
+                "http",
+                "example.com",
+                "GET",
+                "/a~",
+                "a=1&b=2"
+            ]
+            .map(String::from)
+        );
     }
 
     #[test]

@@ -23,7 +23,7 @@ use fred::prelude::{
 use fred::prelude::{EventInterface, LuaInterface, PubsubInterface};
 use fred::types::Builder;
 use fred::types::cluster::ClusterRouting;
-use fred::types::config::UnresponsiveConfig;
+use fred::types::config::{Server, UnresponsiveConfig};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -261,6 +261,24 @@ impl RedisTier {
         }
     }
 
+    /// What `key` holds, for an operator's look (`/explain`): within what
+    /// is left of `budget` and never through an open breaker, like a
+    /// lookup, but it changes nothing: no outcome metric, no breaker
+    /// accounting (nor its probe), no removal of an unusable value.
+    pub async fn peek(&self, key: &CacheKey, budget: &Budget) -> Peeked {
+        let redis_key = redis_key(key);
+        let node = self.node_of(&redis_key);
+        let get = self.client.get::<Option<Bytes>, _>(&redis_key);
+        match self.gate.peek(node, budget, get).await {
+            Err(why) => Peeked::Unavailable(why),
+            Ok(None) => Peeked::Absent,
+            Ok(Some(value)) => match Stored::decode(value, key) {
+                Ok(object) => Peeked::Found(object),
+                Err(error) => Peeked::Unusable(error.to_string()),
+            },
+        }
+    }
+
     /// Queues `object` to be written with a lifetime of `keep_for`; a full
     /// queue drops the write rather than delay anyone.
     pub fn store(&self, object: Stored, keep_for: Duration) {
@@ -459,7 +477,7 @@ async fn write_loop(
         gate,
         metrics,
     };
-    let mut pending: VecDeque<Write> = VecDeque::new();
+    let mut pending: VecDeque<Unsent> = VecDeque::new();
     loop {
         let queued = if pending.is_empty() {
             queue.recv().await
@@ -480,13 +498,32 @@ async fn write_loop(
                 let _ = done.send(());
             }
             Some(Queued::Write(write)) => {
-                let retried = matches!(write, Write::Invalidate { .. } | Write::PurgeTag { .. });
-                if !writer.send(&write).await && retried {
-                    writer.keep(&mut pending, write);
+                if !writer.send(&write).await {
+                    match &write {
+                        Write::Invalidate { hash, .. } => {
+                            let told = writer.tell(hash).await;
+                            writer.keep(&mut pending, Unsent { write, told });
+                        }
+                        // A tag purge is announced with the times Redis
+                        // recorded (what a pod that missed it reads), so
+                        // only once Redis has taken it: kept until then.
+                        Write::PurgeTag { .. } => {
+                            writer.keep(&mut pending, Unsent { write, told: false });
+                        }
+                        Write::Set { .. } | Write::Delete { .. } => {}
+                    }
                 }
             }
         }
     }
+}
+
+/// An invalidation Redis did not take yet.
+struct Unsent {
+    write: Write,
+    /// Whether the pods were told to drop its key already, unnumbered
+    /// ([`Writer::tell`]).
+    told: bool,
 }
 
 /// What the writer task sends with.
@@ -615,24 +652,77 @@ impl Writer {
         }
     }
 
+    /// Tells every pod to drop `hash` from its memory tier now, without a
+    /// number, through a node that answers. An invalidation is numbered on
+    /// the counter's node (and its copy deleted on the key's): while either
+    /// is down or failing over, which takes seconds, the numbered
+    /// announcement waits in the pending list, and without this every other
+    /// pod would serve its memory copy all that time. Pods subscribed
+    /// through a live node hear this at once; the numbered announcement
+    /// still follows, so one that missed both sees the gap. Whether a node
+    /// took it.
+    async fn tell(&self, hash: &str) -> bool {
+        let Some(routing) = self.client.cached_cluster_state() else {
+            // Not a cluster: the one server, the counter's too, is failing.
+            let publish = async {
+                self.client
+                    .publish::<(), _, _>(INVALIDATIONS, hash)
+                    .await
+                    .map(drop)
+            };
+            return self.call("tell", None, publish).await.is_some();
+        };
+        let counter_node = node_of(&self.client, SEQUENCE);
+        let Some(server) = answering_node(&routing, &self.gate, counter_node.as_deref()) else {
+            self.metrics.redis_call("tell", "skipped");
+            return false;
+        };
+        let node = server.to_string();
+        let via = self.client.with_cluster_node(server);
+        let publish = async { via.publish::<(), _, _>(INVALIDATIONS, hash).await.map(drop) };
+        self.call("tell", Some(node), publish).await.is_some()
+    }
+
     /// Keeps an invalidation or tag purge Redis did not take, to send it again.
-    fn keep(&self, pending: &mut VecDeque<Write>, write: Write) {
+    fn keep(&self, pending: &mut VecDeque<Unsent>, unsent: Unsent) {
         if pending.len() >= PENDING_INVALIDATIONS {
             pending.pop_front();
             self.metrics.redis_call("publish", "dropped");
         }
-        pending.push_back(write);
+        pending.push_back(unsent);
     }
 
-    /// Sends the pending invalidations again, oldest first, until one fails.
-    async fn retry(&self, pending: &mut VecDeque<Write>) {
-        while let Some(write) = pending.front() {
-            if !self.send(write).await {
-                return;
+    /// Sends the pending invalidations again, oldest first, until one
+    /// fails; then tells the pods of those still pending that they were
+    /// not told of yet (Redis was wholly away when they came).
+    async fn retry(&self, pending: &mut VecDeque<Unsent>) {
+        while let Some(unsent) = pending.front() {
+            if !self.send(&unsent.write).await {
+                break;
             }
             pending.pop_front();
         }
+        for unsent in pending.iter_mut().filter(|unsent| !unsent.told) {
+            let Write::Invalidate { hash, .. } = &unsent.write else {
+                continue;
+            };
+            if !self.tell(hash).await {
+                return;
+            }
+            unsent.told = true;
+        }
     }
+}
+
+/// A primary that owns slots and whose breaker is closed, other than
+/// `avoid`: where a command that any node can run goes while some node is
+/// failing (fred would pick any, the failing one included).
+fn answering_node(routing: &ClusterRouting, gate: &Gate, avoid: Option<&str>) -> Option<Server> {
+    let open = gate.nodes_open();
+    routing.unique_primary_nodes().into_iter().find(|server| {
+        let name = server.to_string();
+        avoid != Some(name.as_str()) && !open.iter().any(|(node, open)| *open && *node == name)
+    })
 }
 
 /// While a node's breaker is open, checks every [`TOPOLOGY_CHECK`] whether
@@ -658,12 +748,7 @@ async fn follow_failovers(
         let Some(known) = client.cached_cluster_state() else {
             continue;
         };
-        // Asked of a node that answers: fred would send it to any, the
-        // failing one included.
-        let Some(answering) = known.unique_primary_nodes().into_iter().find(|server| {
-            let name = server.to_string();
-            !nodes.iter().any(|(node, open)| *open && *node == name)
-        }) else {
+        let Some(answering) = answering_node(&known, &gate, None) else {
             continue;
         };
         let ask = client.with_cluster_node(answering);
@@ -747,6 +832,17 @@ pub enum Lease {
     Lost,
     /// Redis cannot say: fetch, as without Redis.
     Unavailable,
+}
+
+/// What [`RedisTier::peek`] found.
+#[derive(Debug)]
+pub enum Peeked {
+    Found(Stored),
+    Absent,
+    /// A value a lookup would remove as a miss (the reason).
+    Unusable(String),
+    /// No answer: why (breaker open, out of time, an error).
+    Unavailable(&'static str),
 }
 
 /// `sidecache:{flight}:lease`, in the flight's own slot.
@@ -882,6 +978,53 @@ impl Gate {
         budget.troubled.store(true, Ordering::Relaxed);
         breaker.failure(Instant::now());
         None
+    }
+
+    /// Runs `command` for a look that must change nothing: bounded by what
+    /// is left of `budget` and skipped when the node's breaker (or all of
+    /// Redis's) is open, like [`Gate::call`], but it records no metric and
+    /// no success or failure, and never takes an open breaker's probe.
+    async fn peek<T>(
+        &self,
+        node: Option<String>,
+        budget: &Budget,
+        command: impl Future<Output = Result<T, fred::error::Error>>,
+    ) -> Result<T, &'static str> {
+        let left = budget.left(self.timeout);
+        if left.is_zero() {
+            return Err("no time left");
+        }
+        let open = match node {
+            Some(node) => self
+                .nodes
+                .lock()
+                .ok()
+                .and_then(|nodes| nodes.get(&node).map(|breaker| breaker.is_open()))
+                .unwrap_or(false),
+            None => self.breaker.is_open(),
+        };
+        if open {
+            budget.troubled.store(true, Ordering::Relaxed);
+            return Err("breaker open");
+        }
+        let started = Instant::now();
+        let result = tokio::time::timeout(left, command).await;
+        budget.spend(started.elapsed());
+        match result {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(error)) if *error.kind() == fred::error::ErrorKind::Timeout => {
+                budget.troubled.store(true, Ordering::Relaxed);
+                Err("timeout")
+            }
+            Ok(Err(_)) => {
+                budget.troubled.store(true, Ordering::Relaxed);
+                Err("error")
+            }
+            Err(_) => {
+                budget.troubled.store(true, Ordering::Relaxed);
+                Err("timeout")
+            }
+        }
     }
 
     /// The breaker a call to `node` answers to, or `None` when it skips the

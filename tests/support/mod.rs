@@ -590,6 +590,17 @@ pub fn init_logging() {
 }
 
 impl Proxy {
+    /// The value of one series (`name{labels}`, as rendered) in the proxy's
+    /// `/metrics`; 0 while it is absent.
+    pub async fn metric(&self, series: &str) -> u64 {
+        self.admin("/metrics")
+            .await
+            .text()
+            .lines()
+            .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
     /// Waits (bounded) until the proxy's Redis client reports its connections up.
     pub async fn wait_redis_connected(&self) {
         eventually(

@@ -245,6 +245,30 @@ impl RedisCluster {
         self.node(port).freeze();
     }
 
+    /// The port of the master that owns `key`'s slot now.
+    pub fn master_of(&self, key: &str) -> u16 {
+        let port = self.master_ports()[0];
+        let slot: u16 = cli(port, &["cluster", "keyslot", key])
+            .and_then(|slot| slot.parse().ok())
+            .unwrap();
+        // `CLUSTER NODES` lines: id host:port@bus flags master ... slot ranges.
+        let nodes = cli(port, &["cluster", "nodes"]).unwrap();
+        nodes
+            .lines()
+            .filter(|line| line.contains("master"))
+            .find_map(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                let owns = fields.iter().skip(8).any(|range| {
+                    let (first, last) = range.split_once('-').unwrap_or((range, range));
+                    matches!((first.parse::<u16>(), last.parse::<u16>()),
+                        (Ok(first), Ok(last)) if (first..=last).contains(&slot))
+                });
+                let address = fields.get(1)?.split('@').next()?;
+                owns.then(|| address.rsplit(':').next()?.parse().ok())?
+            })
+            .unwrap()
+    }
+
     pub fn node(&mut self, port: u16) -> &mut RedisNode {
         self.nodes.iter_mut().find(|n| n.port == port).unwrap()
     }
