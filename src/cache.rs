@@ -5,6 +5,7 @@ pub mod decide;
 pub mod entry;
 pub mod fill;
 pub mod flight;
+pub mod growing;
 pub mod key;
 pub mod memory;
 pub mod policy;
@@ -22,7 +23,8 @@ use crate::config::{CacheConfig, RedisConfig};
 use crate::metrics::Metrics;
 use coherence::Coherence;
 use entry::{Entry, Stored, Variants};
-use flight::{Filled, Flights, Leader, Role};
+use flight::{Filled, Flights, Joined, Leader, Role};
+use growing::Reader;
 use http::{HeaderMap, HeaderName, header};
 use key::CacheKey;
 use memory::MemoryTier;
@@ -184,11 +186,15 @@ impl<'a> Flight<'a> {
 
 /// A request's part in the fetch of what it asks for.
 pub enum Admission {
-    /// Fetch, and report through the leader handle: storing with it hands
-    /// the entry to the waiting requests, dropping it releases them.
+    /// Fetch, and report through the leader handle: a fill that shares its
+    /// body hands it to the waiting requests as it arrives, storing with it
+    /// hands them the entry, dropping it releases them.
     Lead(Leader),
     /// Another request's fetch (in this pod or another) stored this.
     Collapsed(Arc<Entry>),
+    /// Another request's fetch in this pod is storing this response (`head`
+    /// has no body): its `body` is read as it arrives.
+    Streaming { head: Arc<Entry>, body: Reader },
     /// Fetch without leading: the fetch waited for stored nothing, or took
     /// longer than the lock timeout.
     Alone,
@@ -312,6 +318,20 @@ impl Cache {
             // is judged as Redis's).
             found = self.get(key, now, budget).await;
         }
+    }
+
+    /// Whether the fetch of `entry` (stored, or its head still arriving and
+    /// its tags not yet read) was sent after every purge of its tags.
+    async fn fetched_since_purges(&self, entry: &Entry, budget: &Budget) -> bool {
+        if entry.tags.is_empty() {
+            let tags = tags::parse(&entry.headers, &self.tag_headers).tags;
+            let mut purged = Purged::default();
+            for tag in &tags {
+                purged = purged.merge(self.tag_purges(tag, budget).await);
+            }
+            return tags::effect(entry.request_time, purged) == Effect::Current;
+        }
+        self.tag_effect(entry, budget).await == Effect::Current
     }
 
     /// What the purges of `entry`'s tags make of it.
@@ -484,22 +504,40 @@ impl Cache {
     }
 
     /// Joins the fetch of `flight`: in this process the first request leads
-    /// and the others wait for what it stores; across the fleet, the leader
+    /// and the others wait for what it stores (or read its body as it
+    /// arrives, once its head is decided storable); across the fleet, the leader
     /// takes a Redis lease, or waits for the pod that holds it (its Redis
     /// calls drawing on the request's `budget`).
     pub async fn admit(&self, flight: Flight<'_>, budget: &Budget) -> Admission {
         match self.flights.join(flight.id) {
-            Role::Follower(follower) => match follower.wait(flight.lock_timeout).await {
+            Role::Follower(follower) => {
                 // A fetch sent before a purge of its tags is no answer for
-                // the requests that waited for it.
-                Some(filled)
-                    if filled.selects(flight.forwarded)
-                        && self.tag_effect(&filled.entry, budget).await == Effect::Current =>
-                {
-                    Admission::Collapsed(filled.entry)
+                // the requests that waited for it (the one that sent it
+                // still gets it).
+                let joined = match follower.wait(flight.lock_timeout).await {
+                    Some(Joined::Stored(filled)) if filled.selects(flight.forwarded) => {
+                        Admission::Collapsed(filled.entry)
+                    }
+                    Some(Joined::Arriving(head, body)) if head.selects(flight.forwarded) => {
+                        Admission::Streaming {
+                            head: head.entry,
+                            body,
+                        }
+                    }
+                    _ => return Admission::Alone,
+                };
+                let fetched = match &joined {
+                    Admission::Collapsed(entry) | Admission::Streaming { head: entry, .. } => {
+                        entry.clone()
+                    }
+                    _ => return joined,
+                };
+                if self.fetched_since_purges(&fetched, budget).await {
+                    joined
+                } else {
+                    Admission::Alone
                 }
-                _ => Admission::Alone,
-            },
+            }
             Role::Leader(mut leader) => match self.lead_in_fleet(flight, &mut leader, budget).await
             {
                 Some(filled) => {

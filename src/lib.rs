@@ -29,8 +29,10 @@
 //!   and [`cache::validation`].
 //! - [`origin`]: the HTTP/1.1 upstream client (a connection pool per worker
 //!   thread), deadlines, hop-by-hop and forwarding headers.
-//! - [`cache::fill`] stores a streamed body once it is complete;
-//!   [`respond`] makes answers from a stored [`cache::entry`] (304, 206/416, HEAD).
+//! - [`cache::fill`] stores a streamed body once it is complete, its chunks
+//!   in a [`cache::growing`] body that the requests collapsed onto the fetch
+//!   read as it arrives; [`respond`] makes answers from a stored
+//!   [`cache::entry`] (304, 206/416, HEAD), or from one still arriving.
 //! - [`cache::status`]: the RFC 9211 `Cache-Status` header.
 //!
 //! Around them: [`config`] (TOML to validated settings, a module per

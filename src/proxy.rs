@@ -26,7 +26,7 @@ use crate::config::CacheConfig;
 use crate::metrics::{Metrics, UNROUTED};
 use crate::origin::{self, Origin, OriginBody, OriginError, OriginResponseBody};
 use crate::request;
-use crate::respond::{answer, not_modified};
+use crate::respond::{answer, answer_arriving, not_modified};
 use crate::route::{Cookies, Route, RouteTable};
 
 /// Why a request got a synthetic error response instead of the origin's.
@@ -392,8 +392,14 @@ impl Proxy {
                     let now = self.cache.now();
                     return Ok(request.answer(&entry, CacheStatus::Collapsed, now));
                 }
-                Admission::Collapsed(_) => {}
-                Admission::Alone => {}
+                Admission::Streaming { head, body } if decide::may_answer(&presented, &head) => {
+                    let now = self.cache.now();
+                    let body = body::stream(body);
+                    let response = answer_arriving(&head, body, &request.client_headers, now);
+                    let status = CacheStatus::Collapsed;
+                    return Ok(Served { response, status });
+                }
+                Admission::Collapsed(_) | Admission::Streaming { .. } | Admission::Alone => {}
             }
         }
         self.fetch(&request, parts, prior, leader).await
@@ -472,6 +478,8 @@ impl Proxy {
     /// passed on as it arrives, or, for a range filled whole, read to its
     /// end and cut; a client whose own condition holds gets a 304 while
     /// the body is still read to the end in the background, to fill the cache.
+    /// A body the requests waiting on this fetch share is read by a task of
+    /// its own, which the client reads from like them.
     async fn stream_and_store(
         &self,
         request: &CacheableRequest,
@@ -496,14 +504,19 @@ impl Proxy {
                 .to_bytes();
             return Ok(request.answer(whole, status, self.cache.now()));
         }
+        let body = match body.share() {
+            Ok((fill, reader)) => {
+                self.background.spawn(fill);
+                body::stream(reader)
+            }
+            Err(body) => body::stream(body),
+        };
         if validation::not_modified(&request.client_headers, &head.headers, received) {
-            self.background.spawn(async move {
-                let _ = body.collect().await;
-            });
+            self.background.spawn(drain(body));
             let response = not_modified(&head.headers);
             return Ok(Served { response, status });
         }
-        let response = Response::from_parts(head, body::stream(body));
+        let response = Response::from_parts(head, body);
         Ok(Served { response, status })
     }
 
@@ -521,7 +534,7 @@ impl Proxy {
             let budget = Budget::default();
             let leader = match proxy.cache.admit(request.flight(&prior), &budget).await {
                 Admission::Lead(leader) => leader,
-                Admission::Collapsed(_) => {
+                Admission::Collapsed(_) | Admission::Streaming { .. } => {
                     proxy.metrics.background_refresh("elsewhere");
                     return;
                 }
@@ -677,6 +690,12 @@ pub fn request_policy(route: Option<&Route>, parts: &Parts) -> RequestPolicy {
     let caches = route.is_some_and(|r| r.caches(&parts.method));
     let cookies_bypass = route.is_some_and(|r| r.cookies == Cookies::Bypass);
     policy::request_policy(caches, cookies_bypass, &parts.headers)
+}
+
+/// Reads a body to its end without keeping it (what reading it causes is
+/// the point: a fill).
+async fn drain(mut body: ProxyBody) {
+    while let Some(Ok(_)) = body.frame().await {}
 }
 
 /// Adds this cache's member to `Cache-Status`, after any an upstream cache wrote (RFC 9211 §2).

@@ -1,4 +1,4 @@
-//! Answers made from a stored response: the full response, a 304 for a client's own condition, a 206 or 416 for a range, headers only for HEAD.
+//! Answers made from a stored response: the full response, a 304 for a client's own condition, a 206 or 416 for a range, headers only for HEAD; and from one still arriving.
 
 use std::time::SystemTime;
 
@@ -34,6 +34,32 @@ pub fn answer(
         } else {
             body::full(entry.body.clone())
         };
+        let mut response = Response::new(body);
+        *response.status_mut() = entry.status;
+        *response.headers_mut() = entry.headers.clone();
+        response
+    };
+    response
+        .headers_mut()
+        .insert(header::AGE, HeaderValue::from(entry.age(now).as_secs()));
+    response
+}
+
+/// A response another request's fetch is still receiving (`entry` without
+/// its body) as the answer to a whole GET collapsed onto it: a 304 at once
+/// when the client's own conditions hold (they need only the head), else the
+/// full response with `body` as it arrives. HEAD and range requests do not
+/// collapse (they are answered from what was stored), so no other shape is
+/// asked of it.
+pub fn answer_arriving(
+    entry: &Entry,
+    body: ProxyBody,
+    request: &HeaderMap,
+    now: SystemTime,
+) -> Response<ProxyBody> {
+    let mut response = if validation::not_modified(request, &entry.headers, entry.response_time) {
+        not_modified(&entry.headers)
+    } else {
         let mut response = Response::new(body);
         *response.status_mut() = entry.status;
         *response.headers_mut() = entry.headers.clone();

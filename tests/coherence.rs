@@ -107,12 +107,18 @@ async fn b_holding(a: &Proxy, b: &Proxy, path: &str) {
             .cache_status()
             .contains("fwd=miss; stored")
     );
+    // B asks once A's write has landed: asked before, it would fetch too.
     eventually(
-        "A's fill in Redis, for B",
+        "A's fill written to Redis",
         Duration::from_secs(5),
-        async || get(b, path).await.cache_status().contains("; hit"),
+        async || {
+            a.metric("sidecache_redis_calls_total{op=\"set\",outcome=\"done\"}")
+                .await
+                >= 1
+        },
     )
     .await;
+    assert!(get(b, path).await.cache_status().contains("; hit"));
     assert!(in_memory(b, path).await);
 }
 

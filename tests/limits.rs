@@ -12,7 +12,7 @@ use http_body_util::Empty;
 use hyper_util::client::legacy::Client as LegacyClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use support::{Origin, Proxy, ProxyConfig, Reply};
+use support::{Origin, Proxy, ProxyConfig, Reply, eventually, lazy_message};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedReadHalf;
@@ -22,9 +22,18 @@ const PATIENCE: Duration = Duration::from_secs(5);
 
 /// A GET of `path` whose head is exactly `size` bytes, padded by one
 /// field; the proxy closes the connection after answering it.
-/// The `sidecache_client_rejections_total` series for `reason`.
-fn rejections(reason: &str) -> String {
-    format!("sidecache_client_rejections_total{{reason=\"{reason}\"}}")
+/// Waits until `proxy` has counted `count` rejections for `reason`
+/// (`sidecache_client_rejections_total`): what hyper refuses is counted
+/// when its connection task ends, which may be just after the client has
+/// seen the close.
+async fn rejected(proxy: &Proxy, reason: &str, count: u64) {
+    let series = format!("sidecache_client_rejections_total{{reason=\"{reason}\"}}");
+    eventually(
+        lazy_message(|| format!("{count} {reason} rejections")),
+        Duration::from_secs(2),
+        async || proxy.metric(&series).await == count,
+    )
+    .await;
 }
 
 fn head_of_size(path: &str, size: usize) -> Vec<u8> {
@@ -155,11 +164,11 @@ async fn a_request_head_over_max_header_size_gets_431_and_the_connection_closes(
         assert!(over.ends_with("\r\n\r\n"), "no body: {over}");
     }
     assert_eq!(origin.hits("/h/over"), 0);
-    assert_eq!(proxy.metric(&rejections("head-too-large")).await, 2);
+    rejected(&proxy, "head-too-large", 2).await;
     // A head that does not parse is refused by hyper with 400, and counted.
     let malformed = exchange(addr, b"GET /h/bad HTTP/1.1\r\nno colon\r\n\r\n".to_vec()).await;
     assert!(malformed.starts_with("HTTP/1.1 400 "), "{malformed}");
-    assert_eq!(proxy.metric(&rejections("malformed")).await, 1);
+    rejected(&proxy, "malformed", 1).await;
 
     // The admin port has the same bounds.
     let admin = exchange(proxy.running.admin_addr(), head_of_size("/healthz", 70_000)).await;
@@ -208,7 +217,7 @@ async fn more_header_fields_than_max_headers_get_431() {
         more.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"),
         "{more}"
     );
-    assert_eq!(proxy.metric(&rejections("head-too-large")).await, 1);
+    rejected(&proxy, "head-too-large", 1).await;
     assert!(
         !more.contains("cache-status"),
         "refused by the proxy: {more}"
@@ -272,7 +281,7 @@ async fn a_client_trickling_its_head_is_dropped_after_the_header_read_timeout_wh
     );
     trickle.abort();
     assert_eq!(origin.hits("/s/slow"), 0);
-    assert_eq!(proxy.metric(&rejections("header-timeout")).await, 1);
+    rejected(&proxy, "header-timeout", 1).await;
 }
 
 #[tokio::test]
@@ -302,7 +311,7 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
         closed_after >= Duration::from_millis(550) && closed_after < Duration::from_millis(2000),
         "closed after {closed_after:?}"
     );
-    assert_eq!(proxy.metric(&rejections("idle-timeout")).await, 1);
+    rejected(&proxy, "idle-timeout", 1).await;
     drop(writer);
 }
 

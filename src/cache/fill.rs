@@ -1,22 +1,25 @@
-//! Streams an origin body to the client while copying it aside, and stores it once it is complete.
+//! Streams an origin body to the client while keeping its chunks, and stores it once it is complete.
 //!
-//! Hand-written because the rule is specific to a cache: the copy is stored
-//! only if the body ended cleanly, matched its `Content-Length` and stayed
-//! under the size limit. A body the origin cuts short (an error frame), or
-//! that the client abandons (the body is dropped before its end), is never
-//! stored.
+//! Hand-written because the rule is specific to a cache: the body is stored
+//! only if it ended cleanly, matched its `Content-Length` and stayed under
+//! the size limit. A body the origin cuts short (an error frame), or that
+//! every reader abandons (the body is dropped before its end), is never
+//! stored. The chunks kept are the ones the requests waiting on the fetch
+//! read as they arrive ([`StoringBody::share`]), so they cost no extra copy.
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::header;
 use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
 
 use super::Cache;
 use super::entry::{Entry, Variants};
-use super::flight::Leader;
+use super::flight::{Filled, Leader};
+use super::growing::{Growing, Reader};
 use super::policy::NoCacheReason;
 
 /// A response body that fills the cache when it ends.
@@ -33,10 +36,12 @@ pub struct Fill {
     entry: Entry,
     /// The index of its URL's variants, when it is one of them.
     variants: Option<Arc<Variants>>,
-    /// The flight this fetch leads, told when the entry is stored; dropped
-    /// with the fill otherwise, which sends the followers to the origin.
+    /// The flight this fetch leads, told when the body starts to arrive (if
+    /// shared) and when the entry is stored; dropped with the fill
+    /// otherwise, which sends the followers still waiting to the origin.
     leader: Option<Leader>,
-    buffer: BytesMut,
+    /// The body so far, which readers of the shared fetch follow.
+    body: Growing,
     limit: u64,
 }
 
@@ -54,7 +59,7 @@ impl Fill {
             entry,
             variants,
             leader,
-            buffer: BytesMut::new(),
+            body: Growing::default(),
             limit,
         }
     }
@@ -64,29 +69,49 @@ impl Fill {
         &self.entry
     }
 
-    /// Copies one chunk; gives up (returns `Err`) when over the limit.
-    fn push(&mut self, data: &Bytes) -> Result<(), NoCacheReason> {
-        if (self.buffer.len() + data.len()) as u64 > self.limit {
+    /// The body length the origin declared.
+    fn declared(&self) -> Option<usize> {
+        self.entry
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok())
+    }
+
+    /// Whether the requests waiting on this fetch may read its body as it
+    /// arrives: it leads a flight, and its length is declared (so known to
+    /// fit the size limit, which the decision to store checked). A body of
+    /// unknown length might outgrow the limit after they started; its
+    /// waiters get the stored entry once it is complete, or fetch themselves.
+    fn shares(&self) -> bool {
+        self.leader.is_some() && self.declared().is_some()
+    }
+
+    /// Keeps one chunk; gives up (returns `Err`) when over the limit. The
+    /// `last` one reaches the readers only with the end, after the store:
+    /// a client that has the whole body finds it stored, as it would if it
+    /// read the origin's body itself.
+    fn push(&mut self, data: &Bytes, last: bool) -> Result<(), NoCacheReason> {
+        if (self.body.received() + data.len()) as u64 > self.limit {
             return Err(NoCacheReason::TooLarge);
         }
-        self.buffer.extend_from_slice(data);
+        self.body.push(data.clone(), !last);
         Ok(())
     }
 
     fn finish(mut self) -> Result<(), NoCacheReason> {
-        let declared = self
-            .entry
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<usize>().ok());
-        if declared.is_some_and(|len| len != self.buffer.len()) {
+        if self
+            .declared()
+            .is_some_and(|len| len != self.body.received())
+        {
             return Err(NoCacheReason::Incomplete);
         }
-        self.entry.body = self.buffer.freeze();
+        self.entry.body = self.body.contiguous();
         let now = self.cache.now();
         self.cache
             .store(self.entry, self.variants, self.leader, now);
+        // Readers end their bodies only now: never complete unless whole.
+        self.body.complete();
         Ok(())
     }
 }
@@ -97,6 +122,46 @@ impl<B> StoringBody<B> {
             inner,
             fill: Some(fill),
         }
+    }
+
+    /// Reads the body to its end in a task of its own (to be spawned), for
+    /// the client and the requests waiting on the fetch alike, each reading
+    /// as it arrives at its own pace: the task, and the client's reader.
+    /// The task stops, storing nothing, once nobody reads (every client went
+    /// away). `Err` gives the body back when it is not to be shared
+    /// ([`Fill::shares`]).
+    // The body comes back by value once per fill; boxing it would cost an
+    // allocation on every one.
+    #[allow(clippy::result_large_err)]
+    pub fn share(self) -> Result<(impl Future<Output = ()> + Send + 'static, Reader), Self>
+    where
+        B: Body<Data = Bytes> + Unpin + Send + 'static,
+    {
+        let Some(fill) = self.fill.as_ref().filter(|fill| fill.shares()) else {
+            return Err(self);
+        };
+        let reader = fill.body.reader();
+        let unread = fill.body.unread();
+        if let Some(leader) = &fill.leader {
+            let head = Filled {
+                entry: Arc::new(fill.entry.clone()),
+                variants: fill.variants.clone(),
+            };
+            leader.arriving(head, fill.body.joining());
+        }
+        let mut body = self;
+        let task = async move {
+            let mut unread = std::pin::pin!(unread);
+            // Until the fill is done or given up (then the body is dropped,
+            // which closes the origin connection if it is not at its end).
+            while body.fill.is_some() {
+                tokio::select! {
+                    frame = body.frame() => if !matches!(frame, Some(Ok(_))) { break },
+                    () = &mut unread => break,
+                }
+            }
+        };
+        Ok((task, reader))
     }
 
     fn finish(&mut self) {
@@ -127,10 +192,11 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let this = self.get_mut();
         let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        let ended = this.inner.is_end_stream();
         match &frame {
             Some(Ok(frame)) => {
                 if let (Some(data), Some(fill)) = (frame.data_ref(), this.fill.as_mut())
-                    && let Err(reason) = fill.push(data)
+                    && let Err(reason) = fill.push(data, ended)
                 {
                     this.give_up(reason);
                 }
@@ -140,7 +206,7 @@ where
         }
         // hyper stops polling once a body of known length has been written in
         // full, so the end is noticed here rather than waiting for `None`.
-        if this.inner.is_end_stream() {
+        if ended {
             this.finish();
         }
         Poll::Ready(frame)

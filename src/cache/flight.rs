@@ -1,9 +1,11 @@
-//! Single-flight in one process: the first miss for a key fetches, concurrent requests for it wait for that fetch's stored result.
+//! Single-flight in one process: the first miss for a key fetches, concurrent requests for it share that fetch's response once it is to be stored.
 //!
 //! Hand-written on a `tokio::sync::watch` per key because the rules are a
-//! cache's: followers get the leader's response only if it was stored (a
-//! private or failed answer is never shared: they fetch for themselves), and
-//! a leader that is dropped — its client went away — releases them at once.
+//! cache's: followers get the leader's response only if it is being stored (a
+//! private or failed answer is never shared: they fetch for themselves) —
+//! its body as it arrives when the fill shares it ([`super::growing`]), else
+//! the stored entry — and a leader that is dropped without storing (the fill
+//! failed, or nobody reads it any more) releases the ones still waiting.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -13,6 +15,7 @@ use http::HeaderMap;
 use tokio::sync::watch;
 
 use super::entry::{Entry, Variants};
+use super::growing::{Joining, Reader};
 
 /// A stored response as a fetch hands it to the requests that waited for it.
 #[derive(Clone, Debug)]
@@ -37,6 +40,9 @@ impl Filled {
 #[derive(Clone, Debug)]
 enum Outcome {
     Pending,
+    /// The leader's response is being stored, its body still arriving:
+    /// followers read it as it grows (the entry has no body yet).
+    Arriving(Filled, Joining),
     /// The leader's response was stored: followers answer from it.
     Stored(Filled),
     /// Not stored, failed, or the leader went away: followers fetch themselves.
@@ -107,6 +113,15 @@ impl Leader {
         self.on_finish = Some(Box::new(hook));
     }
 
+    /// The response is being stored and its body arrives through
+    /// `joining`: followers read it if it selects them. The flight goes on
+    /// until the fill is stored or given up.
+    pub fn arriving(&self, head: Filled, joining: Joining) {
+        if let Some((_, _, sender)) = &self.flight {
+            sender.send_replace(Outcome::Arriving(head, joining));
+        }
+    }
+
     /// The response was stored: followers answer from it if it selects them.
     pub fn stored(mut self, filled: Filled) {
         self.finish(Outcome::Stored(filled));
@@ -136,16 +151,30 @@ pub struct Follower {
     receiver: watch::Receiver<Outcome>,
 }
 
+/// What a follower shares of the leader's fetch.
+pub enum Joined {
+    /// The stored response.
+    Stored(Filled),
+    /// The response being stored (no body in the entry), and a reader of
+    /// its body from the first byte.
+    Arriving(Filled, Reader),
+}
+
 impl Follower {
-    /// Waits at most `timeout` for the leader: `Some` when it stored a
-    /// response, `None` when the follower should fetch for itself.
-    pub async fn wait(mut self, timeout: Duration) -> Option<Filled> {
+    /// Waits at most `timeout` for the leader's response to be known:
+    /// `Some` when it is stored or being stored, `None` when the follower
+    /// should fetch for itself.
+    pub async fn wait(mut self, timeout: Duration) -> Option<Joined> {
         let done = self
             .receiver
             .wait_for(|outcome| !matches!(outcome, Outcome::Pending));
         match tokio::time::timeout(timeout, done).await {
             Ok(Ok(outcome)) => match &*outcome {
-                Outcome::Stored(filled) => Some(filled.clone()),
+                Outcome::Stored(filled) => Some(Joined::Stored(filled.clone())),
+                // `None` if the fill ended since: it then stored nothing.
+                Outcome::Arriving(head, joining) => joining
+                    .reader()
+                    .map(|reader| Joined::Arriving(head.clone(), reader)),
                 _ => None,
             },
             // Timed out, or the sender vanished without a word.
@@ -193,7 +222,7 @@ mod tests {
         );
         let waiting = tokio::spawn(follower.wait(Duration::from_secs(5)));
         leader.stored(entry());
-        assert!(waiting.await.unwrap().is_some());
+        assert!(matches!(waiting.await.unwrap(), Some(Joined::Stored(_))));
         assert!(!flights.in_flight(&[1; 32]));
         assert!(
             matches!(flights.join([1; 32]), Role::Leader(_)),
@@ -212,6 +241,35 @@ mod tests {
         };
         drop(leader);
         assert!(follower.wait(Duration::from_secs(5)).await.is_none());
+        assert!(!flights.in_flight(&[1; 32]));
+    }
+
+    #[tokio::test]
+    async fn followers_read_a_body_as_it_arrives_until_it_is_stored() {
+        use http_body_util::BodyExt;
+        let flights = Flights::default();
+        let Role::Leader(leader) = flights.join([1; 32]) else {
+            panic!("leader")
+        };
+        let Role::Follower(before) = flights.join([1; 32]) else {
+            panic!("follower")
+        };
+        let growing = crate::cache::growing::Growing::default();
+        growing.push(bytes::Bytes::from_static(b"x"), true);
+        leader.arriving(entry(), growing.joining());
+        let Some(Joined::Arriving(_, reader)) = before.wait(Duration::from_secs(5)).await else {
+            panic!("arriving")
+        };
+        let Role::Follower(after) = flights.join([1; 32]) else {
+            panic!("still in flight while the body arrives")
+        };
+        let Some(Joined::Arriving(_, late)) = after.wait(Duration::from_secs(5)).await else {
+            panic!("arriving")
+        };
+        growing.complete();
+        leader.stored(entry());
+        assert_eq!(reader.collect().await.unwrap().to_bytes(), "x");
+        assert_eq!(late.collect().await.unwrap().to_bytes(), "x");
         assert!(!flights.in_flight(&[1; 32]));
     }
 

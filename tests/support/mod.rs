@@ -125,6 +125,40 @@ struct PathState {
     finished: usize,
     /// 304 answers.
     not_modified: usize,
+    /// A body the test sends by hand for the next request, and the length
+    /// its head declares (`None`: chunked).
+    fed: Option<(FedBody, Option<usize>)>,
+}
+
+type FedBody = mpsc::Receiver<Result<Frame<Bytes>, std::io::Error>>;
+
+/// The body of an answer the test sends by hand ([`Origin::feed`]).
+pub struct Feed(mpsc::Sender<Result<Frame<Bytes>, std::io::Error>>);
+
+impl Feed {
+    /// Sends the next chunk of the body; waits while the reader is behind.
+    pub async fn send(&self, chunk: impl Into<Bytes>) {
+        self.0
+            .send(Ok(Frame::data(chunk.into())))
+            .await
+            .expect("the proxy still reads the body");
+    }
+
+    /// Breaks the body off here: the origin drops the connection.
+    pub async fn fail(self) {
+        let _ = self
+            .0
+            .send(Err(std::io::Error::other("broken off on purpose")))
+            .await;
+    }
+
+    /// Whether the body's reader is gone: the proxy dropped the response.
+    pub fn reader_gone(&self) -> bool {
+        self.0.is_closed()
+    }
+
+    /// Ends the body (dropping the feed does the same).
+    pub fn end(self) {}
 }
 
 /// The origin's state: one entry per path, shared with its connections.
@@ -245,15 +279,39 @@ impl Origin {
         .await;
     }
 
+    /// Answers the next request for `path` with `reply`'s head, declaring
+    /// `length` bytes (`None`: chunked), and a body the test sends by hand
+    /// through the returned feed. Later requests get `reply` as usual.
+    pub fn feed(&self, path: &str, reply: Reply, length: Option<usize>) -> Feed {
+        let (sender, receiver) = mpsc::channel(4);
+        self.paths.update(path, |state| {
+            state.reply = reply;
+            state.fed = Some((receiver, length));
+        });
+        Feed(sender)
+    }
+
     async fn respond(&self, request: Request<Incoming>) -> Response<ChannelBody> {
         let path = request.uri().path().to_owned();
-        let (reply, hit) = self.paths.update(&path, |state| {
+        let (reply, hit, fed) = self.paths.update(&path, |state| {
             state.hits += 1;
             state.last_headers = request.headers().clone();
             state.last_target = request.uri().to_string();
-            (state.reply.clone(), state.hits)
+            (state.reply.clone(), state.hits, state.fed.take())
         });
         tokio::time::sleep(reply.head_delay).await;
+        if let Some((body, length)) = fed {
+            let mut response = Response::builder()
+                .status(reply.status)
+                .header("date", httpdate::fmt_http_date(self.clock.now()));
+            for (name, value) in &reply.headers {
+                response = response.header(name, value);
+            }
+            if let Some(length) = length {
+                response = response.header("content-length", length);
+            }
+            return response.body(ChannelBody(body)).unwrap();
+        }
         if let Some(etag) = &reply.etag {
             let matches = request
                 .headers()
