@@ -50,6 +50,8 @@ fn entry(body_len: usize) -> Entry {
         response_time: SystemTime::now(),
         initial_age: Duration::ZERO,
         freshness_lifetime: Duration::from_secs(60),
+        request_time: SystemTime::now(),
+        tags: Vec::new(),
     }
 }
 

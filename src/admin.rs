@@ -1,4 +1,4 @@
-//! The admin port: `/healthz` (alive), `/readyz` (serving, not shutting down), `/metrics` (Prometheus), `POST /purge` (drop a URL), `/explain` (what the cache would do with a URL, [`crate::explain`]).
+//! The admin port: `/healthz` (alive), `/readyz` (serving, not shutting down), `/metrics` (Prometheus), `POST /purge` (drop a URL, or every response with a tag), `/explain` (what the cache would do with a URL, [`crate::explain`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -8,6 +8,7 @@ use http::{Method, Request, Response, StatusCode, Uri, header};
 
 use crate::body::{self, ProxyBody};
 use crate::cache::Cache;
+use crate::cache::tags::{self, MAX_TAGS_PER_PURGE};
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 
@@ -84,34 +85,75 @@ impl Admin {
     /// the invalidation channel) from every other pod's L1. The URL is keyed
     /// as a request for it would be: under `cache.host` when one is set,
     /// without the query parameters its route leaves out of keys.
+    ///
+    /// `POST /purge?tag=a&tag=b[&soft=1]`: every stored response tagged
+    /// with one of them, in every pod, is gone (or, soft, stale), see
+    /// [`crate::cache::tags`]. `url=` and `tag=` may be combined.
     fn purge(&self, query: &str) -> Response<ProxyBody> {
-        let Some(url) = query
-            .split('&')
-            .find_map(|pair| pair.strip_prefix("url="))
-            .map(|url| {
-                percent_encoding::percent_decode_str(url)
-                    .decode_utf8_lossy()
-                    .into_owned()
-            })
-        else {
+        let mut url = None;
+        let mut tags = Vec::new();
+        let mut soft = false;
+        for (name, value) in query.split('&').filter_map(|pair| pair.split_once('=')) {
+            let value = percent_encoding::percent_decode_str(value).decode_utf8_lossy();
+            match name {
+                "url" => url = Some(value.into_owned()),
+                "tag" if tags.len() >= MAX_TAGS_PER_PURGE => {
+                    return text(
+                        StatusCode::BAD_REQUEST,
+                        format!("at most {MAX_TAGS_PER_PURGE} tags per purge\n"),
+                    );
+                }
+                "tag" => {
+                    if let Some(problem) = tags::refuse_purge_tag(&value) {
+                        return text(StatusCode::BAD_REQUEST, format!("{problem}\n"));
+                    }
+                    tags.push(value.into_owned());
+                }
+                "soft" => soft = value == "1",
+                _ => {}
+            }
+        }
+        if url.is_none() && tags.is_empty() {
             return text(
                 StatusCode::BAD_REQUEST,
-                "give ?url=http://host/path (percent-encoded)\n",
+                "give ?url=http://host/path (percent-encoded) or ?tag=TAG (repeated; &soft=1 to make them stale)\n",
             );
-        };
-        let Ok(uri) = url.parse::<Uri>() else {
-            return text(StatusCode::BAD_REQUEST, format!("not a URL: {url}\n"));
-        };
-        let Some(authority) = uri.authority().filter(|_| uri.scheme().is_some()) else {
+        }
+        if soft && tags.is_empty() {
             return text(
                 StatusCode::BAD_REQUEST,
-                "the URL needs a host: http://host/path\n",
+                "soft=1 applies to tags; a URL purge is always hard\n",
             );
-        };
-        let host = authority.as_str().to_ascii_lowercase();
-        let host = host.strip_suffix(":80").unwrap_or(&host);
-        self.proxy.purge(host, &uri);
-        text(StatusCode::OK, format!("purged {url}\n"))
+        }
+        let mut said = String::new();
+        if let Some(url) = url {
+            let Ok(uri) = url.parse::<Uri>() else {
+                return text(StatusCode::BAD_REQUEST, format!("not a URL: {url}\n"));
+            };
+            let Some(authority) = uri.authority().filter(|_| uri.scheme().is_some()) else {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    "the URL needs a host: http://host/path\n",
+                );
+            };
+            let host = authority.as_str().to_ascii_lowercase();
+            let host = host.strip_suffix(":80").unwrap_or(&host);
+            self.proxy.purge(host, &uri);
+            self.metrics.purge("url", "hard");
+            said.push_str(&format!("purged {url}\n"));
+        }
+        if !tags.is_empty() {
+            self.cache.purge_tags(&tags, soft);
+            let mode = if soft { "soft" } else { "hard" };
+            for tag in &tags {
+                self.metrics.purge("tag", mode);
+                let effect = if soft { "stale" } else { "gone" };
+                said.push_str(&format!(
+                    "purged tag {tag} ({mode}): responses tagged with it are {effect}\n"
+                ));
+            }
+        }
+        text(StatusCode::OK, said)
     }
 }
 

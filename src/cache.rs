@@ -12,6 +12,7 @@ pub mod policy;
 pub mod range;
 pub mod redis;
 pub mod status;
+pub mod tags;
 pub mod validation;
 
 use std::sync::Arc;
@@ -28,6 +29,7 @@ use http::{HeaderMap, HeaderName, header};
 use key::CacheKey;
 use memory::MemoryTier;
 use redis::{Lease, RedisTier};
+use tags::{Effect, Purged, TagPurges};
 
 pub use redis::Budget;
 
@@ -211,6 +213,12 @@ pub struct Cache {
     metrics: Arc<Metrics>,
     /// What ages are measured by.
     clock: Clock,
+    /// The purge times of the tags this pod has looked at ([`tags`]).
+    tags: TagPurges,
+    /// The response fields tags are read from.
+    tag_headers: Arc<[HeaderName]>,
+    /// Part of every tag's identity, as of every key's.
+    namespace: Arc<str>,
 }
 
 impl Cache {
@@ -224,11 +232,12 @@ impl Cache {
         clock: Clock,
     ) -> Result<Cache, fred::error::Error> {
         let memory = MemoryTier::new(config.memory.capacity);
+        let tags = TagPurges::new(memory.clone(), redis.is_none());
         let redis = match redis {
             Some(redis) => {
                 // Other pods' purges and invalidations drop this pod's
                 // copies, or all of them when some may have been missed.
-                let coherence = Coherence::new(memory.clone(), metrics.clone());
+                let coherence = Coherence::new(memory.clone(), tags.clone(), metrics.clone());
                 let heard = coherence.clone();
                 let invalidated = move |invalidation| heard.heard(invalidation);
                 let redis = Arc::new(RedisTier::start(redis, metrics.clone(), invalidated)?);
@@ -244,6 +253,9 @@ impl Cache {
             flights: Flights::default(),
             metrics,
             clock,
+            tags,
+            tag_headers: config.tag_headers.clone().into(),
+            namespace: config.namespace.as_str().into(),
         })
     }
 
@@ -252,7 +264,8 @@ impl Cache {
     /// variants, their index. `request` holds the request headers as the
     /// origin would see them, which select the variant. At most two objects
     /// are looked up: the URL's, then the variant's, both within the
-    /// request's Redis `budget`.
+    /// request's Redis `budget`. A response one of whose tags was purged
+    /// since it was fetched is not found (hard purge) or found stale (soft).
     pub async fn lookup(
         &self,
         key: &CacheKey,
@@ -261,13 +274,109 @@ impl Cache {
         budget: &Budget,
     ) -> Lookup {
         let url = self.get(key, now, budget).await;
+        let url = self.judged(key, url, now, budget).await;
         let variant = match &url {
             Some((Stored::Variants(variants), _)) => {
-                self.get(&variants.key_for(request), now, budget).await
+                let key = variants.key_for(request);
+                let variant = self.get(&key, now, budget).await;
+                self.judged(&key, variant, now, budget).await
             }
             _ => None,
         };
         Lookup::of(url, variant)
+    }
+
+    /// The object `key`'s lookup found, as its tags' purges leave a
+    /// response: as it is, stale since a soft purge, or, after a hard one,
+    /// dropped from memory and looked for in Redis, where another pod may
+    /// have stored a copy fetched since.
+    async fn judged(
+        &self,
+        key: &CacheKey,
+        mut found: Option<(Stored, Tier)>,
+        now: SystemTime,
+        budget: &Budget,
+    ) -> Option<(Stored, Tier)> {
+        loop {
+            let Some((Stored::Response(entry), tier)) = found else {
+                return found;
+            };
+            match self.tag_effect(&entry, budget).await {
+                Effect::Current => return Some((Stored::Response(entry), tier)),
+                Effect::StaleSince(since) => {
+                    self.metrics.tag_purged_read("stale");
+                    let staled = Arc::new(tags::staled(&entry, since));
+                    return Some((Stored::Response(staled), tier));
+                }
+                Effect::Gone => self.metrics.tag_purged_read("gone"),
+            }
+            if tier == Tier::Redis {
+                return None;
+            }
+            self.memory.remove(key);
+            // With the memory copy gone, this asks Redis (once: its answer
+            // is judged as Redis's).
+            found = self.get(key, now, budget).await;
+        }
+    }
+
+    /// Whether the fetch of `entry` (stored, or its head still arriving and
+    /// its tags not yet read) was sent after every purge of its tags.
+    async fn fetched_since_purges(&self, entry: &Entry, budget: &Budget) -> bool {
+        if entry.tags.is_empty() {
+            let tags = tags::parse(&entry.headers, &self.tag_headers).tags;
+            let mut purged = Purged::default();
+            for tag in &tags {
+                purged = purged.merge(self.tag_purges(tag, budget).await);
+            }
+            return tags::effect(entry.request_time, purged) == Effect::Current;
+        }
+        self.tag_effect(entry, budget).await == Effect::Current
+    }
+
+    /// What the purges of `entry`'s tags make of it.
+    async fn tag_effect(&self, entry: &Entry, budget: &Budget) -> Effect {
+        let mut purged = Purged::default();
+        for tag in &entry.tags {
+            purged = purged.merge(self.tag_purges(tag, budget).await);
+        }
+        tags::effect(entry.request_time, purged)
+    }
+
+    /// When `tag` was last purged: as known here, else as Redis records it
+    /// (then known here, and kept current by the announcements). Redis
+    /// unable to say means "never" (fail open), counted as a `tag` call.
+    async fn tag_purges(&self, tag: &str, budget: &Budget) -> Purged {
+        let hash = tags::tag_hash(&self.namespace, tag);
+        if let Some(known) = self.tags.known(&hash) {
+            return known;
+        }
+        let Some(redis) = &self.redis else {
+            return Purged::default();
+        };
+        match redis.tag_purges(&hash, budget).await {
+            Some(recorded) => {
+                self.tags.learn(hash, recorded);
+                self.tags.known(&hash).unwrap_or(recorded)
+            }
+            None => Purged::default(),
+        }
+    }
+
+    /// Purges every stored response tagged with one of `tags`, in every
+    /// tier and every pod: hard (gone) or `soft` (stale, so it may be
+    /// served stale or revalidated). Effective here at once; in other pods
+    /// when the announcement arrives, within the coherence bound. Nothing
+    /// is enumerated: entries are judged as they are read.
+    pub fn purge_tags(&self, tags: &[String], soft: bool) {
+        let purged = Purged::at(self.clock.now(), soft);
+        for tag in tags {
+            let hash = tags::tag_hash(&self.namespace, tag);
+            self.tags.learn(hash, purged);
+            if let Some(redis) = &self.redis {
+                redis.purge_tag(hash, purged);
+            }
+        }
     }
 
     /// One object from the tiers. A fresh L1 response (or any L1 index)
@@ -357,12 +466,21 @@ impl Cache {
     /// `None` when it was not worth keeping (the waiters are then released).
     pub fn store(
         &self,
-        entry: Entry,
+        mut entry: Entry,
         variants: Option<Arc<Variants>>,
         leader: Option<Leader>,
         now: SystemTime,
     ) -> Option<Arc<Entry>> {
-        let keep_for = entry.retention(now, self.keep_stale)?;
+        let parsed = tags::parse(&entry.headers, &self.tag_headers);
+        if parsed.ignored > 0 {
+            self.metrics.tags_ignored(parsed.ignored);
+        }
+        entry.tags = parsed.tags;
+        let mut keep_for = entry.retention(now, self.keep_stale)?;
+        if !entry.tags.is_empty() {
+            // No entry may outlive the record of its tags' purges.
+            keep_for = keep_for.min(tags::TAG_PURGE_RETENTION);
+        }
         let entry = Arc::new(entry);
         let variants_for_followers = variants.clone();
         // The index lives as long as its latest variant.
@@ -392,18 +510,34 @@ impl Cache {
     /// calls drawing on the request's `budget`).
     pub async fn admit(&self, flight: Flight<'_>, budget: &Budget) -> Admission {
         match self.flights.join(flight.id) {
-            Role::Follower(follower) => match follower.wait(flight.lock_timeout).await {
-                Some(Joined::Stored(filled)) if filled.selects(flight.forwarded) => {
-                    Admission::Collapsed(filled.entry)
-                }
-                Some(Joined::Arriving(head, body)) if head.selects(flight.forwarded) => {
-                    Admission::Streaming {
-                        head: head.entry,
-                        body,
+            Role::Follower(follower) => {
+                // A fetch sent before a purge of its tags is no answer for
+                // the requests that waited for it (the one that sent it
+                // still gets it).
+                let joined = match follower.wait(flight.lock_timeout).await {
+                    Some(Joined::Stored(filled)) if filled.selects(flight.forwarded) => {
+                        Admission::Collapsed(filled.entry)
                     }
+                    Some(Joined::Arriving(head, body)) if head.selects(flight.forwarded) => {
+                        Admission::Streaming {
+                            head: head.entry,
+                            body,
+                        }
+                    }
+                    _ => return Admission::Alone,
+                };
+                let fetched = match &joined {
+                    Admission::Collapsed(entry) | Admission::Streaming { head: entry, .. } => {
+                        entry.clone()
+                    }
+                    _ => return joined,
+                };
+                if self.fetched_since_purges(&fetched, budget).await {
+                    joined
+                } else {
+                    Admission::Alone
                 }
-                _ => Admission::Alone,
-            },
+            }
             Role::Leader(mut leader) => match self.lead_in_fleet(flight, &mut leader, budget).await
             {
                 Some(filled) => {
@@ -538,6 +672,8 @@ mod tests {
             response_time: now() - Duration::from_secs(ago),
             initial_age: Duration::ZERO,
             freshness_lifetime: Duration::from_secs(lifetime),
+            request_time: now() - Duration::from_secs(ago),
+            tags: Vec::new(),
         }))
     }
 

@@ -295,8 +295,8 @@ pub struct ResponseReport {
     pub vary: Option<String>,
     /// Body bytes.
     pub size: usize,
-    /// The purge tags the entry carries; `null` while entries carry none.
-    pub tags: Option<Vec<String>>,
+    /// The purge tags the entry carries (`cache.tag_headers`).
+    pub tags: Vec<String>,
 }
 
 /// What the next request would get.
@@ -685,8 +685,7 @@ fn response_report(entry: &Arc<Entry>, now: SystemTime) -> ResponseReport {
         cache_control: field(header::CACHE_CONTROL),
         vary: field(header::VARY),
         size: entry.body.len(),
-        // Filled once entries carry purge tags (tag purge, issue 13).
-        tags: None,
+        tags: entry.tags.clone(),
     }
 }
 
@@ -951,7 +950,7 @@ fn describe_object(object: &serde_json::Value) -> String {
                 }
             }
             text.push_str(&format!(", {} bytes", get("size").unwrap_or_default()));
-            if let Some(tags) = get("tags") {
+            if let Some(tags) = get("tags").filter(|tags| tags != "[]") {
                 text.push_str(&format!(", tags {tags}"));
             }
             text

@@ -55,7 +55,21 @@ pub struct Metrics {
     redis_node_open: Family<NodeLabels, Gauge>,
     background_refreshes: Family<ResultLabels, Counter>,
     memory_flushes: Family<ReasonLabels, Counter>,
+    purges: Family<PurgeLabels, Counter>,
+    tag_purged_reads: Family<EffectLabels, Counter>,
+    tags_ignored: Counter,
     client_rejections: Family<ReasonLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PurgeLabels {
+    kind: &'static str,
+    mode: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EffectLabels {
+    effect: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -161,6 +175,24 @@ impl Metrics {
             "Memory tier cleared because invalidations from other pods may have been missed, by reason (gap, behind, reset, start)",
             memory_flushes.clone(),
         );
+        let purges = Family::<PurgeLabels, Counter>::default();
+        registry.register(
+            "purges",
+            "Purges taken on the admin port, by kind (url, tag: one per tag) and mode (hard, soft)",
+            purges.clone(),
+        );
+        let tag_purged_reads = Family::<EffectLabels, Counter>::default();
+        registry.register(
+            "tag_purged_reads",
+            "Stored responses found purged by a tag when read, by effect (gone: a miss; stale: soft-purged)",
+            tag_purged_reads.clone(),
+        );
+        let tags_ignored = Counter::default();
+        registry.register(
+            "tags_ignored",
+            "Tags left out of stored responses: past 64 per response, longer than 256 bytes, or not UTF-8",
+            tags_ignored.clone(),
+        );
         let client_rejections = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "client_rejections",
@@ -169,6 +201,9 @@ impl Metrics {
         );
         Metrics {
             registry,
+            purges,
+            tag_purged_reads,
+            tags_ignored,
             memory_flushes,
             client_rejections,
             background_refreshes,
@@ -221,6 +256,22 @@ impl Metrics {
         self.memory_flushes
             .get_or_create(&ReasonLabels { reason })
             .inc();
+    }
+
+    /// A purge taken: `kind` url or tag, `mode` hard or soft.
+    pub fn purge(&self, kind: &'static str, mode: &'static str) {
+        self.purges.get_or_create(&PurgeLabels { kind, mode }).inc();
+    }
+
+    /// A stored response read after a purge of one of its tags.
+    pub fn tag_purged_read(&self, effect: &'static str) {
+        self.tag_purged_reads
+            .get_or_create(&EffectLabels { effect })
+            .inc();
+    }
+
+    pub fn tags_ignored(&self, count: usize) {
+        self.tags_ignored.inc_by(count as u64);
     }
 
     pub fn client_rejection(&self, reason: &'static str) {

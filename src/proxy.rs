@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use arc_swap::ArcSwap;
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
@@ -214,6 +214,9 @@ pub struct Proxy {
     canonical_host: Option<String>,
     /// Largest body copied into the cache.
     max_object_size: u64,
+    /// The tag fields removed from every response (none with
+    /// `cache.expose_tags`): tags name the origin's internals.
+    hidden_tags: Vec<HeaderName>,
     /// Background refreshes, so that shutdown can let them finish.
     background: TaskTracker,
 }
@@ -234,6 +237,11 @@ impl Proxy {
             namespace: cache_config.namespace.clone(),
             canonical_host: cache_config.host.clone(),
             max_object_size: cache_config.max_object_size,
+            hidden_tags: if cache_config.expose_tags {
+                Vec::new()
+            } else {
+                cache_config.tag_headers.clone()
+            },
             background: TaskTracker::new(),
         }
     }
@@ -252,8 +260,8 @@ impl Proxy {
     }
 
     /// Outer handler: never fails. Matches the route, runs the pipeline in a
-    /// span, turns errors into responses, removes `Sidecache-Cache-Control`,
-    /// adds `Cache-Status`, and writes metrics and the access log from what
+    /// span, turns errors into responses, removes `Sidecache-Cache-Control`
+    /// and the tag fields, adds `Cache-Status`, and writes metrics and the access log from what
     /// the pipeline returned.
     pub async fn handle(
         self: Arc<Self>,
@@ -294,6 +302,11 @@ impl Proxy {
             response
                 .headers_mut()
                 .remove(policy::SIDECACHE_CACHE_CONTROL);
+            // Also on bypassed routes: tags are the origin's business
+            // wherever the response comes from.
+            for name in &self.hidden_tags {
+                response.headers_mut().remove(name);
+            }
             append_cache_status(response.headers_mut(), status);
             self.metrics.request(route_name, status.as_str());
             tracing::info!(

@@ -57,6 +57,8 @@ fuzz_target!(|data: &[u8]| {
                 response_time: UNIX_EPOCH,
                 initial_age: Duration::ZERO,
                 freshness_lifetime: lifetime,
+                request_time: UNIX_EPOCH,
+                tags: Vec::new(),
             };
             let _ = entry.retention(SystemTime::now(), config.cache.keep_stale);
         }

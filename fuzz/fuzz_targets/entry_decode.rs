@@ -33,7 +33,7 @@ enum Value {
     /// not reach otherwise.
     Repeated {
         status: u16,
-        times: [u64; 3],
+        times: [u64; 4],
         count: u32,
         name: Vec<u8>,
         value: Vec<u8>,
@@ -54,7 +54,7 @@ struct Input {
 
 fn prefix(kind: u8) -> BytesMut {
     let mut out = BytesMut::new();
-    out.put_slice(b"SCE\x02");
+    out.put_slice(b"SCE\x03");
     out.put_u8(kind);
     out.put_u32(u32::try_from(KEY.canonical().len()).unwrap_or(u32::MAX));
     out.put_slice(KEY.canonical());
@@ -84,6 +84,8 @@ fuzz_target!(|input: Input| {
             for time in times {
                 out.put_u64(time);
             }
+            // No tags: the headers are what this shape exercises.
+            out.put_u16(0);
             out.put_u32(count);
             for n in 0..repeat {
                 let mut name = name.clone();

@@ -86,6 +86,8 @@ fuzz_target!(|input: Input| {
         response_time: input.now.at(),
         initial_age: Duration::ZERO,
         freshness_lifetime: Duration::from_secs(60),
+        request_time: input.now.at(),
+        tags: Vec::new(),
     };
     let answer = respond::answer(&entry, &request, false, input.now.at());
     let _: &HeaderMap = answer.headers();

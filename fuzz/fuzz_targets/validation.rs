@@ -79,6 +79,8 @@ fuzz_target!(|input: Input| {
         response_time: received,
         initial_age: Duration::ZERO,
         freshness_lifetime: Duration::from_secs(60),
+        request_time: received,
+        tags: Vec::new(),
     };
     let refreshed = entry::refreshed(
         &entry,

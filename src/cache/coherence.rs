@@ -8,7 +8,8 @@
 //! arrive (`behind`: a subscriber that was disconnected, or stalled without
 //! noticing), or when the counter went back (`reset`: a failover lost
 //! acknowledged writes, or Redis was flushed). Then it cannot know which
-//! keys it missed, so it clears its whole memory tier: Redis is the source
+//! keys it missed, so it clears its whole memory tier (and what it knows
+//! of tag purges, which are numbered in the same sequence): Redis is the source
 //! of truth and refills it, while clearing only on evidence of a miss keeps
 //! a reconnect after a plain Redis outage (nothing invalidated meanwhile)
 //! from sending every pod to Redis and the origin at once.
@@ -24,7 +25,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
 use super::memory::MemoryTier;
-use super::redis::{Heard, RedisTier};
+use super::redis::{Announced, Heard, RedisTier};
+use super::tags::TagPurges;
 use crate::metrics::Metrics;
 
 /// How often a pod reads the invalidation counter to confirm it has applied
@@ -130,22 +132,30 @@ impl Sequence {
 pub struct Coherence {
     sequence: Mutex<Sequence>,
     memory: MemoryTier,
+    /// The tag purge times this pod knows, kept current like the memory
+    /// tier and cleared with it.
+    tags: TagPurges,
     metrics: Arc<Metrics>,
 }
 
 impl Coherence {
-    pub fn new(memory: MemoryTier, metrics: Arc<Metrics>) -> Arc<Coherence> {
+    pub fn new(memory: MemoryTier, tags: TagPurges, metrics: Arc<Metrics>) -> Arc<Coherence> {
         Arc::new(Coherence {
             sequence: Mutex::default(),
             memory,
+            tags,
             metrics,
         })
     }
 
-    /// An invalidation announced by some pod: drop its key here, and clear
-    /// everything if its number shows that others were missed.
+    /// An invalidation or tag purge announced by some pod: drop its key
+    /// here or learn the tag's times, and clear everything if its number
+    /// shows that others were missed.
     pub fn heard(&self, heard: Heard) {
-        self.memory.remove_hash(&heard.hash);
+        match heard.what {
+            Announced::Key(hash) => self.memory.remove_hash(&hash),
+            Announced::Tag { tag, purged } => self.tags.learn(tag, purged),
+        }
         let flush = heard.seq.and_then(|seq| self.sequence().received(seq));
         if let Some(flush) = flush {
             self.flush(flush);
@@ -189,6 +199,8 @@ impl Coherence {
     }
 
     fn flush(&self, reason: Flush) {
+        // Tag purges may have been missed too: they are read again from Redis.
+        self.tags.clear();
         // A pod that starts with Redis up has nothing to clear; only one
         // that served without it has, and that is worth reporting.
         if !self.memory.enabled() || (reason == Flush::Start && self.memory.entries() == 0) {

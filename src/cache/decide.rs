@@ -347,6 +347,8 @@ fn to_store(
         response_time: times.response,
         initial_age: policy::corrected_initial_age(&head.headers, times.request, times.response),
         freshness_lifetime,
+        request_time: times.request,
+        tags: Vec::new(),
     };
     (entry, variants)
 }
@@ -530,6 +532,8 @@ mod tests {
             response_time: now() - age,
             initial_age: Duration::ZERO,
             freshness_lifetime: lifetime,
+            request_time: now() - age,
+            tags: Vec::new(),
         })
     }
 

@@ -26,6 +26,13 @@ pub struct Entry {
     pub initial_age: Duration,
     /// How long it is fresh, counted from age zero.
     pub freshness_lifetime: Duration,
+    /// When the request it answers (or the 304 that last validated it) was
+    /// sent: a tag purge at or after this time purges it, since the origin
+    /// may have made it before the purge ([`super::tags`]).
+    pub request_time: SystemTime,
+    /// Its tags, from the fields `cache.tag_headers` names; set by
+    /// [`super::Cache::store`], the one way into the tiers.
+    pub tags: Vec<String>,
 }
 
 impl Entry {
@@ -58,13 +65,16 @@ impl Entry {
             .iter()
             .map(|(name, value)| name.as_str().len() + value.len() + HEADER_OVERHEAD)
             .sum();
-        (self.body.len() + headers + self.key.canonical().len() + ENTRY_OVERHEAD) as u64
+        let tags: usize = self.tags.iter().map(|tag| tag.len() + TAG_OVERHEAD).sum();
+        (self.body.len() + headers + tags + self.key.canonical().len() + ENTRY_OVERHEAD) as u64
     }
 }
 
 /// What one header line costs beyond its name and value: its slot in the
 /// map (hash, links, name and value handles) and its index.
 const HEADER_OVERHEAD: usize = 112;
+/// What one tag costs beyond its bytes: its `String` and allocation.
+const TAG_OVERHEAD: usize = 40;
 /// What one stored object costs beyond its fields' heap bytes: the entry
 /// itself, its `Arc`, the memory tier's node, expiry and eviction records,
 /// and allocator headers. With this and [`HEADER_OVERHEAD`], 1 KiB
@@ -95,6 +105,8 @@ pub fn refreshed(
         response_time,
         initial_age: policy::corrected_initial_age(update, request_time, response_time),
         freshness_lifetime,
+        request_time,
+        tags: Vec::new(),
     }
 }
 
@@ -200,7 +212,7 @@ fn fresh_generation() -> u64 {
 /// A value with another version is a miss, so a rolling upgrade that
 /// changes the format never misreads what older pods stored.
 const MAGIC: &[u8; 3] = b"SCE";
-const FORMAT_VERSION: u8 = 2;
+const FORMAT_VERSION: u8 = 3;
 const KIND_RESPONSE: u8 = 0;
 const KIND_VARIANTS: u8 = 1;
 
@@ -223,6 +235,7 @@ pub enum DecodeError {
 //
 // magic(3) version(1) kind(1) key_len(u32) key, then for a response:
 //   status(u16) response_time_ms(u64) initial_age_ms(u64) freshness_ms(u64)
+//   request_time_us(u64) tag_count(u16) { tag_len(u16) tag }*
 //   header_count(u32) { name_len(u16) name value_len(u32) value }* body(rest)
 // and for variants:
 //   generation(u64) name_count(u16) { name_len(u16) name }*
@@ -256,14 +269,14 @@ impl Stored {
                 out.put_u8(KIND_RESPONSE);
                 put_bytes32(&mut out, entry.key.canonical());
                 out.put_u16(entry.status.as_u16());
-                out.put_u64(millis(
-                    entry
-                        .response_time
-                        .duration_since(UNIX_EPOCH)
-                        .unwrap_or_default(),
-                ));
+                out.put_u64(since_epoch(entry.response_time));
                 out.put_u64(millis(entry.initial_age));
                 out.put_u64(millis(entry.freshness_lifetime));
+                out.put_u64(super::tags::micros(entry.request_time));
+                out.put_u16(u16::try_from(entry.tags.len()).unwrap_or(u16::MAX));
+                for tag in &entry.tags {
+                    put_bytes16(&mut out, tag.as_bytes());
+                }
                 out.put_u32(u32::try_from(entry.headers.len()).unwrap_or(u32::MAX));
                 for (name, value) in &entry.headers {
                     put_bytes16(&mut out, name.as_str().as_bytes());
@@ -333,6 +346,18 @@ fn decode_response(mut data: Bytes, key: CacheKey) -> Result<Entry, DecodeError>
     let response_time = UNIX_EPOCH + Duration::from_millis(get_u64(&mut data)?);
     let initial_age = Duration::from_millis(get_u64(&mut data)?);
     let freshness_lifetime = Duration::from_millis(get_u64(&mut data)?);
+    let request_time = UNIX_EPOCH + Duration::from_micros(get_u64(&mut data)?);
+    let tag_count = get_u16(&mut data)?;
+    // The count is Redis's word: the bound is the one responses get.
+    if usize::from(tag_count) > super::tags::MAX_TAGS_PER_RESPONSE {
+        return Err(DecodeError::Malformed);
+    }
+    let tags = (0..tag_count)
+        .map(|_| {
+            let len = usize::from(get_u16(&mut data)?);
+            String::from_utf8(take(&mut data, len)?.to_vec()).map_err(|_| DecodeError::Malformed)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let count = get_u32(&mut data)?;
     // Sized once for the usual few dozen fields; the count is Redis's word,
     // so it only hints (a map that large would panic).
@@ -358,7 +383,13 @@ fn decode_response(mut data: Bytes, key: CacheKey) -> Result<Entry, DecodeError>
         response_time,
         initial_age,
         freshness_lifetime,
+        request_time,
+        tags,
     })
+}
+
+fn since_epoch(at: SystemTime) -> u64 {
+    millis(at.duration_since(UNIX_EPOCH).unwrap_or_default())
 }
 
 fn millis(duration: Duration) -> u64 {
@@ -422,6 +453,8 @@ mod tests {
             response_time: UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
             initial_age: Duration::from_secs(3),
             freshness_lifetime: Duration::from_secs(60),
+            request_time: UNIX_EPOCH + Duration::from_micros(1_700_000_000_100_042),
+            tags: vec!["product-1".into(), "all".into()],
         }
     }
 
@@ -465,6 +498,8 @@ mod tests {
         assert_eq!(decoded.response_time, entry.response_time);
         assert_eq!(decoded.initial_age, entry.initial_age);
         assert_eq!(decoded.freshness_lifetime, entry.freshness_lifetime);
+        assert_eq!(decoded.request_time, entry.request_time);
+        assert_eq!(decoded.tags, entry.tags);
 
         let variants = Variants::new(
             entry.key.clone(),
@@ -493,6 +528,10 @@ mod tests {
         let mut other_version = encoded.to_vec();
         other_version[3] = 99;
         assert_eq!(decode(other_version.into()), DecodeError::Version(99));
+        // What pods before tags stored: a miss, refilled in the new format.
+        let mut before_tags = encoded.to_vec();
+        before_tags[3] = 2;
+        assert_eq!(decode(before_tags.into()), DecodeError::Version(2));
         for cut in [6, 10, 40, 60] {
             assert_eq!(
                 decode(encoded.slice(..cut)),
@@ -531,21 +570,26 @@ mod tests {
                 200u16..600,
                 vec(header(), 0..8),
                 vec(any::<u8>(), 0..256),
-                any::<[u64; 3]>(),
+                any::<[u64; 4]>(),
                 "/[a-z%0-9]{0,8}",
+                vec("[!-+--~]{1,20}", 0..4),
             )
-                .prop_map(|(status, fields, body, [response, age, fresh], path)| {
-                    let uri: http::Uri = path.parse().unwrap();
-                    Entry {
-                        key: CacheKey::for_url("ns", "h", &uri),
-                        status: StatusCode::from_u16(status).unwrap(),
-                        headers: fields.into_iter().collect(),
-                        body: body.into(),
-                        response_time: UNIX_EPOCH + Duration::from_millis(response),
-                        initial_age: Duration::from_millis(age),
-                        freshness_lifetime: Duration::from_millis(fresh),
-                    }
-                })
+                .prop_map(
+                    |(status, fields, body, [response, age, fresh, request], path, tags)| {
+                        let uri: http::Uri = path.parse().unwrap();
+                        Entry {
+                            key: CacheKey::for_url("ns", "h", &uri),
+                            status: StatusCode::from_u16(status).unwrap(),
+                            headers: fields.into_iter().collect(),
+                            body: body.into(),
+                            response_time: UNIX_EPOCH + Duration::from_millis(response),
+                            initial_age: Duration::from_millis(age),
+                            freshness_lifetime: Duration::from_millis(fresh),
+                            request_time: UNIX_EPOCH + Duration::from_micros(request),
+                            tags,
+                        }
+                    },
+                )
         }
 
         proptest! {
@@ -564,6 +608,8 @@ mod tests {
                 prop_assert_eq!(decoded.response_time, entry.response_time);
                 prop_assert_eq!(decoded.initial_age, entry.initial_age);
                 prop_assert_eq!(decoded.freshness_lifetime, entry.freshness_lifetime);
+                prop_assert_eq!(decoded.request_time, entry.request_time);
+                prop_assert_eq!(&decoded.tags, &entry.tags);
                 // Cut anywhere before the body, it is malformed; never a panic.
                 let body_at = encoded.len() - entry.body.len();
                 for cut in 5..body_at {
@@ -595,7 +641,7 @@ mod tests {
     /// target `entry_decode` builds it.
     fn value_after_key(key: &CacheKey, kind: u8, rest: &[u8]) -> Bytes {
         let mut value = BytesMut::new();
-        value.put_slice(b"SCE\x02");
+        value.put_slice(b"SCE\x03");
         value.put_u8(kind);
         put_bytes32(&mut value, key.canonical());
         value.put_slice(rest);
@@ -624,7 +670,8 @@ mod tests {
         let key = sample().key;
         let mut rest = BytesMut::new();
         rest.put_u16(200);
-        rest.put_bytes(0, 24);
+        // Three times and a lifetime, no tags.
+        rest.put_bytes(0, 34);
         rest.put_u32(40_000);
         for n in 0..40_000u32 {
             let name = format!("x{n}");

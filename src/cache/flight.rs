@@ -198,6 +198,8 @@ mod tests {
             response_time: SystemTime::now(),
             initial_age: Duration::ZERO,
             freshness_lifetime: Duration::from_secs(60),
+            request_time: SystemTime::now(),
+            tags: Vec::new(),
         });
         Filled {
             entry,

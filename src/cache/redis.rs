@@ -17,7 +17,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use fred::clients::SubscriberClient;
 use fred::prelude::{
-    ClientLike, ClusterInterface, Expiration, KeysInterface, ReconnectPolicy, SetOptions, TcpConfig,
+    ClientLike, ClusterInterface, Expiration, HashesInterface, KeysInterface, ReconnectPolicy,
+    SetOptions, TcpConfig,
 };
 use fred::prelude::{EventInterface, LuaInterface, PubsubInterface};
 use fred::types::Builder;
@@ -28,6 +29,7 @@ use tokio::time::Instant;
 
 use super::entry::Stored;
 use super::key::CacheKey;
+use super::tags::{Purged, TAG_PURGE_RETENTION};
 use crate::config::RedisConfig;
 use crate::metrics::Metrics;
 
@@ -65,28 +67,66 @@ const ANNOUNCE: &str = "local seq = redis.call('INCR', KEYS[1]) \
     redis.call('PUBLISH', ARGV[1], seq .. ' ' .. ARGV[2]) \
     return seq";
 
-/// An invalidation heard on the channel.
+/// Records a tag purge (`ARGV`: hard and soft purge times in ms, 0 for
+/// none, and the record's lifetime) in the tag's one key, keeping the later
+/// of each time, so that purges sent twice or out of order never move a
+/// tag's times back; returns the times now recorded.
+const PURGE_TAG: &str = "local h = tonumber(redis.call('HGET', KEYS[1], 'hard') or '0') \
+    local s = tonumber(redis.call('HGET', KEYS[1], 'soft') or '0') \
+    h = math.max(h, tonumber(ARGV[1])) \
+    s = math.max(s, tonumber(ARGV[2])) \
+    redis.call('HSET', KEYS[1], 'hard', string.format('%d', h), 'soft', string.format('%d', s)) \
+    redis.call('PEXPIRE', KEYS[1], ARGV[3]) \
+    return {h, s}";
+
+/// An announcement heard on the channel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Heard {
     /// Its number in the fleet's sequence; `None` from a pod that announces
     /// bare hashes (a version from before the sequence, during a rollout).
     pub seq: Option<u64>,
-    /// The hash of the invalidated key.
-    pub hash: [u8; 32],
+    pub what: Announced,
+}
+
+/// What an announcement is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Announced {
+    /// The hash of an invalidated key.
+    Key([u8; 32]),
+    /// A tag's purge times, as recorded in Redis after a purge.
+    Tag { tag: [u8; 32], purged: Purged },
 }
 
 impl Heard {
-    /// Parses `"SEQ HASH"`, or a bare `"HASH"` from an older pod.
+    /// Parses `"SEQ HASH"`, `"SEQ tag HASH HARD SOFT"` (a tag purge), or a
+    /// bare `"HASH"` from an older pod.
     fn parse(message: &str) -> Option<Heard> {
-        let (seq, hex) = match message.split_once(' ') {
-            Some((seq, hex)) => (Some(seq.parse().ok()?), hex),
+        let (seq, rest) = match message.split_once(' ') {
+            Some((seq, rest)) => (Some(seq.parse().ok()?), rest),
             None => (None, message),
         };
-        let hash = blake3::Hash::from_hex(hex.as_bytes()).ok()?;
-        Some(Heard {
-            seq,
-            hash: *hash.as_bytes(),
-        })
+        let hash = |hex: &str| {
+            blake3::Hash::from_hex(hex.as_bytes())
+                .ok()
+                .map(|h| *h.as_bytes())
+        };
+        let what = match rest.strip_prefix("tag ") {
+            Some(tag) if seq.is_some() => {
+                let mut words = tag.split(' ');
+                let tag = hash(words.next()?)?;
+                let hard = words.next()?.parse().ok()?;
+                let soft = words.next()?.parse().ok()?;
+                if words.next().is_some() {
+                    return None;
+                }
+                Announced::Tag {
+                    tag,
+                    purged: Purged { hard, soft },
+                }
+            }
+            _ => Announced::Key(hash(rest)?),
+        };
+        Some(Heard { seq, what })
     }
 }
 
@@ -100,6 +140,9 @@ enum Write {
     /// fleet's sequence and tell every pod to drop it from its memory tier.
     /// Retried until Redis takes it (see [`write_loop`]).
     Invalidate { key: String, hash: String },
+    /// A tag purge: record it in the tag's key, then number it and tell
+    /// every pod the tag's times. Retried like an invalidation.
+    PurgeTag { tag: [u8; 32], purged: Purged },
 }
 
 /// What the writer task's queue carries.
@@ -255,6 +298,33 @@ impl RedisTier {
             key: redis_key(key),
             hash: key.hex(),
         };
+        if self.writes.try_send(Queued::Write(write)).is_err() {
+            self.metrics.redis_call("publish", "dropped");
+        }
+    }
+
+    /// The purge times recorded for a tag, within what is left of the
+    /// request's `budget`; `None` when Redis cannot say.
+    pub async fn tag_purges(&self, tag: &[u8; 32], budget: &Budget) -> Option<Purged> {
+        let key = tag_key(tag);
+        let node = self.node_of(&key);
+        let read = || {
+            self.client
+                .hmget::<Vec<Option<u64>>, _, _>(&key, vec!["hard", "soft"])
+        };
+        let times = self.gate.call("tag", node, budget, read).await?;
+        self.metrics.redis_call("tag", "done");
+        let time = |n: usize| times.get(n).copied().flatten().unwrap_or(0);
+        Some(Purged {
+            hard: time(0),
+            soft: time(1),
+        })
+    }
+
+    /// Queues a tag purge: recorded in Redis, then announced to every pod
+    /// (this one included) in the invalidation sequence.
+    pub fn purge_tag(&self, tag: [u8; 32], purged: Purged) {
+        let write = Write::PurgeTag { tag, purged };
         if self.writes.try_send(Queued::Write(write)).is_err() {
             self.metrics.redis_call("publish", "dropped");
         }
@@ -428,11 +498,20 @@ async fn write_loop(
                 let _ = done.send(());
             }
             Some(Queued::Write(write)) => {
-                if !writer.send(&write).await
-                    && let Write::Invalidate { hash, .. } = &write
-                {
-                    let told = writer.tell(hash).await;
-                    writer.keep(&mut pending, Unsent { write, told });
+                if !writer.send(&write).await {
+                    match &write {
+                        Write::Invalidate { hash, .. } => {
+                            let told = writer.tell(hash).await;
+                            writer.keep(&mut pending, Unsent { write, told });
+                        }
+                        // A tag purge is announced with the times Redis
+                        // recorded (what a pod that missed it reads), so
+                        // only once Redis has taken it: kept until then.
+                        Write::PurgeTag { .. } => {
+                            writer.keep(&mut pending, Unsent { write, told: false });
+                        }
+                        Write::Set { .. } | Write::Delete { .. } => {}
+                    }
                 }
             }
         }
@@ -471,17 +550,25 @@ impl Writer {
                     None,
                     false,
                 );
-                self.call("set", node_of(&self.client, &key), set).await
+                self.call("set", node_of(&self.client, &key), set)
+                    .await
+                    .is_some()
             }
             Write::Delete { key } => {
                 let del = async { self.client.del::<i64, _>(key).await.map(drop) };
-                self.call("del", node_of(&self.client, key), del).await
+                self.call("del", node_of(&self.client, key), del)
+                    .await
+                    .is_some()
             }
             Write::Invalidate { key, hash } => {
                 // The copy in Redis goes first: a pod told to drop its own
                 // copy must not find the old one in Redis.
                 let del = async { self.client.del::<i64, _>(key).await.map(drop) };
-                if !self.call("del", node_of(&self.client, key), del).await {
+                if self
+                    .call("del", node_of(&self.client, key), del)
+                    .await
+                    .is_none()
+                {
                     return false;
                 }
                 let announce = async {
@@ -490,44 +577,77 @@ impl Writer {
                         .await
                         .map(drop)
                 };
-                self.call("publish", None, announce).await
+                self.call("publish", None, announce).await.is_some()
+            }
+            Write::PurgeTag { tag, purged } => {
+                let key = tag_key(tag);
+                let args = vec![
+                    purged.hard.to_string(),
+                    purged.soft.to_string(),
+                    TAG_PURGE_RETENTION.as_millis().to_string(),
+                ];
+                let record = self
+                    .client
+                    .eval::<Vec<u64>, _, _, _>(PURGE_TAG, key.as_str(), args);
+                let Some(times) = self.call("tag", node_of(&self.client, &key), record).await
+                else {
+                    return false;
+                };
+                // What Redis now holds: an earlier purge may be later.
+                let recorded = match times[..] {
+                    [hard, soft] => Purged { hard, soft },
+                    _ => *purged,
+                };
+                let message = format!(
+                    "tag {} {} {}",
+                    blake3::Hash::from_bytes(*tag).to_hex(),
+                    recorded.hard,
+                    recorded.soft
+                );
+                let announce = async {
+                    self.client
+                        .eval::<i64, _, _, _>(ANNOUNCE, SEQUENCE, vec![INVALIDATIONS, &message])
+                        .await
+                        .map(drop)
+                };
+                self.call("publish", None, announce).await.is_some()
             }
         }
     }
 
     /// One call through `node`'s breaker (the global one for `None`),
-    /// within the deadline, counted; whether it succeeded.
-    async fn call(
+    /// within the deadline, counted; its answer if it succeeded.
+    async fn call<T>(
         &self,
         op: &'static str,
         node: Option<String>,
-        call: impl Future<Output = Result<(), fred::error::Error>>,
-    ) -> bool {
+        call: impl Future<Output = Result<T, fred::error::Error>>,
+    ) -> Option<T> {
         // A write to a node that keeps failing would hold up the writes
         // queued behind it for a deadline each.
         let Some(breaker) = self.gate.breaker(node, Instant::now()) else {
             self.metrics.redis_call(op, "skipped");
-            return false;
+            return None;
         };
         let started = Instant::now();
         let result = tokio::time::timeout(self.timeout, call).await;
         self.metrics.redis_duration(op, started.elapsed());
         match result {
-            Ok(Ok(())) => {
+            Ok(Ok(answer)) => {
                 breaker.success();
                 self.metrics.redis_call(op, "done");
-                true
+                Some(answer)
             }
             Ok(Err(error)) => {
                 tracing::debug!(op, %error, "redis write failed");
                 self.metrics.redis_call(op, "error");
                 breaker.failure(Instant::now());
-                false
+                None
             }
             Err(_) => {
                 self.metrics.redis_call(op, "timeout");
                 breaker.failure(Instant::now());
-                false
+                None
             }
         }
     }
@@ -550,7 +670,7 @@ impl Writer {
                     .await
                     .map(drop)
             };
-            return self.call("tell", None, publish).await;
+            return self.call("tell", None, publish).await.is_some();
         };
         let counter_node = node_of(&self.client, SEQUENCE);
         let Some(server) = answering_node(&routing, &self.gate, counter_node.as_deref()) else {
@@ -560,10 +680,10 @@ impl Writer {
         let node = server.to_string();
         let via = self.client.with_cluster_node(server);
         let publish = async { via.publish::<(), _, _>(INVALIDATIONS, hash).await.map(drop) };
-        self.call("tell", Some(node), publish).await
+        self.call("tell", Some(node), publish).await.is_some()
     }
 
-    /// Keeps an invalidation Redis did not take, to send it again.
+    /// Keeps an invalidation or tag purge Redis did not take, to send it again.
     fn keep(&self, pending: &mut VecDeque<Unsent>, unsent: Unsent) {
         if pending.len() >= PENDING_INVALIDATIONS {
             pending.pop_front();
@@ -730,6 +850,14 @@ fn lease_key(flight: &[u8; 32]) -> String {
     format!(
         "sidecache:{{{}}}:lease",
         blake3::Hash::from_bytes(*flight).to_hex()
+    )
+}
+
+/// `sidecache:tag:{hash}`: one key, so one slot, per tag.
+fn tag_key(tag: &[u8; 32]) -> String {
+    format!(
+        "sidecache:tag:{{{}}}",
+        blake3::Hash::from_bytes(*tag).to_hex()
     )
 }
 
@@ -1333,13 +1461,31 @@ mod tests {
         let expected = |seq| {
             Some(Heard {
                 seq,
-                hash: *hash.as_bytes(),
+                what: Announced::Key(*hash.as_bytes()),
             })
         };
         assert_eq!(Heard::parse(&format!("42 {hex}")), expected(Some(42)));
         assert_eq!(Heard::parse(hex.as_str()), expected(None));
         assert_eq!(Heard::parse(&format!("x {hex}")), None);
         assert_eq!(Heard::parse("42 beef"), None);
+        // A tag purge: always numbered.
+        assert_eq!(
+            Heard::parse(&format!("43 tag {hex} 100 200")),
+            Some(Heard {
+                seq: Some(43),
+                what: Announced::Tag {
+                    tag: *hash.as_bytes(),
+                    purged: Purged {
+                        hard: 100,
+                        soft: 200
+                    },
+                },
+            })
+        );
+        assert_eq!(Heard::parse(&format!("tag {hex} 100 200")), None);
+        assert_eq!(Heard::parse(&format!("43 tag {hex} 100")), None);
+        assert_eq!(Heard::parse(&format!("43 tag {hex} 100 200 9")), None);
+        assert_eq!(Heard::parse(&format!("43 tag {hex} x 200")), None);
     }
 
     #[test]

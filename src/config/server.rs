@@ -343,6 +343,8 @@ pub(super) struct RawCache {
     keep_stale: Option<String>,
     host: Option<String>,
     targeted_fields: Option<Vec<String>>,
+    tag_headers: Option<Vec<String>>,
+    expose_tags: Option<bool>,
     #[serde(default)]
     memory: RawMemory,
 }
@@ -369,6 +371,12 @@ pub struct CacheConfig {
     /// Fields whose directives override `Cache-Control` and `Expires` for
     /// this cache (RFC 9213): the first one present and valid counts.
     pub targeted_fields: Vec<HeaderName>,
+    /// Response fields whose values tag a stored response for purging by
+    /// tag ([`crate::cache::tags`]); `[]` turns tagging off.
+    pub tag_headers: Vec<HeaderName>,
+    /// Whether clients see the tag fields; they are removed by default,
+    /// since tags name the origin's internals.
+    pub expose_tags: bool,
     pub memory: MemoryConfig,
 }
 
@@ -413,6 +421,8 @@ impl RawCache {
                 }
             }),
             targeted_fields: targeted_fields(self.targeted_fields, p),
+            tag_headers: tag_headers(self.tag_headers, p),
+            expose_tags: self.expose_tags.unwrap_or(false),
             memory: MemoryConfig {
                 capacity: p.parse(
                     "cache.memory.capacity",
@@ -493,6 +503,46 @@ fn targeted_fields(names: Option<Vec<String>>, p: &mut Problems) -> Vec<HeaderNa
     fields
 }
 
+/// Fields HTTP caching reads or a client needs: clients never see the tag
+/// fields unless `cache.expose_tags`, so none of these may be one.
+const NOT_TAG_HEADERS: [HeaderName; 9] = [
+    header::CACHE_CONTROL,
+    header::EXPIRES,
+    header::ETAG,
+    header::LAST_MODIFIED,
+    header::VARY,
+    header::DATE,
+    header::AGE,
+    header::LOCATION,
+    header::SET_COOKIE,
+];
+
+/// `cache.tag_headers`: header names, each once, none that HTTP caching
+/// or the client needs (they are removed from responses).
+fn tag_headers(names: Option<Vec<String>>, p: &mut Problems) -> Vec<HeaderName> {
+    const KEY: &str = "cache.tag_headers";
+    let Some(names) = names else {
+        return crate::cache::tags::DEFAULT_TAG_HEADERS
+            .map(HeaderName::from_static)
+            .to_vec();
+    };
+    let fields = parse_header_names(p, KEY, &names);
+    for (index, field) in fields.iter().enumerate() {
+        if NOT_TAG_HEADERS.contains(field) || field.as_str().starts_with("content-") {
+            p.push(
+                KEY,
+                format!(
+                    "{:?} is a field HTTP needs, and tag fields are removed from responses; use a field of its own like \"Surrogate-Key\"",
+                    field.as_str()
+                ),
+            );
+        } else if fields[..index].contains(field) {
+            p.push(KEY, format!("{:?} is listed twice", field.as_str()));
+        }
+    }
+    fields
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -535,6 +585,8 @@ mod tests {
             config.cache.targeted_fields,
             ["sidecache-cache-control", "cdn-cache-control"]
         );
+        assert_eq!(config.cache.tag_headers, ["surrogate-key", "cache-tag"]);
+        assert!(!config.cache.expose_tags);
         assert!(config.routes.is_empty());
     }
 
@@ -725,6 +777,26 @@ mod tests {
             (
                 "[cache]\ntargeted_fields = [\"X-CC\", \"x-cc\"]",
                 "cache.targeted_fields: \"x-cc\" is listed twice",
+            ),
+            (
+                "[cache]\ntag_headers = [\"Surrogate Key\"]",
+                "cache.tag_headers: invalid header name \"Surrogate Key\"",
+            ),
+            (
+                "[cache]\ntag_headers = [\"Vary\"]",
+                "cache.tag_headers: \"vary\" is a field HTTP needs, and tag fields are removed from responses; use a field of its own like \"Surrogate-Key\"",
+            ),
+            (
+                "[cache]\ntag_headers = [\"Content-Type\"]",
+                "cache.tag_headers: \"content-type\" is a field HTTP needs, and tag fields are removed from responses; use a field of its own like \"Surrogate-Key\"",
+            ),
+            (
+                "[cache]\ntag_headers = [\"X-Tags\", \"x-tags\"]",
+                "cache.tag_headers: \"x-tags\" is listed twice",
+            ),
+            (
+                "[cache]\nexpose_tags = \"yes\"",
+                "cache.expose_tags: invalid type: string \"yes\", expected a boolean",
             ),
             (
                 "[cache.memory]\ncapacity = \"-1\"",

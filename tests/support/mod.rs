@@ -598,6 +598,14 @@ impl Proxy {
         read(self.client.request(request).await.unwrap()).await
     }
 
+    /// `POST` on the admin port, e.g. `/purge?tag=a&soft=1`.
+    pub async fn admin_post(&self, path: &str) -> Answer {
+        let request = Request::post(self.admin_url(path))
+            .body(Full::default())
+            .unwrap();
+        read(self.client.request(request).await.unwrap()).await
+    }
+
     /// `POST /purge?url=URL` on the admin port.
     pub async fn purge(&self, url: &str) -> Answer {
         let url = percent_encoding::utf8_percent_encode(url, percent_encoding::NON_ALPHANUMERIC);
