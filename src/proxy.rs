@@ -29,6 +29,8 @@ use crate::request;
 use crate::respond::{answer, not_modified};
 use crate::route::{Cookies, Route, RouteTable};
 
+mod shadow;
+
 /// Why a request got a synthetic error response instead of the origin's.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -323,6 +325,9 @@ impl Proxy {
         let (parts, body) = request.into_parts();
         let route_name = route.as_ref().map_or(UNROUTED, |r| r.name.as_str());
         match (request_policy(route.as_deref(), &parts), &route) {
+            (RequestPolicy::Lookup, Some(route)) if route.shadow => {
+                self.serve_shadow(parts, body, route.clone(), client).await
+            }
             (RequestPolicy::Lookup, Some(route)) => {
                 self.serve_cacheable(parts, route.clone(), client).await
             }
