@@ -423,7 +423,11 @@ pub fn describe(config: &Config) -> String {
             route.name,
             route.path,
             methods.join(","),
-            if route.cache { "yes" } else { "no" },
+            match (route.cache, route.shadow) {
+                (true, true) => "shadow",
+                (true, false) => "yes",
+                (false, _) => "no",
+            },
             humantime::format_duration(route.ttl),
         );
     }
