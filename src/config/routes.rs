@@ -383,7 +383,7 @@ mod tests {
     fn route_values_are_parsed() {
         let config = config(&format!(
             "{MINIMAL}[[routes]]\npath = \"/users/*\"\nmethods = [\"GET\"]\nttl = \"1m 30s\"\n\
-             key_headers = [\"Accept-Language\"]\n[[routes]]\nname = \"rest\"\npath = \"/**\"\ncache = false\n"
+             key_headers = [\"Accept-Language\"]\nshadow = true\n[[routes]]\nname = \"rest\"\npath = \"/**\"\ncache = false\n"
         ))
         .unwrap();
         let routes: Vec<_> = config.routes.iter().collect();
@@ -395,6 +395,7 @@ mod tests {
             vec![HeaderName::from_static("accept-language")]
         );
         assert!(routes[0].cache);
+        assert!(routes[0].shadow);
         assert_eq!(routes[1].name, "rest");
         assert_eq!(routes[1].methods, vec![Method::GET, Method::HEAD]);
         assert!(!routes[1].cache);
