@@ -5,11 +5,11 @@ mod support;
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::HeaderMap;
 use sidecache::config::Config;
-use support::redis::RedisCluster;
+use support::redis::{RedisCluster, cli};
 use support::{Answer, Origin, Proxy, ProxyConfig, Reply, eventually};
 
 /// A shadow route over `/s/*` that would cache for 60 s, and a route over
@@ -354,4 +354,48 @@ async fn what_one_pods_shadow_stored_is_a_would_hit_in_another() {
     assert_eq!(origin.hits("/s/shared"), 2);
     assert_eq!(would(&b, "hit").await, 1);
     assert_eq!(saved_bytes(&b).await, "/s/shared #1".len() as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shadow_lookup_that_redis_does_not_answer_is_a_would_miss_within_the_budget() {
+    let cluster = tokio::task::spawn_blocking(RedisCluster::start)
+        .await
+        .unwrap();
+    let origin = Origin::start().await;
+    let redis = format!(
+        "[redis]\nnodes = {}\ncommand_timeout = \"50ms\"\nconnect_timeout = \"300ms\"\n",
+        cluster.seeds()
+    );
+    let proxy = ProxyConfig::new(&origin)
+        .with(&redis)
+        .with(ROUTES)
+        .start()
+        .await;
+    proxy.wait_redis_connected().await;
+    // Every master stops answering for far longer than the Redis budget.
+    let masters = cluster.master_ports();
+    let paused = tokio::task::spawn_blocking(move || {
+        masters
+            .iter()
+            .map(|&port| cli(port, &["client", "pause", "3000", "ALL"]))
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    assert!(paused.iter().all(|reply| reply.as_deref() == Some("OK")));
+
+    let started = Instant::now();
+    let answer = proxy.get("/s/paused").await;
+    let took = started.elapsed();
+    assert_eq!(answer.text(), "/s/paused #1");
+    assert_eq!(
+        answer.cache_status(),
+        "sidecache; fwd=bypass; detail=shadow-miss"
+    );
+    assert!(
+        took < Duration::from_secs(1),
+        "answered in {took:?}: the lookup gives up at its 50ms budget, not after the 3s pause"
+    );
+    let timeouts = "sidecache_redis_calls_total{op=\"get\",outcome=\"timeout\"}";
+    assert!(proxy.metric(timeouts).await >= 1);
 }

@@ -24,7 +24,7 @@ use super::{CacheableRequest, Failed, Proxy, Served};
 use crate::body;
 use crate::cache::Budget;
 use crate::cache::decide::{self, OnHead, OnLookup, Plan, Prior, Times};
-use crate::cache::entry::Variants;
+use crate::cache::entry::{Entry, Variants};
 use crate::cache::fill::{Fill, StoringBody};
 use crate::cache::key;
 use crate::cache::status::{CacheStatus, Would};
@@ -74,40 +74,20 @@ impl Proxy {
         let ((found, now), response) =
             tokio::join!(lookup, self.send_upstream(sent, body.boxed_unsync(), route));
         let presented = request.presented(self.max_object_size);
-        let (would, prior) = match decide::on_lookup(&presented, found, now) {
-            OnLookup::Serve(entry, status) => {
-                let saved = request.answer(&entry, status, now).response;
-                let saved = saved.body().size_hint().exact().unwrap_or(0);
-                self.metrics.shadow(route, Would::Hit.as_str(), saved);
-                (Would::Hit, None)
-            }
-            // The cache would have served it and refreshed it in the
-            // background: the origin's answer stands for the refresh.
-            OnLookup::ServeAndRefresh(entry, status, prior) => {
-                let saved = request.answer(&entry, status, now).response;
-                let saved = saved.body().size_hint().exact().unwrap_or(0);
-                let would = Would::WhileRevalidate;
-                self.metrics.shadow(route, would.as_str(), saved);
-                (would, Some(prior))
-            }
-            // `only-if-cached` would have got a 504 and fetched nothing.
-            OnLookup::Refuse(_) => {
-                self.metrics.shadow(route, Would::Miss.as_str(), 0);
-                (Would::Miss, None)
-            }
-            OnLookup::Forward(prior) => {
-                let would = match prior.stale {
-                    Some(_) => Would::Stale,
-                    None => Would::Miss,
-                };
-                self.metrics.shadow(route, would.as_str(), 0);
-                (would, Some(prior))
-            }
-        };
+        let Shadowed {
+            would,
+            served,
+            fetched,
+        } = shadowed(decide::on_lookup(&presented, found, now));
+        let saved = served.map_or(0, |(entry, status)| {
+            let answer = request.answer(&entry, status, now).response;
+            answer.body().size_hint().exact().unwrap_or(0)
+        });
+        self.metrics.shadow(route, would.as_str(), saved);
         let status = CacheStatus::Shadow { would };
         let response = response.map_err(Failed::with(status))?;
         let (head, body) = response.into_parts();
-        let fill = match (prior, difference) {
+        let fill = match (fetched, difference) {
             (Some(prior), None) => {
                 let times = Times {
                     request: sent_at,
@@ -174,13 +154,55 @@ impl Proxy {
                 None
             }
             OnHead::PassOn(status) => {
-                tracing::debug!(status = status.as_str(), "shadow: not stored");
+                tracing::debug!(?status, "shadow: not stored");
                 None
             }
             // Without a stale response in `prior` the origin's answer
             // refreshes nothing and stands in for nothing.
             OnHead::Refreshed { .. } | OnHead::StandIn(..) => None,
         }
+    }
+}
+
+/// What the cache would have done with a request.
+struct Shadowed {
+    would: Would,
+    /// The stored response it would have answered with, and how.
+    served: Option<(Arc<Entry>, CacheStatus)>,
+    /// What it held when it would have asked the origin: the origin's
+    /// answer may then be stored, as the cache's fetch would have been.
+    fetched: Option<Prior>,
+}
+
+/// What the cache would have done, from what its lookup means for the request.
+fn shadowed(lookup: OnLookup) -> Shadowed {
+    match lookup {
+        OnLookup::Serve(entry, status) => Shadowed {
+            would: Would::Hit,
+            served: Some((entry, status)),
+            fetched: None,
+        },
+        // Served, and refreshed in the background: the origin's answer
+        // stands for the refresh.
+        OnLookup::ServeAndRefresh(entry, status, prior) => Shadowed {
+            would: Would::WhileRevalidate,
+            served: Some((entry, status)),
+            fetched: Some(prior),
+        },
+        // `only-if-cached` would have got a 504 and fetched nothing.
+        OnLookup::Refuse(_) => Shadowed {
+            would: Would::Miss,
+            served: None,
+            fetched: None,
+        },
+        OnLookup::Forward(prior) => Shadowed {
+            would: match prior.stale {
+                Some(_) => Would::Stale,
+                None => Would::Miss,
+            },
+            served: None,
+            fetched: Some(prior),
+        },
     }
 }
 
