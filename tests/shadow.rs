@@ -399,3 +399,32 @@ async fn a_shadow_lookup_that_redis_does_not_answer_is_a_would_miss_within_the_b
     let timeouts = "sidecache_redis_calls_total{op=\"get\",outcome=\"timeout\"}";
     assert!(proxy.metric(timeouts).await >= 1);
 }
+
+#[test]
+fn check_shows_shadow_routes_and_refuses_one_that_does_not_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let check = |routes: &str| {
+        let path = dir.path().join("proxy.toml");
+        let text = format!("[origin]\nurl = \"http://127.0.0.1:3000\"\n{routes}");
+        std::fs::write(&path, text).unwrap();
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_sidecache"))
+            .args(["--check", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let printed = String::from_utf8_lossy(&output.stdout).into_owned()
+            + &String::from_utf8_lossy(&output.stderr);
+        (output.status.code(), printed)
+    };
+    let (code, printed) = check("[[routes]]\nname = \"trial\"\npath = \"/s/*\"\nshadow = true\n");
+    assert_eq!(code, Some(0), "{printed}");
+    let row = printed.lines().find(|line| line.contains("trial")).unwrap();
+    assert!(row.contains(" shadow "), "{row}");
+
+    let (code, printed) = check("[[routes]]\npath = \"/s/*\"\nshadow = true\ncache = false\n");
+    assert_eq!(code, Some(64), "{printed}");
+    assert!(
+        printed.contains("routes[0].shadow: the route does not cache (cache = false)"),
+        "{printed}"
+    );
+}

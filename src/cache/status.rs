@@ -71,11 +71,6 @@ impl Would {
             Would::Miss => "miss",
         }
     }
-
-    /// Whether the cache would have answered without the origin.
-    pub fn served(self) -> bool {
-        matches!(self, Would::Hit | Would::WhileRevalidate)
-    }
 }
 
 impl CacheStatus {
