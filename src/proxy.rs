@@ -29,7 +29,7 @@ use crate::request;
 use crate::respond::{answer, not_modified};
 use crate::route::{Cookies, Route, RouteTable};
 
-mod shadow;
+pub(crate) mod shadow;
 
 /// Why a request got a synthetic error response instead of the origin's.
 #[derive(Debug, thiserror::Error)]

@@ -428,3 +428,34 @@ fn check_shows_shadow_routes_and_refuses_one_that_does_not_cache() {
         "{printed}"
     );
 }
+
+#[tokio::test]
+async fn explain_says_a_shadow_route_forwards_and_what_the_cache_would_do() {
+    let origin = Origin::start().await;
+    let proxy = proxy(&origin).await;
+    let url = proxy.url("/s/explained");
+    let explain = async || {
+        let query = percent_encoding::utf8_percent_encode(&url, percent_encoding::NON_ALPHANUMERIC);
+        let answer = proxy.admin(&format!("/explain?url={query}")).await;
+        serde_json::from_slice::<serde_json::Value>(&answer.body).unwrap()
+    };
+    let before = explain().await;
+    assert_eq!(before["route"]["shadow"], true);
+    assert_eq!(before["decision"]["outcome"], "miss");
+    assert_eq!(
+        before["decision"]["cache_status"],
+        "sidecache; fwd=bypass; detail=shadow-miss"
+    );
+    proxy.get("/s/explained").await;
+    let after = explain().await;
+    assert_eq!(after["decision"]["outcome"], "hit");
+    assert_eq!(
+        after["decision"]["cache_status"],
+        "sidecache; fwd=bypass; detail=shadow-hit"
+    );
+    let reason = after["decision"]["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("shadow route, forwarded; the cache would: fresh"),
+        "{reason}"
+    );
+}

@@ -176,33 +176,41 @@ struct Shadowed {
 
 /// What the cache would have done, from what its lookup means for the request.
 fn shadowed(lookup: OnLookup) -> Shadowed {
+    let would = would(&lookup);
     match lookup {
         OnLookup::Serve(entry, status) => Shadowed {
-            would: Would::Hit,
+            would,
             served: Some((entry, status)),
             fetched: None,
         },
         // Served, and refreshed in the background: the origin's answer
         // stands for the refresh.
         OnLookup::ServeAndRefresh(entry, status, prior) => Shadowed {
-            would: Would::WhileRevalidate,
+            would,
             served: Some((entry, status)),
             fetched: Some(prior),
         },
         // `only-if-cached` would have got a 504 and fetched nothing.
         OnLookup::Refuse(_) => Shadowed {
-            would: Would::Miss,
+            would,
             served: None,
             fetched: None,
         },
         OnLookup::Forward(prior) => Shadowed {
-            would: match prior.stale {
-                Some(_) => Would::Stale,
-                None => Would::Miss,
-            },
+            would,
             served: None,
             fetched: Some(prior),
         },
+    }
+}
+
+/// How the cache would have answered, in the words of `Cache-Status`.
+pub(crate) fn would(lookup: &OnLookup) -> Would {
+    match lookup {
+        OnLookup::Serve(..) => Would::Hit,
+        OnLookup::ServeAndRefresh(..) => Would::WhileRevalidate,
+        OnLookup::Forward(Prior { stale: Some(_), .. }) => Would::Stale,
+        OnLookup::Forward(_) | OnLookup::Refuse(_) => Would::Miss,
     }
 }
 
