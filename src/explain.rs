@@ -23,7 +23,7 @@ use crate::cache::policy::{NoCacheReason, RequestPolicy};
 use crate::cache::status::CacheStatus;
 use crate::cache::{Budget, Cache, Held, Shared};
 use crate::origin::Peer;
-use crate::proxy::{self, Proxy};
+use crate::proxy::{self, Proxy, shadow};
 use crate::route::{Cookies, Route};
 
 /// Longest `url=` value, decoded: as long as a request target hyper takes
@@ -197,6 +197,8 @@ pub struct RouteReport {
     pub name: String,
     pub path: String,
     pub cache: bool,
+    /// Forwarded as if uncached, while the cache stores and counts.
+    pub shadow: bool,
     pub methods: Vec<String>,
     pub ttl_seconds: u64,
     pub stale_while_revalidate_seconds: u64,
@@ -395,6 +397,7 @@ pub async fn explain(proxy: &Proxy, cache: &Cache, asked: Asked) -> Explanation 
             return explanation;
         }
     };
+    let shadow_route = route.shadow;
     let request = proxy.cacheable(route, &Peer::new(NO_CLIENT), &mut parts);
     let now = cache.now();
     // One Redis budget, as a request has: Redis trouble is "unavailable".
@@ -418,7 +421,18 @@ pub async fn explain(proxy: &Proxy, cache: &Cache, asked: Asked) -> Explanation 
     let found = inspection.lookup.found.is_some();
     let presented = request.presented(proxy.max_object_size());
     let decided = decide::on_lookup(&presented, inspection.lookup, now);
+    let would = shadow::would(&decided);
     explanation.decision = looked_up(&presented, decided, found, now);
+    if shadow_route {
+        // The decision is what the cache would do; the request is forwarded.
+        let decision = &mut explanation.decision;
+        decision.reason = format!(
+            "shadow route, forwarded; the cache would: {}",
+            decision.reason
+        );
+        let status = CacheStatus::Shadow { would }.header_value();
+        decision.cache_status = status.to_str().ok().map(str::to_owned);
+    }
     explanation
 }
 
@@ -575,6 +589,7 @@ fn route_report(route: &Route) -> RouteReport {
         name: route.name.clone(),
         path: route.path.clone(),
         cache: route.cache,
+        shadow: route.shadow,
         methods: route.methods.iter().map(|m| m.to_string()).collect(),
         ttl_seconds: route.ttl.as_secs(),
         stale_while_revalidate_seconds: route.stale_while_revalidate.as_secs(),

@@ -9,6 +9,8 @@
 //! - [`proxy`]: the pipeline; the only module that calls the others in order.
 //!   Its outer handler matches the route and writes `Cache-Status`, metrics
 //!   and the access log from the [`proxy::Served`] the inner one returns.
+//!   Shadow routes take their own path through it (`proxy::shadow`): forwarded
+//!   as if uncached, looked up and stored beside.
 //! - [`route`]: the first route whose path pattern matches decides caching.
 //! - [`request`]: the request model: what a cacheable request sends the
 //!   origin (all end-to-end headers but the guard list; cookies, query and
@@ -427,7 +429,11 @@ pub fn describe(config: &Config) -> String {
             route.name,
             route.path,
             methods.join(","),
-            if route.cache { "yes" } else { "no" },
+            match (route.cache, route.shadow) {
+                (true, true) => "shadow",
+                (true, false) => "yes",
+                (false, _) => "no",
+            },
             humantime::format_duration(route.ttl),
         );
     }

@@ -19,6 +19,12 @@ struct RequestLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ShadowLabels {
+    route: String,
+    would: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
     route: String,
 }
@@ -59,6 +65,8 @@ pub struct Metrics {
     tag_purged_reads: Family<EffectLabels, Counter>,
     tags_ignored: Counter,
     client_rejections: Family<ReasonLabels, Counter>,
+    shadow_requests: Family<ShadowLabels, Counter>,
+    shadow_saved_bytes: Family<RouteLabels, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -199,11 +207,25 @@ impl Metrics {
             "Client requests refused and connections closed at the proxy's limits, by reason (head-too-large: 431, malformed: 400, header-timeout, idle-timeout)",
             client_rejections.clone(),
         );
+        let shadow_requests = Family::<ShadowLabels, Counter>::default();
+        registry.register(
+            "shadow_requests",
+            "Requests a shadow route looked up and forwarded, by how the cache would have answered (hit, stale-while-revalidate, stale, miss)",
+            shadow_requests.clone(),
+        );
+        let shadow_saved_bytes = Family::<RouteLabels, Counter>::default();
+        registry.register(
+            "shadow_saved_bytes",
+            "Body bytes of the answers a shadow route's cache would have served without the origin",
+            shadow_saved_bytes.clone(),
+        );
         Metrics {
             registry,
             purges,
             tag_purged_reads,
             tags_ignored,
+            shadow_requests,
+            shadow_saved_bytes,
             memory_flushes,
             client_rejections,
             background_refreshes,
@@ -244,6 +266,24 @@ impl Metrics {
                 kind,
             })
             .inc();
+    }
+
+    /// A request a shadow route forwarded, how the cache would have answered
+    /// it, and the body bytes it would have served itself.
+    pub fn shadow(&self, route: &str, would: &'static str, saved_bytes: u64) {
+        self.shadow_requests
+            .get_or_create(&ShadowLabels {
+                route: route.to_owned(),
+                would,
+            })
+            .inc();
+        if saved_bytes > 0 {
+            self.shadow_saved_bytes
+                .get_or_create(&RouteLabels {
+                    route: route.to_owned(),
+                })
+                .inc_by(saved_bytes);
+        }
     }
 
     pub fn background_refresh(&self, result: &'static str) {

@@ -28,6 +28,8 @@ use crate::request;
 use crate::respond::{answer, answer_arriving, not_modified};
 use crate::route::{Cookies, Route, RouteTable};
 
+pub(crate) mod shadow;
+
 /// Why a request got a synthetic error response instead of the origin's.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -338,6 +340,9 @@ impl Proxy {
         // future that held them inline would be copied whole each time it
         // moves (hyper moves it more than once before polling it).
         match (request_policy(route.as_deref(), &parts), &route) {
+            (RequestPolicy::Lookup, Some(route)) if route.shadow => {
+                Box::pin(self.serve_shadow(parts, body, route.clone(), client)).await
+            }
             (RequestPolicy::Lookup, Some(route)) => {
                 Box::pin(self.serve_cacheable(parts, route.clone(), client)).await
             }

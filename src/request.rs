@@ -99,6 +99,12 @@ pub fn never_forwarded(name: &HeaderName) -> bool {
     MANAGED.contains(name) || UNSENT_BODY.contains(name) || origin::is_hop_by_hop(name)
 }
 
+/// Whether the request model rewrites this header's spelling but not its
+/// meaning: the negotiation lists, put in canonical form (RFC 9110 §12.5).
+pub fn respelled(name: &HeaderName) -> bool {
+    NEGOTIATION.contains(name)
+}
+
 /// Turns a cacheable request into what the origin receives: its query cut
 /// to the parameters the route keys, its host made the one it is keyed by
 /// (the canonical one, if the cache has one), its headers as the route

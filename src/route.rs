@@ -22,6 +22,9 @@ pub struct Route {
     pub ttl: Duration,
     /// `false` turns the cache off for this route: every request is forwarded.
     pub cache: bool,
+    /// Forward every request as if the route did not cache, while the cache
+    /// looks up, stores and counts what it would have served (a trial run).
+    pub shadow: bool,
     /// Response statuses that may be stored.
     pub statuses: Vec<u16>,
     /// Whether responses without explicit freshness may get heuristic

@@ -119,6 +119,8 @@ fn the_queries_are_read_from_both_files() {
         "sidecache_redis_breaker_open",
         "sidecache_background_refreshes_total",
         "sidecache_memory_flushes_total",
+        "sidecache_shadow_requests_total",
+        "sidecache_shadow_saved_bytes_total",
     ] {
         assert!(dashboard_names.contains(family), "{family}");
     }
@@ -167,6 +169,7 @@ async fn every_metric_the_dashboard_and_alerts_query_is_exported() {
             ))
             .with(routes::cache("/r/**", "60s"))
             .with(routes::cache("/swr/**", "0s"))
+            .with(routes::cache("/shadow/**", "60s") + "shadow = true\n")
             .start()
             .await,
     );
@@ -207,6 +210,15 @@ async fn every_metric_the_dashboard_and_alerts_query_is_exported() {
             .ends_with("detail=stale-while-revalidate"),
         "{}",
         stale.cache_status()
+    );
+    // A shadow route's would-miss and would-hit.
+    proxy.get("/shadow/a").await;
+    assert!(
+        proxy
+            .get("/shadow/a")
+            .await
+            .cache_status()
+            .ends_with("detail=shadow-hit")
     );
     // An origin error (no response head within origin.timeout).
     assert_eq!(proxy.get("/r/slow").await.status, 504);

@@ -43,6 +43,34 @@ pub enum CacheStatus {
     Bypass(Option<NoCacheReason>),
     /// The request itself rules out a shared answer.
     Request(NoCacheReason),
+    /// A shadow route forwarded the request as if it did not cache; `would`
+    /// is how the cache would have answered it.
+    Shadow { would: Would },
+}
+
+/// How the cache would have answered a request a shadow route forwarded:
+/// the `cache_status` it would have had, and so the same words.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Would {
+    /// From a fresh stored response (or a stale one the request accepts).
+    Hit,
+    /// From a stale stored response, refreshed in the background (RFC 5861 §3).
+    WhileRevalidate,
+    /// Forwarded to validate (or fetch again) a stale stored response.
+    Stale,
+    /// Forwarded: nothing usable was stored.
+    Miss,
+}
+
+impl Would {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Would::Hit => "hit",
+            Would::WhileRevalidate => "stale-while-revalidate",
+            Would::Stale => "stale",
+            Would::Miss => "miss",
+        }
+    }
 }
 
 impl CacheStatus {
@@ -57,6 +85,7 @@ impl CacheStatus {
             CacheStatus::IfError { .. } => "stale-if-error",
             CacheStatus::Bypass(_) => "bypass",
             CacheStatus::Request(_) => "request",
+            CacheStatus::Shadow { .. } => "shadow",
         }
     }
 
@@ -111,6 +140,13 @@ impl CacheStatus {
             CacheStatus::Request(reason) => {
                 params.add(format_args!("fwd=request"));
                 params.add(format_args!("detail={}", reason.as_str()));
+            }
+            // Forwarded, as the client's answer says; the detail says what
+            // the cache would have done, in one token (RFC 9211 has one
+            // `detail`), so that it reads as `fwd=bypass` to any tool.
+            CacheStatus::Shadow { would } => {
+                params.add(format_args!("fwd=bypass"));
+                params.add(format_args!("detail=shadow-{}", would.as_str()));
             }
         }
         HeaderValue::try_from(params.0).unwrap_or_else(|_| HeaderValue::from_static(CACHE_NAME))
@@ -216,6 +252,20 @@ mod tests {
             (
                 CacheStatus::Request(NoCacheReason::Precondition),
                 "sidecache; fwd=request; detail=precondition",
+            ),
+            (
+                CacheStatus::Shadow { would: Would::Hit },
+                "sidecache; fwd=bypass; detail=shadow-hit",
+            ),
+            (
+                CacheStatus::Shadow { would: Would::Miss },
+                "sidecache; fwd=bypass; detail=shadow-miss",
+            ),
+            (
+                CacheStatus::Shadow {
+                    would: Would::WhileRevalidate,
+                },
+                "sidecache; fwd=bypass; detail=shadow-stale-while-revalidate",
             ),
         ];
         for (status, expected) in cases {

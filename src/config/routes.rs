@@ -24,6 +24,7 @@ pub(super) struct RawRoute {
     methods: Option<Vec<String>>,
     ttl: Option<String>,
     cache: Option<bool>,
+    shadow: Option<bool>,
     cache_status: Option<Vec<u16>>,
     heuristic_freshness: Option<bool>,
     range_fill: Option<bool>,
@@ -180,13 +181,22 @@ impl RawRoute {
         }
         let forward = forward(self.forward.as_deref(), &key("forward"), p);
         let key_query = key_query(self.key_query, &key("key_query"), p);
+        let cache = self.cache.unwrap_or(true);
+        let shadow = self.shadow.unwrap_or(false);
+        if shadow && !cache {
+            p.push(
+                key("shadow"),
+                "the route does not cache (cache = false), so there is nothing to try; remove one of the two",
+            );
+        }
         Some(Route {
             name,
             path,
             matcher: matcher?,
             methods,
             ttl,
-            cache: self.cache.unwrap_or(true),
+            cache,
+            shadow,
             statuses,
             heuristic_freshness: self.heuristic_freshness.unwrap_or(true),
             range_fill: self.range_fill.unwrap_or(false),
@@ -373,7 +383,7 @@ mod tests {
     fn route_values_are_parsed() {
         let config = config(&format!(
             "{MINIMAL}[[routes]]\npath = \"/users/*\"\nmethods = [\"GET\"]\nttl = \"1m 30s\"\n\
-             key_headers = [\"Accept-Language\"]\n[[routes]]\nname = \"rest\"\npath = \"/**\"\ncache = false\n"
+             key_headers = [\"Accept-Language\"]\nshadow = true\n[[routes]]\nname = \"rest\"\npath = \"/**\"\ncache = false\n"
         ))
         .unwrap();
         let routes: Vec<_> = config.routes.iter().collect();
@@ -385,6 +395,7 @@ mod tests {
             vec![HeaderName::from_static("accept-language")]
         );
         assert!(routes[0].cache);
+        assert!(routes[0].shadow);
         assert_eq!(routes[1].name, "rest");
         assert_eq!(routes[1].methods, vec![Method::GET, Method::HEAD]);
         assert!(!routes[1].cache);
@@ -396,6 +407,7 @@ mod tests {
         assert_eq!(route.methods, vec![Method::GET, Method::HEAD]);
         assert_eq!(route.ttl, Duration::ZERO);
         assert!(route.cache);
+        assert!(!route.shadow);
         assert_eq!(route.statuses, DEFAULT_CACHE_STATUSES.to_vec());
         assert!(route.heuristic_freshness);
         assert!(!route.range_fill);
@@ -512,6 +524,10 @@ mod tests {
             (
                 "[[routes]]\npath = \"/a\"\nforward = \"declared\"\nforward_headers = [\"connection\"]",
                 "routes[0].forward_headers: \"connection\" never reaches the origin on a cacheable request (the cache handles it)",
+            ),
+            (
+                "[[routes]]\npath = \"/a\"\nshadow = true\ncache = false",
+                "routes[0].shadow: the route does not cache (cache = false), so there is nothing to try; remove one of the two",
             ),
             (
                 "[[routes]]\npath = \"/a\"\nkey_query = {}",
