@@ -421,7 +421,7 @@ impl Cache {
         budget: &Budget,
     ) -> Inspection {
         let url = self.look(key, budget).await;
-        let url_found = pick(url.memory.clone(), url.redis.found(), now);
+        let url_found = self.seen_as_lookup(&url, now, budget).await;
         let variant = match &url_found {
             Some((Stored::Variants(variants), _)) => {
                 let key = variants.key_for(request);
@@ -430,13 +430,55 @@ impl Cache {
             }
             _ => None,
         };
-        let variant_found = variant
-            .as_ref()
-            .and_then(|(_, held)| pick(held.memory.clone(), held.redis.found(), now));
+        let variant_found = match &variant {
+            Some((_, held)) => self.seen_as_lookup(held, now, budget).await,
+            None => None,
+        };
         Inspection {
             lookup: Lookup::of(url_found, variant_found),
             url,
             variant,
+        }
+    }
+
+    /// What a lookup would take from `held`: the tier [`pick`] chooses, as
+    /// its tags' purges leave it; a memory copy a hard purge makes a lookup
+    /// drop gives way to Redis's, as [`Cache::judged`] does (which this
+    /// mirrors without its side effects).
+    async fn seen_as_lookup(
+        &self,
+        held: &Held,
+        now: SystemTime,
+        budget: &Budget,
+    ) -> Option<(Stored, Tier)> {
+        let found = pick(held.memory.clone(), held.redis.found(), now);
+        let from_memory = matches!(found, Some((_, Tier::Memory)));
+        match self.as_tags_leave(found, budget).await {
+            None if from_memory => {
+                let shared = held.redis.found().map(|object| (object, Tier::Redis));
+                self.as_tags_leave(shared, budget).await
+            }
+            seen => seen,
+        }
+    }
+
+    /// `found` as its tags' purges leave it: as it is, stale since a soft
+    /// purge, or `None` after a hard one.
+    async fn as_tags_leave(
+        &self,
+        found: Option<(Stored, Tier)>,
+        budget: &Budget,
+    ) -> Option<(Stored, Tier)> {
+        let Some((Stored::Response(entry), tier)) = found else {
+            return found;
+        };
+        match self.tag_effect(&entry, budget).await {
+            Effect::Current => Some((Stored::Response(entry), tier)),
+            Effect::StaleSince(since) => Some((
+                Stored::Response(Arc::new(tags::staled(&entry, since))),
+                tier,
+            )),
+            Effect::Gone => None,
         }
     }
 

@@ -536,3 +536,48 @@ async fn redis_out_of_reach_is_unavailable_in_the_answer_within_one_budget() {
     assert_eq!(explained["tiers"]["memory"]["url"]["state"], "absent");
     assert_eq!(explained["decision"]["outcome"], "miss");
 }
+
+#[tokio::test]
+async fn explain_applies_tag_purges_as_the_next_request_would() {
+    let origin = Origin::start().await;
+    origin.on(
+        "/users/7",
+        Reply::ok()
+            .header("cache-control", "max-age=60")
+            .header("surrogate-key", "user-7 users")
+            .etag("\"v7\"")
+            .body("seven"),
+    );
+    let proxy = ProxyConfig::new(&origin).with(routes::USERS).start().await;
+    let url = proxy.url("/users/7");
+    assert_eq!(
+        proxy.get("/users/7").await.cache_status(),
+        "sidecache; fwd=miss; stored"
+    );
+    let filled = explain(&proxy, &url, &[]).await;
+    assert_eq!(filled["decision"]["outcome"], "hit");
+    assert_eq!(
+        filled["tiers"]["memory"]["url"]["tags"],
+        serde_json::json!(["user-7", "users"])
+    );
+
+    // Soft: stale as of the purge, so a request revalidates it.
+    assert_eq!(
+        proxy.admin_post("/purge?tag=users&soft=1").await.status,
+        200
+    );
+    let soft = explain(&proxy, &url, &[]).await;
+    assert_eq!(soft["decision"]["outcome"], "revalidate", "{soft}");
+    // Hard: gone for a request, though the memory tier still holds it
+    // until a request drops it.
+    assert_eq!(proxy.admin_post("/purge?tag=user-7").await.status, 200);
+    let hard = explain(&proxy, &url, &[]).await;
+    assert_eq!(hard["decision"]["outcome"], "miss", "{hard}");
+    assert_eq!(hard["tiers"]["memory"]["url"]["state"], "response");
+    // And the next request gets what explain said.
+    assert_eq!(
+        proxy.get("/users/7").await.cache_status(),
+        "sidecache; fwd=miss; stored"
+    );
+    assert_eq!(origin.hits("/users/7"), 2);
+}
