@@ -1,7 +1,10 @@
 # shellcheck shell=bash
 # Shell helpers the bench scripts share (sourced, not run). A script sets
 # $work (its scratch directory, where each process NAME logs to NAME.log)
-# before it calls wait_for_port.
+# before it calls wait_for_port; for a Redis Cluster, also redis_ports (six
+# ports: 3 masters, 3 replicas) and, if it wants failovers faster than
+# Redis's 15 s default, cluster_node_timeout (ms). The nodes' PIDs go to
+# redis_pids, by node.
 
 # Installs Debian packages, without letting them start system-wide services
 # of their own (a policy-rc.d that says "no", as scripts/test does).
@@ -35,4 +38,48 @@ wait_for_port() { # PORT NAME PID
     done
     echo "$2 did not listen on $1 within 10 s" >&2
     exit 1
+}
+
+# Starts (or restarts) cluster node I of redis_ports; its nodes.conf in its
+# own directory is what lets a restarted node rejoin with its old identity.
+# shellcheck disable=SC2154,SC2034 # redis_ports in, redis_pids out: the caller's
+start_redis_node() { # I
+    local port=${redis_ports[$1]} dir=$work/redis-$1
+    mkdir -p "$dir"
+    redis-server --bind 127.0.0.1 --port "$port" --dir "$dir" \
+        --cluster-enabled yes --cluster-config-file nodes.conf \
+        --cluster-node-timeout "${cluster_node_timeout:-15000}" \
+        --save "" --appendonly no --daemonize no >>"$work/redis-$1.log" 2>&1 &
+    redis_pids[$1]=$!
+    wait_for_port "$port" "redis-$1" "$!"
+}
+
+# Starts every node of redis_ports and makes them one cluster, a replica per
+# master; fails unless it is whole within 30 s.
+# shellcheck disable=SC2154 # redis_ports: the caller's
+start_cluster() {
+    local i addresses=()
+    for i in "${!redis_ports[@]}"; do
+        start_redis_node "$i"
+        addresses+=("127.0.0.1:${redis_ports[$i]}")
+    done
+    redis-cli --cluster create "${addresses[@]}" --cluster-replicas 1 --cluster-yes >"$work/cluster-create.log"
+    wait_cluster_whole || { echo "the cluster did not come up; see $work/cluster-create.log" >&2; exit 1; }
+}
+
+# True once every node answers, says cluster_state:ok and sees no node
+# failing (after a chaos step: whole again). Up to 30 s.
+# shellcheck disable=SC2154 # redis_ports: the caller's
+wait_cluster_whole() {
+    local _ port whole
+    for _ in $(seq 150); do
+        whole=1
+        for port in "${redis_ports[@]}"; do
+            redis-cli -p "$port" cluster info 2>/dev/null | grep -q '^cluster_state:ok' || { whole=""; break; }
+            ! redis-cli -p "$port" cluster nodes 2>/dev/null | grep -q 'fail' || { whole=""; break; }
+        done
+        [ -z "$whole" ] || return 0
+        sleep 0.2
+    done
+    return 1
 }

@@ -100,45 +100,6 @@ say() {
     printf 'chaos: %4ds  %s\n' $((SECONDS - load_started)) "$*"
 }
 
-# Starts (or restarts) node I; its nodes.conf in its own directory is what
-# lets a restarted node rejoin the cluster with its old identity.
-start_redis_node() { # I
-    local port=${redis_ports[$1]} dir=$work/redis-$1
-    mkdir -p "$dir"
-    redis-server --bind 127.0.0.1 --port "$port" --dir "$dir" \
-        --cluster-enabled yes --cluster-config-file nodes.conf \
-        --cluster-node-timeout $cluster_node_timeout \
-        --save "" --appendonly no --daemonize no >>"$work/redis-$1.log" 2>&1 &
-    redis_pids[$1]=$!
-    wait_for_port "$port" "redis-$1" "$!"
-}
-
-start_cluster() {
-    local i addresses=()
-    for i in "${!redis_ports[@]}"; do
-        start_redis_node "$i"
-        addresses+=("127.0.0.1:${redis_ports[$i]}")
-    done
-    redis-cli --cluster create "${addresses[@]}" --cluster-replicas 1 --cluster-yes >"$work/cluster-create.log"
-    wait_cluster_whole || { echo "the cluster did not come up; see $work/cluster-create.log" >&2; exit 1; }
-}
-
-# True once every node answers, says cluster_state:ok and sees no node
-# failing: the cluster is whole again after a chaos step. Up to 30 s.
-wait_cluster_whole() {
-    local _ port whole
-    for _ in $(seq 150); do
-        whole=1
-        for port in "${redis_ports[@]}"; do
-            redis-cli -p "$port" cluster info 2>/dev/null | grep -q '^cluster_state:ok' || { whole=""; break; }
-            ! redis-cli -p "$port" cluster nodes 2>/dev/null | grep -q 'fail' || { whole=""; break; }
-        done
-        [ -z "$whole" ] || return 0
-        sleep 0.2
-    done
-    return 1
-}
-
 # The index of a node that is a master (ROLE master) or a replica, the
 # Nth such in port order (N wraps around).
 node_with_role() { # ROLE N

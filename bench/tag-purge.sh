@@ -27,10 +27,11 @@ redis_ports=(22650 22651 22652 22653 22654 22655)
 
 work=""
 pids=()
+redis_pids=()
 cleanup() {
     local pid
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+    for pid in "${pids[@]}" "${redis_pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${pids[@]}" "${redis_pids[@]}"; do wait "$pid" 2>/dev/null || true; done
     [ -z "$work" ] || rm -rf "$work"
 }
 
@@ -47,22 +48,10 @@ main() {
     work=$(mktemp -d "${TMPDIR:-/tmp}/sidecache-tag-purge.XXXXXX")
 
     echo "== a 3+3 Redis Cluster on ${redis_ports[0]}-${redis_ports[-1]}, two pods on ${pod_ports[*]}"
-    local i port addresses=() nodes=""
-    for i in "${!redis_ports[@]}"; do
-        port=${redis_ports[$i]}
-        mkdir -p "$work/redis-$i"
-        redis-server --bind 127.0.0.1 --port "$port" --dir "$work/redis-$i" \
-            --cluster-enabled yes --cluster-config-file nodes.conf \
-            --save "" --appendonly no --daemonize no >"$work/redis-$i.log" 2>&1 &
-        pids+=("$!")
-        wait_for_port "$port" "redis-$i" "$!"
-        addresses+=("127.0.0.1:$port")
+    local i port nodes=""
+    start_cluster
+    for port in "${redis_ports[@]}"; do
         nodes+="\"127.0.0.1:$port\", "
-    done
-    redis-cli --cluster create "${addresses[@]}" --cluster-replicas 1 --cluster-yes >"$work/cluster-create.log"
-    for _ in $(seq 100); do
-        redis-cli -p "${redis_ports[0]}" cluster info | grep -q '^cluster_state:ok' && break
-        sleep 0.1
     done
 
     for i in "${!pod_ports[@]}"; do

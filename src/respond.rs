@@ -18,31 +18,21 @@ pub fn answer(
     head_only: bool,
     now: SystemTime,
 ) -> Response<ProxyBody> {
-    let mut response = if validation::not_modified(request, &entry.headers, entry.response_time) {
+    let response = if validation::not_modified(request, &entry.headers, entry.response_time) {
         not_modified(&entry.headers)
     } else if let Some(partial) = requested_range(entry, request, head_only) {
-        let mut response = Response::new(body::full(partial.body));
+        let mut response = whole(entry, body::full(partial.body));
         *response.status_mut() = partial.status;
-        *response.headers_mut() = entry.headers.clone();
         for (name, value) in &partial.headers {
             response.headers_mut().insert(name, value.clone());
         }
         response
+    } else if head_only {
+        whole(entry, body::empty())
     } else {
-        let body = if head_only {
-            body::empty()
-        } else {
-            body::full(entry.body.clone())
-        };
-        let mut response = Response::new(body);
-        *response.status_mut() = entry.status;
-        *response.headers_mut() = entry.headers.clone();
-        response
+        whole(entry, body::full(entry.body.clone()))
     };
-    response
-        .headers_mut()
-        .insert(header::AGE, HeaderValue::from(entry.age(now).as_secs()));
-    response
+    with_age(response, entry, now)
 }
 
 /// A response another request's fetch is still receiving (`entry` without
@@ -57,14 +47,28 @@ pub fn answer_arriving(
     request: &HeaderMap,
     now: SystemTime,
 ) -> Response<ProxyBody> {
-    let mut response = if validation::not_modified(request, &entry.headers, entry.response_time) {
+    let response = if validation::not_modified(request, &entry.headers, entry.response_time) {
         not_modified(&entry.headers)
     } else {
-        let mut response = Response::new(body);
-        *response.status_mut() = entry.status;
-        *response.headers_mut() = entry.headers.clone();
-        response
+        whole(entry, body)
     };
+    with_age(response, entry, now)
+}
+
+/// `entry`'s status and headers around `body`.
+fn whole(entry: &Entry, body: ProxyBody) -> Response<ProxyBody> {
+    let mut response = Response::new(body);
+    *response.status_mut() = entry.status;
+    *response.headers_mut() = entry.headers.clone();
+    response
+}
+
+/// `response` with `entry`'s current `Age`.
+fn with_age(
+    mut response: Response<ProxyBody>,
+    entry: &Entry,
+    now: SystemTime,
+) -> Response<ProxyBody> {
     response
         .headers_mut()
         .insert(header::AGE, HeaderValue::from(entry.age(now).as_secs()));
