@@ -63,12 +63,7 @@ redis_port=23430        # redis-server, no persistence
 # (each sidecache's admin port is its port + 1)
 
 install_missing() {
-    local packages=()
-    command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || packages+=(nginx)
-    command -v wrk >/dev/null || packages+=(wrk)
-    command -v redis-server >/dev/null || packages+=(redis-server)
-    command -v redis-benchmark >/dev/null && command -v redis-cli >/dev/null || packages+=(redis-tools)
-    apt_install "${packages[@]}"
+    install_for nginx:nginx wrk:wrk redis-server:redis-server redis-benchmark:redis-tools redis-cli:redis-tools
 }
 
 check_ports_free() {

@@ -23,6 +23,18 @@ apt_install() { # PACKAGE...
     [ -z "$made_policy" ] || $sudo rm -f "$policy"
 }
 
+# Installs, with apt_install, the PACKAGE of every COMMAND that is missing
+# (in PATH or /usr/sbin, where nginx lives), each package once.
+install_for() { # COMMAND:PACKAGE...
+    local wanted command package packages=()
+    for wanted in "$@"; do
+        command=${wanted%%:*} package=${wanted#*:}
+        command -v "$command" >/dev/null || [ -x "/usr/sbin/$command" ] && continue
+        [[ " ${packages[*]} " == *" $package "* ]] || packages+=("$package")
+    done
+    apt_install "${packages[@]}"
+}
+
 # Waits until PORT accepts connections; fails with NAME's log if the process
 # died first.
 wait_for_port() { # PORT NAME PID

@@ -62,11 +62,7 @@ long_freeze=5
 down_for=5 # how long a killed node stays down before it is restarted
 
 install_missing() {
-    local packages=()
-    command -v redis-server >/dev/null || packages+=(redis-server)
-    command -v redis-cli >/dev/null || packages+=(redis-tools)
-    command -v curl >/dev/null || packages+=(curl)
-    apt_install "${packages[@]}"
+    install_for redis-server:redis-server redis-cli:redis-tools curl:curl
 }
 
 check_ports_free() {
@@ -185,17 +181,32 @@ pause() { # S
 
 # The chaos steps, in turn, one every $chaos_every seconds until the load
 # ends; each waits for the cluster to be whole again before the next.
+# Kills node I (a ROLE: master or replica) and restarts it after down_for.
+kill_and_restart() { # I ROLE
+    say "kill -9 $2 redis-$1 (:${redis_ports[$1]}), restart in ${down_for}s"
+    kill -KILL "${redis_pids[$1]}"
+    wait "${redis_pids[$1]}" 2>/dev/null || true
+    pause "$down_for" || true
+    start_redis_node "$1"
+}
+
+# Stops master I (SIGSTOP) for SECONDS; NOTE ends the chaos line.
+freeze() { # I SECONDS NOTE
+    say "freeze master redis-$1 (:${redis_ports[$1]}) for ${2}s$3"
+    frozen=$1
+    kill -STOP "${redis_pids[$1]}"
+    sleep "$2"
+    kill -CONT "${redis_pids[$1]}"
+    frozen=""
+}
+
 chaos() {
     local step=0 i variant=1
     while pause "$chaos_every"; do
         case $((step % 6)) in
             0)
                 i=$(node_with_role master "$step") || { say "no master found"; continue; }
-                say "kill -9 master redis-$i (:${redis_ports[$i]}), restart in ${down_for}s"
-                kill -KILL "${redis_pids[$i]}"
-                wait "${redis_pids[$i]}" 2>/dev/null || true
-                pause "$down_for" || true
-                start_redis_node "$i"
+                kill_and_restart "$i" master
                 ;;
             1)
                 say "SIGHUP to the pods"
@@ -203,12 +214,7 @@ chaos() {
                 ;;
             2)
                 i=$(node_with_role master "$step") || { say "no master found"; continue; }
-                say "freeze master redis-$i (:${redis_ports[$i]}) for ${long_freeze}s (fails over)"
-                frozen=$i
-                kill -STOP "${redis_pids[$i]}"
-                sleep $long_freeze
-                kill -CONT "${redis_pids[$i]}"
-                frozen=""
+                freeze "$i" "$long_freeze" " (fails over)"
                 ;;
             3)
                 variant=$((3 - variant))
@@ -217,20 +223,11 @@ chaos() {
                 ;;
             4)
                 i=$(node_with_role master "$step") || { say "no master found"; continue; }
-                say "freeze master redis-$i (:${redis_ports[$i]}) for ${short_freeze}s"
-                frozen=$i
-                kill -STOP "${redis_pids[$i]}"
-                sleep $short_freeze
-                kill -CONT "${redis_pids[$i]}"
-                frozen=""
+                freeze "$i" "$short_freeze" ""
                 ;;
             5)
                 i=$(node_with_role slave "$step") || { say "no replica found"; continue; }
-                say "kill -9 replica redis-$i (:${redis_ports[$i]}), restart in ${down_for}s"
-                kill -KILL "${redis_pids[$i]}"
-                wait "${redis_pids[$i]}" 2>/dev/null || true
-                pause "$down_for" || true
-                start_redis_node "$i"
+                kill_and_restart "$i" replica
                 ;;
         esac
         step=$((step + 1))

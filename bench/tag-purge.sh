@@ -10,7 +10,7 @@
 #
 #   bench/tag-purge.sh [ENTRIES]     (default 100000)
 #
-# Installs redis-server and redis-cli with apt-get when missing. Everything
+# Installs redis-server, redis-cli and curl with apt-get when missing. Everything
 # it starts is stopped by PID on exit, Ctrl-C included.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,10 +36,7 @@ cleanup() {
 }
 
 main() {
-    local packages=()
-    command -v redis-server >/dev/null || packages+=(redis-server)
-    command -v redis-cli >/dev/null || packages+=(redis-tools)
-    apt_install "${packages[@]}"
+    install_for redis-server:redis-server redis-cli:redis-tools curl:curl
     echo "== cargo build --release"
     cargo build --release --quiet --bin sidecache --example tag_purge
 

@@ -82,6 +82,16 @@ impl Lookup {
     }
 }
 
+/// `entry` as a purge of its tags leaves it (`effect`): as it is, stale
+/// since a soft purge, or gone after a hard one.
+fn left_by(entry: Arc<Entry>, effect: Effect) -> Option<Arc<Entry>> {
+    match effect {
+        Effect::Current => Some(entry),
+        Effect::StaleSince(since) => Some(Arc::new(tags::staled(&entry, since))),
+        Effect::Gone => None,
+    }
+}
+
 /// Whether the memory tier's object answers without asking L2: a fresh
 /// response, or any variant index.
 fn settled(local: Option<&Stored>, now: SystemTime) -> bool {
@@ -301,14 +311,14 @@ impl Cache {
             let Some((Stored::Response(entry), tier)) = found else {
                 return found;
             };
-            match self.tag_effect(&entry, budget).await {
-                Effect::Current => return Some((Stored::Response(entry), tier)),
-                Effect::StaleSince(since) => {
-                    self.metrics.tag_purged_read("stale");
-                    let staled = Arc::new(tags::staled(&entry, since));
-                    return Some((Stored::Response(staled), tier));
-                }
+            let effect = self.tag_effect(&entry, budget).await;
+            match effect {
+                Effect::Current => {}
+                Effect::StaleSince(_) => self.metrics.tag_purged_read("stale"),
                 Effect::Gone => self.metrics.tag_purged_read("gone"),
+            }
+            if let Some(entry) = left_by(entry, effect) {
+                return Some((Stored::Response(entry), tier));
             }
             if tier == Tier::Redis {
                 return None;
@@ -472,14 +482,8 @@ impl Cache {
         let Some((Stored::Response(entry), tier)) = found else {
             return found;
         };
-        match self.tag_effect(&entry, budget).await {
-            Effect::Current => Some((Stored::Response(entry), tier)),
-            Effect::StaleSince(since) => Some((
-                Stored::Response(Arc::new(tags::staled(&entry, since))),
-                tier,
-            )),
-            Effect::Gone => None,
-        }
+        let effect = self.tag_effect(&entry, budget).await;
+        left_by(entry, effect).map(|entry| (Stored::Response(entry), tier))
     }
 
     /// Both tiers' objects under `key`, without side effects (the memory

@@ -15,7 +15,7 @@ use hyper_util::rt::TokioExecutor;
 use support::{Origin, Proxy, ProxyConfig, Reply, eventually, lazy_message};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedReadHalf;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 /// Longest any exchange here may take; the limits under test are far shorter.
 const PATIENCE: Duration = Duration::from_secs(5);
@@ -70,6 +70,14 @@ async fn read_to_close(reader: &mut OwnedReadHalf) -> String {
         .await
         .expect("the proxy closes the connection");
     String::from_utf8_lossy(&received).into_owned()
+}
+
+/// A new raw connection to `proxy`, split for reading and writing.
+async fn connect(proxy: &Proxy) -> (OwnedReadHalf, OwnedWriteHalf) {
+    TcpStream::connect(proxy.running.addr())
+        .await
+        .unwrap()
+        .into_split()
 }
 
 /// Sends `request` on a new connection and returns everything the proxy
@@ -288,10 +296,7 @@ async fn a_client_trickling_its_head_is_dropped_after_the_header_read_timeout_wh
 async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
     let origin = Origin::start().await;
     let proxy = short_timeouts(&origin).await;
-    let (mut reader, mut writer) = TcpStream::connect(proxy.running.addr())
-        .await
-        .unwrap()
-        .into_split();
+    let (mut reader, mut writer) = connect(&proxy).await;
     let request = b"GET /i/kept HTTP/1.1\r\nhost: a\r\n\r\n";
     writer.write_all(request).await.unwrap();
     let (head, body) = read_response(&mut reader).await;
@@ -319,10 +324,7 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
 async fn a_later_request_head_trickled_after_idling_is_cut_at_the_idle_timeout() {
     let origin = Origin::start().await;
     let proxy = short_timeouts(&origin).await;
-    let (mut reader, mut writer) = TcpStream::connect(proxy.running.addr())
-        .await
-        .unwrap()
-        .into_split();
+    let (mut reader, mut writer) = connect(&proxy).await;
     writer
         .write_all(b"GET /i/first HTTP/1.1\r\nhost: a\r\n\r\n")
         .await
@@ -353,10 +355,7 @@ async fn an_h2_connection_with_no_open_stream_is_closed_after_the_idle_timeout()
     use h2_frames::*;
     let origin = Origin::start().await;
     let proxy = short_timeouts(&origin).await;
-    let (mut reader, mut writer) = TcpStream::connect(proxy.running.addr())
-        .await
-        .unwrap()
-        .into_split();
+    let (mut reader, mut writer) = connect(&proxy).await;
     let mut out = PREFACE.to_vec();
     out.extend(frame(SETTINGS, 0, 0, &[]));
     out.extend(frame(HEADERS, END_STREAM_AND_HEADERS, 1, &get("/i/h2")));

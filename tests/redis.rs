@@ -42,6 +42,16 @@ async fn get(proxy: &Proxy, path: &str) -> support::Answer {
 }
 
 /// Runs blocking harness work (redis-cli, process control) off the runtime's threads.
+/// Waits (up to 5 s) until the masters of `cluster` hold `count` keys: the
+/// fills' queued Redis writes have landed.
+async fn filled(cluster: &Arc<std::sync::Mutex<RedisCluster>>, count: u64) {
+    eventually("the fill", Duration::from_secs(5), async || {
+        let c = cluster.clone();
+        blocking(move || c.lock().unwrap().total_keys()).await == count
+    })
+    .await;
+}
+
 async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
     tokio::task::spawn_blocking(work).await.unwrap()
 }
@@ -267,12 +277,7 @@ async fn a_master_killed_under_load_fails_no_request() {
         get(&filler, &format!("/r/load/{i}")).await;
     }
     let cluster = Arc::new(std::sync::Mutex::new(cluster));
-    let c = cluster.clone();
-    eventually("the fill", Duration::from_secs(5), async || {
-        let c = c.clone();
-        blocking(move || c.lock().unwrap().total_keys()).await == URLS as u64
-    })
-    .await;
+    filled(&cluster, URLS as u64).await;
     let origin_before = (0..URLS)
         .map(|i| origin.hits(&format!("/r/load/{i}")))
         .sum::<usize>();
@@ -712,12 +717,7 @@ async fn a_frozen_master_costs_a_request_at_most_one_deadline_and_the_other_shar
     }
     let victim = cluster.master_ports()[0];
     let cluster = Arc::new(std::sync::Mutex::new(cluster));
-    let c = cluster.clone();
-    eventually("the fill", Duration::from_secs(5), async || {
-        let c = c.clone();
-        blocking(move || c.lock().unwrap().total_keys()).await == URLS as u64
-    })
-    .await;
+    filled(&cluster, URLS as u64).await;
     let on_victim =
         blocking(move || held_by(victim, &(0..URLS).map(url).collect::<Vec<_>>())).await;
     let frozen_urls = on_victim.iter().filter(|on| **on).count();
@@ -901,12 +901,7 @@ async fn when_a_frozen_masters_replica_takes_over_its_keys_are_hits_again() {
         get(&filler, path).await;
     }
     let cluster = Arc::new(std::sync::Mutex::new(cluster));
-    let c = cluster.clone();
-    eventually("the fill", Duration::from_secs(5), async || {
-        let c = c.clone();
-        blocking(move || c.lock().unwrap().total_keys()).await == URLS as u64
-    })
-    .await;
+    filled(&cluster, URLS as u64).await;
     let victim = cluster.lock().unwrap().master_ports()[0];
     let (p, c) = (paths.clone(), cluster.clone());
     let path = blocking(move || {
