@@ -485,8 +485,8 @@ impl Proxy {
     /// passed on as it arrives, or, for a range filled whole, read to its
     /// end and cut; a client whose own condition holds gets a 304 while
     /// the body is still read to the end in the background, to fill the cache.
-    /// A body the requests waiting on this fetch share is read by a task of
-    /// its own, which the client reads from like them.
+    /// A body the requests waiting on this fetch share moves into a task of
+    /// its own when the first of them joins.
     async fn stream_and_store(
         &self,
         request: &CacheableRequest,
@@ -511,11 +511,8 @@ impl Proxy {
                 .to_bytes();
             return Ok(request.answer(whole, status, self.cache.now()));
         }
-        let body = match body.share() {
-            Ok((fill, reader)) => {
-                self.background.spawn(fill);
-                body::stream(reader)
-            }
+        let body = match body.share(&self.background) {
+            Ok(shared) => body::stream(shared),
             Err(body) => body::stream(body),
         };
         if validation::not_modified(&request.client_headers, &head.headers, received) {

@@ -279,6 +279,57 @@ async fn a_waiter_that_stops_reading_holds_back_neither_the_fetch_nor_the_others
     }
 }
 
+/// The fill is read through the leader's client until another request
+/// joins: one that joins after that client stopped reading (so nothing
+/// reads the origin any more) must set the fetch going again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_that_joins_after_the_leaders_client_stopped_reading_gets_it_all() {
+    let origin = Origin::start().await;
+    // Far more than the socket buffers between the origin, the proxy and
+    // the stalled client hold (loopback buffers grow to several MiB).
+    let len = 32 * 1024 * 1024;
+    let body = patterned(len);
+    let feed = origin.feed("/s/stood", Reply::ok(), Some(len));
+    let proxy = ProxyConfig::new(&origin)
+        .with("[cache]\nmax_object_size = \"32MiB\"\n")
+        .with(route())
+        .start()
+        .await;
+
+    feed.send(body.slice(..CHUNK)).await;
+    let leader = Stalled::open(&proxy, "/s/stood").await;
+    let feeding = {
+        let body = body.clone();
+        tokio::spawn(async move {
+            feed_from(&feed, &body, CHUNK).await;
+            feed.end();
+        })
+    };
+    // Real sockets: give the origin time to send all the proxy takes.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !feeding.is_finished(),
+        "the proxy read the whole body while its only client read nothing"
+    );
+    let mut waiter = proxy.open("/s/stood").await;
+    assert_eq!(
+        waiter.headers()["cache-status"],
+        "sidecache; fwd=miss; collapsed"
+    );
+    let first = first_bytes(&mut waiter).await;
+    let read = tokio::time::timeout(Duration::from_secs(30), read_rest(waiter, first)).await;
+    assert!(read.expect("the waiter was held back").unwrap().unwrap() == body);
+    feeding.await.unwrap();
+    let hit = proxy.get("/s/stood").await;
+    assert!(hit.cache_status().contains("hit"), "{}", hit.cache_status());
+    assert_eq!(origin.hits("/s/stood"), 1);
+    assert!(leader.body_read() < len / 2, "{}", leader.body_read());
+    assert!(
+        leader.body(len).await == body,
+        "the leader's client gets it all too"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_whose_client_leaves_mid_body_leaves_the_fetch_to_the_waiters() {
     let origin = Origin::start().await;

@@ -8,19 +8,22 @@
 //! read as they arrive ([`StoringBody::share`]), so they cost no extra copy.
 
 use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll, ready};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker, ready};
 
 use bytes::Bytes;
 use http::header;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
+use tokio::runtime::Handle;
+use tokio_util::task::TaskTracker;
 
 use super::Cache;
 use super::entry::{Entry, Variants};
 use super::flight::{Filled, Leader};
-use super::growing::{Growing, Reader};
+use super::growing::{Broken, Growing, Reader};
 use super::policy::NoCacheReason;
+use crate::body::BoxError;
 
 /// A response body that fills the cache when it ends.
 pub struct StoringBody<B> {
@@ -124,24 +127,29 @@ impl<B> StoringBody<B> {
         }
     }
 
-    /// Reads the body to its end in a task of its own (to be spawned), for
-    /// the client and the requests waiting on the fetch alike, each reading
-    /// as it arrives at its own pace: the task, and the client's reader.
-    /// The task stops, storing nothing, once nobody reads (every client went
-    /// away). `Err` gives the body back when it is not to be shared
-    /// ([`Fill::shares`]).
+    /// Lets the requests waiting on the fetch read the body as it arrives,
+    /// each at its own pace, the client included: the returned body is the
+    /// client's. While the client is its only reader it reads the origin
+    /// straight through this fill; when another request first joins, the
+    /// fill moves into a task of its own on `tasks` (on this thread's
+    /// runtime, where the origin connection lives) and the client reads
+    /// what arrives like the others, so one that stops reading holds back
+    /// nobody. The task stops, storing nothing, once nobody reads. `Err`
+    /// gives the body back when it is not to be shared ([`Fill::shares`]).
     // The body comes back by value once per fill; boxing it would cost an
     // allocation on every one.
     #[allow(clippy::result_large_err)]
-    pub fn share(self) -> Result<(impl Future<Output = ()> + Send + 'static, Reader), Self>
+    pub fn share(self, tasks: &TaskTracker) -> Result<SharedFill<B>, Self>
     where
         B: Body<Data = Bytes> + Unpin + Send + 'static,
+        B::Error: Send,
     {
         let Some(fill) = self.fill.as_ref().filter(|fill| fill.shares()) else {
             return Err(self);
         };
-        let reader = fill.body.reader();
-        let unread = fill.body.unread();
+        let Ok(runtime) = Handle::try_current() else {
+            return Err(self);
+        };
         if let Some(leader) = &fill.leader {
             let head = Filled {
                 entry: Arc::new(fill.entry.clone()),
@@ -149,19 +157,26 @@ impl<B> StoringBody<B> {
             };
             leader.arriving(head, fill.body.joining());
         }
-        let mut body = self;
-        let task = async move {
-            let mut unread = std::pin::pin!(unread);
-            // Until the fill is done or given up (then the body is dropped,
-            // which closes the origin connection if it is not at its end).
-            while body.fill.is_some() {
-                tokio::select! {
-                    frame = body.frame() => if !matches!(frame, Some(Ok(_))) { break },
-                    () = &mut unread => break,
+        let driving = Arc::new(Mutex::new(Driving {
+            body: None,
+            client: None,
+            handed: None,
+        }));
+        let hand_over = {
+            let driving = Arc::downgrade(&driving);
+            let tasks = tasks.clone();
+            move || {
+                if let Some(driving) = driving.upgrade() {
+                    hand_over(&driving, &tasks, &runtime);
                 }
             }
         };
-        Ok((task, reader))
+        fill.body.when_joined(hand_over);
+        lock(&driving).body = Some(self);
+        Ok(SharedFill {
+            driving,
+            reader: None,
+        })
     }
 
     fn finish(&mut self) {
@@ -227,5 +242,123 @@ impl<B> Drop for StoringBody<B> {
     fn drop(&mut self) {
         // Dropped before its end: the client went away mid-body.
         self.give_up(NoCacheReason::Incomplete);
+    }
+}
+
+/// The client's body of a fill the requests waiting on it may join
+/// ([`StoringBody::share`]).
+pub struct SharedFill<B> {
+    driving: Arc<Mutex<Driving<B>>>,
+    /// Once the fill has moved into its own task: the client's place in it.
+    reader: Option<Reader>,
+}
+
+/// Who reads the origin body.
+struct Driving<B> {
+    /// The fill, while the client reads it straight through; `None` once
+    /// it has moved into a task of its own.
+    body: Option<StoringBody<B>>,
+    /// The client's task when its last read had to wait: woken when the
+    /// fill moves, since the origin then wakes the fill's task instead.
+    client: Option<Waker>,
+    /// Left for the client by the move: its place in what has arrived.
+    handed: Option<Reader>,
+}
+
+fn lock<B>(driving: &Mutex<Driving<B>>) -> MutexGuard<'_, Driving<B>> {
+    // Poisoned only by a panic mid-poll, which leaves nothing half-done.
+    driving.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Moves a fill that another request joined into a task of its own, which
+/// reads the origin body to its end or until nobody reads.
+fn hand_over<B>(driving: &Mutex<Driving<B>>, tasks: &TaskTracker, runtime: &Handle)
+where
+    B: Body<Data = Bytes> + Unpin + Send + 'static,
+{
+    let mut driving = lock(driving);
+    // A fill that is done or given up has nothing left to share.
+    let Some(StoringBody {
+        fill: Some(fill), ..
+    }) = &driving.body
+    else {
+        return;
+    };
+    // Every chunk so far went to the client as it was kept.
+    let (handed, unread) = (fill.body.reader_from_here(), fill.body.unread());
+    let Some(mut body) = driving.body.take() else {
+        return;
+    };
+    driving.handed = Some(handed);
+    let client = driving.client.take();
+    drop(driving);
+    if let Some(client) = client {
+        client.wake();
+    }
+    tasks.spawn_on(
+        async move {
+            let mut unread = std::pin::pin!(unread);
+            // Until the fill is done or given up (then the body is dropped,
+            // which closes the origin connection if it is not at its end).
+            while body.fill.is_some() {
+                tokio::select! {
+                    frame = body.frame() => if !matches!(frame, Some(Ok(_))) { break },
+                    () = &mut unread => break,
+                }
+            }
+        },
+        runtime,
+    );
+}
+
+impl<B> Body for SharedFill<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        if this.reader.is_none() {
+            let mut driving = lock(&this.driving);
+            if let Some(body) = &mut driving.body {
+                let frame = Pin::new(body).poll_frame(cx);
+                if frame.is_pending() {
+                    match &mut driving.client {
+                        Some(waker) => waker.clone_from(cx.waker()),
+                        client => *client = Some(cx.waker().clone()),
+                    }
+                }
+                return frame.map_err(Into::into);
+            }
+            let Some(reader) = driving.handed.take() else {
+                return Poll::Ready(Some(Err(Broken.into())));
+            };
+            this.reader = Some(reader);
+        }
+        match &mut this.reader {
+            Some(reader) => Pin::new(reader).poll_frame(cx).map_err(Into::into),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.reader.is_none()
+            && lock(&self.driving)
+                .body
+                .as_ref()
+                .is_some_and(Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &lock(&self.driving).body {
+            Some(body) => body.size_hint(),
+            None => SizeHint::default(),
+        }
     }
 }

@@ -10,7 +10,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::task::{Context, Poll, ready};
 
 use bytes::{Bytes, BytesMut};
@@ -27,18 +27,29 @@ struct Arrived {
     complete: bool,
 }
 
+/// What the writer and the requests joining it share.
+struct Shared {
+    sender: watch::Sender<Arrived>,
+    /// Run by the first request that joins: until then the fill need not
+    /// be read apart from the leader's client (see [`Growing::when_joined`]).
+    on_join: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+}
+
 /// The writing end, owned by the fill: dropping it before [`Growing::complete`]
 /// breaks the readers' bodies.
 pub struct Growing {
     /// Shared with [`Joining`] handles only weakly, so that it is dropped
     /// with the fill; readers hold receivers, which the fill counts.
-    sender: Arc<watch::Sender<Arrived>>,
+    shared: Arc<Shared>,
 }
 
 impl Default for Growing {
     fn default() -> Self {
         Growing {
-            sender: Arc::new(watch::Sender::new(Arrived::default())),
+            shared: Arc::new(Shared {
+                sender: watch::Sender::new(Arrived::default()),
+                on_join: Mutex::new(None),
+            }),
         }
     }
 }
@@ -47,7 +58,7 @@ impl Growing {
     /// Appends a chunk, waking the readers unless `wake` is false (they see
     /// it on the next change: more chunks, the end, or the writer dropped).
     pub fn push(&self, chunk: Bytes, wake: bool) {
-        self.sender.send_if_modified(|arrived| {
+        self.shared.sender.send_if_modified(|arrived| {
             arrived.len += chunk.len();
             arrived.chunks.push(chunk);
             wake
@@ -56,14 +67,14 @@ impl Growing {
 
     /// Bytes received so far.
     pub fn received(&self) -> usize {
-        self.sender.borrow().len
+        self.shared.sender.borrow().len
     }
 
     /// The body so far in one piece, in an allocation of its own: the
     /// chunks may be slices of larger read buffers, which a stored entry
     /// must not keep alive (the memory tier counts only the body's length).
     pub fn contiguous(&self) -> Bytes {
-        let arrived = self.sender.borrow();
+        let arrived = self.shared.sender.borrow();
         let mut body = BytesMut::with_capacity(arrived.len);
         for chunk in &arrived.chunks {
             body.extend_from_slice(chunk);
@@ -73,37 +84,72 @@ impl Growing {
 
     /// The body ended cleanly: readers end theirs once they have read it all.
     pub fn complete(self) {
-        self.sender.send_modify(|arrived| arrived.complete = true);
+        self.shared
+            .sender
+            .send_modify(|arrived| arrived.complete = true);
     }
 
     /// A reader from the first byte.
     pub fn reader(&self) -> Reader {
-        Reader::new(self.sender.subscribe())
+        Reader::new(self.shared.sender.subscribe(), 0)
+    }
+
+    /// A reader of what arrives from now on: for a client that has read
+    /// everything so far straight from the fill.
+    pub fn reader_from_here(&self) -> Reader {
+        let receiver = self.shared.sender.subscribe();
+        let next = receiver.borrow().chunks.len();
+        Reader::new(receiver, next)
     }
 
     /// A handle that makes readers while the body is still being written.
     pub fn joining(&self) -> Joining {
-        Joining(Arc::downgrade(&self.sender))
+        Joining(Arc::downgrade(&self.shared))
+    }
+
+    /// Runs `hand_over` when a request first joins through a [`Joining`],
+    /// after its reader exists: the fill can stay where it is while its
+    /// one reader is the leader's client, and move once others read too.
+    pub fn when_joined(&self, hand_over: impl FnOnce() + Send + 'static) {
+        *self
+            .shared
+            .on_join
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(Box::new(hand_over));
     }
 
     /// Resolves once no reader is left. Holds the writing end open until
     /// it is dropped, so await it only next to the fill that owns `self`.
     pub fn unread(&self) -> impl Future<Output = ()> + Send + 'static + use<> {
-        let sender = self.sender.clone();
-        async move { sender.closed().await }
+        let shared = self.shared.clone();
+        async move { shared.sender.closed().await }
     }
 }
 
 /// A way for requests arriving during the fill to start reading it.
-#[derive(Clone, Debug)]
-pub struct Joining(Weak<watch::Sender<Arrived>>);
+#[derive(Clone)]
+pub struct Joining(Weak<Shared>);
+
+impl std::fmt::Debug for Joining {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Joining")
+    }
+}
 
 impl Joining {
     /// A reader from the first byte; `None` once the fill is gone.
     pub fn reader(&self) -> Option<Reader> {
-        self.0
-            .upgrade()
-            .map(|sender| Reader::new(sender.subscribe()))
+        let shared = self.0.upgrade()?;
+        let reader = Reader::new(shared.sender.subscribe(), 0);
+        let hand_over = shared
+            .on_join
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(hand_over) = hand_over {
+            hand_over();
+        }
+        Some(reader)
     }
 }
 
@@ -123,10 +169,10 @@ pub struct Reader {
 }
 
 impl Reader {
-    fn new(receiver: watch::Receiver<Arrived>) -> Reader {
+    fn new(receiver: watch::Receiver<Arrived>, next: usize) -> Reader {
         Reader {
             receiver,
-            next: 0,
+            next,
             more: None,
             writer_gone: false,
         }
