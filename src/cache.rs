@@ -283,6 +283,49 @@ impl Cache {
         now: SystemTime,
         budget: &Budget,
     ) -> Lookup {
+        // Most hits are settled by memory alone. Answering them before the
+        // path that may ask Redis is built keeps that path's future (large:
+        // it holds Redis calls) out of every request's, where it would be
+        // copied whole as the request's future moves.
+        if let Some(lookup) = self.lookup_in_memory(key, request, now) {
+            return lookup;
+        }
+        Box::pin(self.lookup_in_tiers(key, request, now, budget)).await
+    }
+
+    /// The lookup when the memory tier settles every object it needs
+    /// ([`settled`]) and no known tag purge touches them: what
+    /// [`Cache::lookup_in_tiers`] would find, found without waiting.
+    fn lookup_in_memory(
+        &self,
+        key: &CacheKey,
+        request: &HeaderMap,
+        now: SystemTime,
+    ) -> Option<Lookup> {
+        let current = |key: &CacheKey| {
+            let object = self.memory.get(key).filter(|o| settled(Some(o), now))?;
+            if let Stored::Response(entry) = &object
+                && self.known_tag_effect(entry)? != Effect::Current
+            {
+                return None;
+            }
+            Some((object, Tier::Memory))
+        };
+        let url = current(key)?;
+        let variant = match &url.0 {
+            Stored::Variants(variants) => Some(current(&variants.key_for(request))?),
+            Stored::Response(_) => None,
+        };
+        Some(Lookup::of(Some(url), variant))
+    }
+
+    async fn lookup_in_tiers(
+        &self,
+        key: &CacheKey,
+        request: &HeaderMap,
+        now: SystemTime,
+        budget: &Budget,
+    ) -> Lookup {
         let url = self.get(key, now, budget).await;
         let url = self.judged(key, url, now, budget).await;
         let variant = match &url {
@@ -344,8 +387,21 @@ impl Cache {
         self.tag_effect(entry, budget).await == Effect::Current
     }
 
+    /// What the purges of `entry`'s tags make of it, if this pod knows
+    /// them all without asking Redis.
+    fn known_tag_effect(&self, entry: &Entry) -> Option<Effect> {
+        let mut purged = Purged::default();
+        for tag in &entry.tags {
+            purged = purged.merge(self.tags.known(&tags::tag_hash(&self.namespace, tag))?);
+        }
+        Some(tags::effect(entry.request_time, purged))
+    }
+
     /// What the purges of `entry`'s tags make of it.
     async fn tag_effect(&self, entry: &Entry, budget: &Budget) -> Effect {
+        if let Some(effect) = self.known_tag_effect(entry) {
+            return effect;
+        }
         let mut purged = Purged::default();
         for tag in &entry.tags {
             purged = purged.merge(self.tag_purges(tag, budget).await);

@@ -28,7 +28,7 @@ pub use redis::{
 };
 pub use routes::DEFAULT_LOCK_TIMEOUT;
 #[cfg(test)]
-pub(crate) use routes::test_route;
+pub(crate) use routes::{compile_path, test_route};
 pub use server::{
     CacheConfig, ClientLimits, DEFAULT_ADMIN_LISTEN, DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_H2_MAX_CONCURRENT_STREAMS, DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_IDLE_TIMEOUT,

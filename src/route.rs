@@ -14,7 +14,7 @@ pub struct Route {
     /// The pattern as written in the config, for `--check` and logs.
     pub path: String,
     /// Compiled pattern: `*` stays within one path segment, `**` crosses them.
-    pub matcher: GlobMatcher,
+    pub matcher: PathPattern,
     /// Methods answered from and stored in the cache; other methods are forwarded.
     pub methods: Vec<Method>,
     /// Freshness for responses that carry none of their own; zero means only
@@ -139,6 +139,47 @@ pub struct RouteTable {
     routes: Vec<Arc<Route>>,
 }
 
+/// A route's compiled path pattern. Every request is matched against the
+/// routes in turn, so the two commonest shapes, a literal path and a
+/// literal directory with `/**`, are compared as strings: a glob matcher
+/// runs a regex (about 2 % of a memory hit's CPU, measured).
+#[derive(Debug)]
+pub struct PathPattern {
+    shortcut: Shortcut,
+    glob: GlobMatcher,
+}
+
+#[derive(Debug)]
+enum Shortcut {
+    /// The pattern has no wildcard: this path only.
+    Exact(String),
+    /// `DIR/**`: every path that starts with `DIR/`.
+    Under(String),
+    /// Anything else: the glob decides.
+    None,
+}
+
+impl PathPattern {
+    /// `glob` compiled from `pattern`, as `compile_path` in the config does.
+    pub(crate) fn new(pattern: &str, glob: GlobMatcher) -> PathPattern {
+        let literal = |s: &str| !s.is_empty() && !s.contains(['*', '?', '[', ']', '{', '}', '\\']);
+        let shortcut = match pattern.strip_suffix("/**") {
+            Some(dir) if literal(dir) => Shortcut::Under(format!("{dir}/")),
+            _ if literal(pattern) => Shortcut::Exact(pattern.to_owned()),
+            _ => Shortcut::None,
+        };
+        PathPattern { shortcut, glob }
+    }
+
+    pub fn is_match(&self, path: &str) -> bool {
+        match &self.shortcut {
+            Shortcut::Exact(exact) => path == exact,
+            Shortcut::Under(dir) => path.starts_with(dir.as_str()),
+            Shortcut::None => self.glob.is_match(path),
+        }
+    }
+}
+
 impl RouteTable {
     pub fn new(routes: Vec<Route>) -> Self {
         RouteTable {
@@ -191,5 +232,57 @@ mod tests {
         assert_eq!(find("/users/7/posts"), None, "* stays in one segment");
         assert_eq!(find("/static/css/site.css"), Some("deep"));
         assert_eq!(find("/other"), None);
+    }
+
+    #[test]
+    fn shortcut_patterns_match_as_their_globs_do() {
+        let patterns = [
+            "/users/admin",
+            "/static/**",
+            "/a/b/**",
+            "/**",
+            "/users/*",
+            "/x/**/y",
+            "/v[12]/**",
+            "/{a,b}/**",
+            "/esc\\*/**",
+            "/",
+        ];
+        let paths = [
+            "/",
+            "/users/admin",
+            "/users/admin/",
+            "/users/adminx",
+            "/static",
+            "/static/",
+            "/static/a",
+            "/static/a/b.css",
+            "/staticx/a",
+            "/a/b",
+            "/a/b/",
+            "/a/b/c",
+            "/x/y",
+            "/x/q/y",
+            "/v1/a",
+            "/a/x",
+            "/esc*/a",
+            "/users/7",
+        ];
+        for pattern in patterns {
+            let compiled = crate::config::compile_path(pattern).unwrap();
+            let glob = globset::GlobBuilder::new(pattern)
+                .literal_separator(true)
+                .backslash_escape(true)
+                .build()
+                .unwrap()
+                .compile_matcher();
+            for path in paths {
+                assert_eq!(
+                    compiled.is_match(path),
+                    glob.is_match(path),
+                    "{pattern} on {path}"
+                );
+            }
+        }
     }
 }

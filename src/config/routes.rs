@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use globset::{Glob, GlobBuilder, GlobMatcher, GlobSet, GlobSetBuilder};
+use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
 use http::{HeaderName, Method, header};
 use serde::Deserialize;
 
@@ -10,7 +10,7 @@ use super::server::CacheConfig;
 use super::{Problems, parse_duration, parse_header_names, parse_positive_duration};
 use crate::cache::policy::DEFAULT_CACHE_STATUSES;
 use crate::request;
-use crate::route::{Cookies, Forward, KeyQuery, Route};
+use crate::route::{Cookies, Forward, KeyQuery, PathPattern, Route};
 
 /// Default time a collapsed request waits for the fetch it joined.
 pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -79,7 +79,7 @@ pub(super) fn validate(raw: Vec<RawRoute>, cache: &CacheConfig, p: &mut Problems
 }
 
 /// Compiles a route path pattern: `*` matches within one segment, `**` across.
-pub(crate) fn compile_path(pattern: &str) -> Result<GlobMatcher, String> {
+pub(crate) fn compile_path(pattern: &str) -> Result<PathPattern, String> {
     if !pattern.starts_with('/') {
         return Err(format!("{pattern:?} must start with \"/\""));
     }
@@ -87,7 +87,7 @@ pub(crate) fn compile_path(pattern: &str) -> Result<GlobMatcher, String> {
         .literal_separator(true)
         .backslash_escape(true)
         .build()
-        .map(|glob| glob.compile_matcher())
+        .map(|glob| PathPattern::new(pattern, glob.compile_matcher()))
         .map_err(|e| format!("invalid pattern {pattern:?}: {}", e.kind()))
 }
 
