@@ -390,10 +390,12 @@ impl Proxy {
             }
             OnLookup::Forward(prior) => prior,
         };
+        // The miss path's futures are boxed: held inline they would make
+        // this future, which every hit builds and moves, several KiB.
         // Concurrent misses for the same thing wait for one fetch.
         let mut leader = None;
         if request.route.coalesce && request.plan.coalesces() {
-            match self.cache.admit(request.flight(&prior), &budget).await {
+            match Box::pin(self.cache.admit(request.flight(&prior), &budget)).await {
                 Admission::Lead(lead) => leader = Some(lead),
                 Admission::Collapsed(entry) if decide::may_answer(&presented, &entry) => {
                     let now = self.cache.now();
@@ -409,7 +411,7 @@ impl Proxy {
                 Admission::Collapsed(_) | Admission::Streaming { .. } | Admission::Alone => {}
             }
         }
-        self.fetch(&request, parts, prior, leader).await
+        Box::pin(self.fetch(&request, parts, prior, leader)).await
     }
 
     /// Forwards a cacheable request the cache could not answer — with the
