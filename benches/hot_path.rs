@@ -52,6 +52,7 @@ fn entry(body_len: usize) -> Entry {
         freshness_lifetime: Duration::from_secs(60),
         request_time: SystemTime::now(),
         tags: Vec::new(),
+        directives: Default::default(),
     }
 }
 

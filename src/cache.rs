@@ -776,6 +776,7 @@ mod tests {
             freshness_lifetime: Duration::from_secs(lifetime),
             request_time: now() - Duration::from_secs(ago),
             tags: Vec::new(),
+            directives: Default::default(),
         }))
     }
 

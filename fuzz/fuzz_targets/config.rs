@@ -59,6 +59,7 @@ fuzz_target!(|data: &[u8]| {
                 freshness_lifetime: lifetime,
                 request_time: UNIX_EPOCH,
                 tags: Vec::new(),
+                directives: Default::default(),
             };
             let _ = entry.retention(SystemTime::now(), config.cache.keep_stale);
         }

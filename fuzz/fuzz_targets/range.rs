@@ -88,6 +88,7 @@ fuzz_target!(|input: Input| {
         freshness_lifetime: Duration::from_secs(60),
         request_time: input.now.at(),
         tags: Vec::new(),
+        directives: Default::default(),
     };
     let answer = respond::answer(&entry, &request, false, input.now.at());
     let _: &HeaderMap = answer.headers();

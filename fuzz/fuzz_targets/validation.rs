@@ -81,6 +81,7 @@ fuzz_target!(|input: Input| {
         freshness_lifetime: Duration::from_secs(60),
         request_time: received,
         tags: Vec::new(),
+        directives: Default::default(),
     };
     let refreshed = entry::refreshed(
         &entry,

@@ -4,6 +4,7 @@
 //! RFC 5861 branch it takes is decided here, each with the `Cache-Status`
 //! the client will see, so the rules are unit-tested as tables.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -100,6 +101,11 @@ impl Presented<'_> {
     fn directives(&self, response: &HeaderMap) -> CacheControl {
         CacheControl::parse_response(response, self.rules.targeted)
     }
+
+    /// The same for a stored response, read once per entry.
+    fn stored_directives<'e>(&self, entry: &'e Entry) -> Cow<'e, CacheControl> {
+        entry.directives.of(&entry.headers, self.rules.targeted)
+    }
 }
 
 /// What the cache held for a request it could not answer from its store.
@@ -150,7 +156,7 @@ pub fn on_lookup(request: &Presented<'_>, lookup: Lookup, now: SystemTime) -> On
         variants,
     };
     if let Some((entry, tier)) = found {
-        let stored = request.directives(&entry.headers);
+        let stored = request.stored_directives(&entry);
         let lifetime = entry.freshness_lifetime;
         let age = entry.age(now);
         match policy::usability(&stored, lifetime, age, request.cc) {
@@ -305,7 +311,7 @@ fn refresh(
 pub fn may_answer(request: &Presented<'_>, entry: &Entry) -> bool {
     !request.authorization
         || request
-            .directives(&entry.headers)
+            .stored_directives(entry)
             .shareable_with_authorization()
 }
 
@@ -349,6 +355,7 @@ fn to_store(
         freshness_lifetime,
         request_time: times.request,
         tags: Vec::new(),
+        directives: Default::default(),
     };
     (entry, variants)
 }
@@ -534,6 +541,7 @@ mod tests {
             freshness_lifetime: lifetime,
             request_time: now() - age,
             tags: Vec::new(),
+            directives: Default::default(),
         })
     }
 

@@ -1,6 +1,7 @@
 //! What the tiers store — a response (status, headers, body, the times its freshness comes from) or a URL's variant index — and its versioned binary encoding.
 
-use std::sync::Arc;
+use std::borrow::Cow;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -33,6 +34,30 @@ pub struct Entry {
     /// Its tags, from the fields `cache.tag_headers` names; set by
     /// [`super::Cache::store`], the one way into the tiers.
     pub tags: Vec<String>,
+    /// `headers`' directives, read once: every hit consults them. Valid
+    /// because an entry's headers never change once it is made (a refresh
+    /// makes a new entry).
+    pub directives: Directives,
+}
+
+/// A response's directives as this cache reads them, parsed on first use
+/// and kept with the targeted fields (`cache.targeted_fields`) they were
+/// read by, which a reload may change.
+#[derive(Clone, Debug, Default)]
+pub struct Directives(OnceLock<(Vec<HeaderName>, CacheControl)>);
+
+impl Directives {
+    /// The directives of `headers` (the entry's own), read with `targeted`.
+    pub fn of(&self, headers: &HeaderMap, targeted: &[HeaderName]) -> Cow<'_, CacheControl> {
+        let (read_with, directives) = self.0.get_or_init(|| {
+            let directives = CacheControl::parse_response(headers, targeted);
+            (targeted.to_vec(), directives)
+        });
+        match read_with.as_slice() == targeted {
+            true => Cow::Borrowed(directives),
+            false => Cow::Owned(CacheControl::parse_response(headers, targeted)),
+        }
+    }
 }
 
 impl Entry {
@@ -107,6 +132,7 @@ pub fn refreshed(
         freshness_lifetime,
         request_time,
         tags: Vec::new(),
+        directives: Default::default(),
     }
 }
 
@@ -385,6 +411,7 @@ fn decode_response(mut data: Bytes, key: CacheKey) -> Result<Entry, DecodeError>
         freshness_lifetime,
         request_time,
         tags,
+        directives: Default::default(),
     })
 }
 
@@ -455,6 +482,7 @@ mod tests {
             freshness_lifetime: Duration::from_secs(60),
             request_time: UNIX_EPOCH + Duration::from_micros(1_700_000_000_100_042),
             tags: vec!["product-1".into(), "all".into()],
+            directives: Default::default(),
         }
     }
 
@@ -480,6 +508,30 @@ mod tests {
             (start..start + buffer.len()).contains(&at)
         };
         assert!(stored.values().all(|value| !within(value)));
+    }
+
+    #[test]
+    fn directives_are_read_once_and_again_for_other_targeted_fields() {
+        let mut entry = sample();
+        entry.headers = HeaderMap::from_iter([
+            (
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("max-age=10"),
+            ),
+            (
+                HeaderName::from_static("cdn-cache-control"),
+                HeaderValue::from_static("max-age=99"),
+            ),
+        ]);
+        let cdn = [HeaderName::from_static("cdn-cache-control")];
+        let read = |targeted: &[HeaderName]| entry.directives.of(&entry.headers, targeted).max_age;
+        assert_eq!(read(&[]), Some(10));
+        assert!(
+            matches!(entry.directives.of(&entry.headers, &[]), Cow::Borrowed(_)),
+            "kept from the first read"
+        );
+        assert_eq!(read(&cdn), Some(99), "a reload's targeted fields count");
+        assert_eq!(read(&[]), Some(10));
     }
 
     #[test]
@@ -587,6 +639,7 @@ mod tests {
                             freshness_lifetime: Duration::from_millis(fresh),
                             request_time: UNIX_EPOCH + Duration::from_micros(request),
                             tags,
+                            directives: Default::default(),
                         }
                     },
                 )

@@ -200,6 +200,7 @@ mod tests {
             freshness_lifetime: Duration::from_secs(60),
             request_time: SystemTime::now(),
             tags: Vec::new(),
+            directives: Default::default(),
         });
         Filled {
             entry,
