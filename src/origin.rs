@@ -43,7 +43,8 @@ const VIA_NAME: &str = "sidecache";
 
 /// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1).
 /// `proxy-connection` and `keep-alive` are not in the RFC but still sent by old clients.
-const HOP_BY_HOP: [HeaderName; 8] = [
+// A static, not a const: a const array is built (and dropped) at every use.
+static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -363,24 +364,28 @@ pub fn is_hop_by_hop(name: &HeaderName) -> bool {
 
 /// Removes hop-by-hop headers, including those the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages have none: one pass over the names instead of a lookup
-    // per hop-by-hop name.
-    if !headers.keys().any(is_hop_by_hop) {
-        return;
-    }
-    let named: Vec<HeaderName> = headers
+    // `Upgrade` goes too (it is in `is_hop_by_hop`): it only means
+    // something together with `Connection: upgrade`, and this proxy does
+    // not tunnel protocols.
+    let named: Vec<&str> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .map(str::trim)
         .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+    // One pass over the names finds what to remove: each removal is a
+    // hash lookup, and most messages hold none of these fields, or one.
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| {
+            is_hop_by_hop(name) || named.iter().any(|n| n.eq_ignore_ascii_case(name.as_str()))
+        })
+        .cloned()
+        .collect();
+    for name in doomed {
         headers.remove(name);
     }
-    // `Upgrade` only means something together with `Connection: upgrade`,
-    // which was just removed; this proxy does not tunnel protocols.
-    headers.remove(header::UPGRADE);
 }
 
 /// The headers `keep` accepts (every value of a kept name), in a new map
