@@ -279,6 +279,36 @@ async fn a_waiter_that_stops_reading_holds_back_neither_the_fetch_nor_the_others
     }
 }
 
+/// Requests joining a fill in the instant it is stored (the race that
+/// moving the fill into its own task opens), many times over: every one
+/// gets the whole body, none hangs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_joining_fills_as_they_are_stored_all_get_their_bodies() {
+    let origin = Origin::start().await;
+    let proxy = ProxyConfig::new(&origin)
+        .with(route())
+        .workers(2)
+        .start()
+        .await;
+    let proxy = Arc::new(proxy);
+    let body = patterned(16 * 1024);
+    for round in 0..150 {
+        let path: &'static str = format!("/s/race{round}").leak();
+        origin.on(path, Reply::ok().body(body.clone()));
+        let requests = (0..6).map(|_| {
+            let proxy = proxy.clone();
+            tokio::spawn(async move { proxy.get(path).await })
+        });
+        for request in requests.collect::<Vec<_>>() {
+            let answer = tokio::time::timeout(Duration::from_secs(10), request)
+                .await
+                .expect("a request hung")
+                .unwrap();
+            assert!(answer.body == body, "{path}: {}", answer.cache_status());
+        }
+    }
+}
+
 /// The fill is read through the leader's client until another request
 /// joins: one that joins after that client stopped reading (so nothing
 /// reads the origin any more) must set the fetch going again.

@@ -150,13 +150,11 @@ impl<B> StoringBody<B> {
         let Ok(runtime) = Handle::try_current() else {
             return Err(self);
         };
-        if let Some(leader) = &fill.leader {
-            let head = Filled {
-                entry: Arc::new(fill.entry.clone()),
-                variants: fill.variants.clone(),
-            };
-            leader.arriving(head, fill.body.joining());
-        }
+        let head = Filled {
+            entry: Arc::new(fill.entry.clone()),
+            variants: fill.variants.clone(),
+        };
+        let joining = fill.body.joining();
         let driving = Arc::new(Mutex::new(Driving {
             body: None,
             client: None,
@@ -172,7 +170,18 @@ impl<B> StoringBody<B> {
             }
         };
         fill.body.when_joined(hand_over);
-        lock(&driving).body = Some(self);
+        // Announced only once a request that joins can move the fill: the
+        // move waits for this lock.
+        let mut slot = lock(&driving);
+        let body = slot.body.insert(self);
+        if let Some(Fill {
+            leader: Some(leader),
+            ..
+        }) = &body.fill
+        {
+            leader.arriving(head, joining);
+        }
+        drop(slot);
         Ok(SharedFill {
             driving,
             reader: None,

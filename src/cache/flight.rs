@@ -168,17 +168,21 @@ impl Follower {
         let done = self
             .receiver
             .wait_for(|outcome| !matches!(outcome, Outcome::Pending));
-        match tokio::time::timeout(timeout, done).await {
-            Ok(Ok(outcome)) => match &*outcome {
-                Outcome::Stored(filled) => Some(Joined::Stored(filled.clone())),
-                // `None` if the fill ended since: it then stored nothing.
-                Outcome::Arriving(head, joining) => joining
-                    .reader()
-                    .map(|reader| Joined::Arriving(head.clone(), reader)),
-                _ => None,
-            },
+        // The outcome is copied out of the channel before anything is done
+        // with it: joining may have to wait for the fill, which may be
+        // storing, which sends on this channel.
+        let outcome = match tokio::time::timeout(timeout, done).await {
+            Ok(Ok(outcome)) => outcome.clone(),
             // Timed out, or the sender vanished without a word.
-            _ => None,
+            _ => return None,
+        };
+        match outcome {
+            Outcome::Stored(filled) => Some(Joined::Stored(filled)),
+            // `None` if the fill ended since: it then stored nothing.
+            Outcome::Arriving(head, joining) => joining
+                .reader()
+                .map(|reader| Joined::Arriving(head, reader)),
+            Outcome::Pending | Outcome::Released => None,
         }
     }
 }
