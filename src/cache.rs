@@ -522,15 +522,18 @@ impl Cache {
     /// keeping, with the index of its URL's variants if it is one of them,
     /// and hands it to the requests waiting on `leader`'s fetch. This is the
     /// one way in, for fills, 304 refreshes and background refreshes alike.
-    /// The L2 writes are queued, never awaited. A response whose fetch was
-    /// sent before a purge of its URL is not kept ([`purged`]): this pod's
-    /// memory tier refuses it if the purge was heard here, Redis if it was
+    /// The L2 writes are queued, never awaited. A response whose request
+    /// looked the URL up (`looked_up`) or sent its fetch before a purge of
+    /// the URL is not kept ([`purged`]): what it brings, or the variant
+    /// index it found, may be what the purge removed. This pod's memory
+    /// tier refuses it if the purge was heard here, Redis if it was
     /// recorded there. Returns the entry, or `None` when it was not worth
     /// keeping (the waiters are then released).
     pub fn store(
         &self,
         mut entry: Entry,
         variants: Option<Arc<Variants>>,
+        looked_up: Option<SystemTime>,
         leader: Option<Leader>,
         now: SystemTime,
     ) -> Option<Arc<Entry>> {
@@ -545,21 +548,22 @@ impl Cache {
             keep_for = keep_for.min(tags::TAG_PURGE_RETENTION);
         }
         let entry = Arc::new(entry);
-        let fetched = entry.request_time;
+        // From when what is stored is known current: the lookup, or the fetch.
+        let since = looked_up.map_or(entry.request_time, |at| at.min(entry.request_time));
         // Purges name the URL's key: a variant is reached only through the
         // index stored there, so refusing the index is refusing the variant.
         let url = *variants
             .as_ref()
             .map_or(&entry.key, |index| &index.key)
             .hash();
-        let purged = self.purged.covers(&url, fetched);
+        let purged = self.purged.covers(&url, since);
         if purged {
             self.metrics.purged_fill("memory");
         }
-        // Redis compares the fetch time with its record of the URL's purge,
-        // which lasts only so long: a fetch sent before that could slip
+        // Redis compares that time with its record of the URL's purge,
+        // which lasts only so long: a request made before that could slip
         // past a purge the record forgot.
-        let checkable = now.duration_since(fetched).unwrap_or_default() < redis::PURGE_CHECKABLE;
+        let checkable = now.duration_since(since).unwrap_or_default() < redis::PURGE_CHECKABLE;
         let variants_for_followers = variants.clone();
         // The index lives as long as its latest variant.
         let objects = variants
@@ -570,12 +574,12 @@ impl Cache {
             // Redis refuses or takes it by its own record of purges, which
             // may know of one this pod has not heard of yet.
             match &self.redis {
-                Some(redis) if checkable => redis.store(object.clone(), keep_for, fetched),
+                Some(redis) if checkable => redis.store(object.clone(), keep_for, since),
                 Some(_) => self.metrics.redis_call("set", "too-old"),
                 None => {}
             }
             if !purged {
-                self.keep_in_memory(object, keep_for, &url, fetched);
+                self.keep_in_memory(object, keep_for, &url, since);
             }
         }
         if let Some(leader) = leader {

@@ -793,3 +793,62 @@ async fn a_purge_goes_to_redis_ahead_of_the_fills_queued_before_it() {
         "the purge's record and delete, six fills: {keys:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_variant_index_found_before_a_purge_is_not_stored_again_after_it() {
+    let cluster = Arc::new(blocking(RedisCluster::start).await);
+    let ports: Vec<u16> = cluster.nodes.iter().map(|n| n.port).collect();
+    let nodes = format!("nodes = {}", cluster.seeds());
+    let origin = Origin::start().await;
+    let reply = || Reply::ok().header("vary", "accept-language");
+    origin.on("/r/vary", reply());
+    let a = Arc::new(pod(&origin, &nodes).await);
+    let b = pod(&origin, &nodes).await;
+    subscribed(&ports, 2).await;
+    let ask = async |pod: &Proxy, language: &str| {
+        let headers = [("host", HOST), ("accept-language", language)];
+        pod.send("GET", "/r/vary", &headers).await
+    };
+    // The URL's index and its English variant, in memory and Redis.
+    assert_eq!(ask(&a, "en").await.text(), "/r/vary #1");
+    eventually(
+        "the index and variant written",
+        Duration::from_secs(5),
+        async || sets_done(&a).await == 2,
+    )
+    .await;
+
+    // A German request finds the index and fetches (its body held back, of
+    // no declared length, so a second one waits for it to be stored).
+    let feed = origin.feed("/r/vary", reply(), None);
+    let german = || {
+        let a = a.clone();
+        tokio::spawn(async move { ask(&a, "de").await })
+    };
+    let leader = german();
+    origin.wait_for_hits("/r/vary", 2).await;
+    let follower = german();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(a.purge("http://app.example/r/vary").await.status, 200);
+    feed.send("old").await;
+    feed.end();
+    assert_eq!(leader.await.unwrap().text(), "old");
+    // The follower's wait was for a fetch sent before the purge: it fetches
+    // anew, after the purge, but with the index it found before.
+    assert_eq!(follower.await.unwrap().text(), "/r/vary #3");
+    eventually(
+        "the German fills' writes",
+        Duration::from_secs(5),
+        async || sets_done(&a).await == 6,
+    )
+    .await;
+    // Stored again, that index would lead to the English variant, fetched
+    // before the purge and still in Redis.
+    let english = ask(&b, "en").await;
+    assert!(
+        english.cache_status().contains("fwd=miss"),
+        "{}",
+        english.cache_status()
+    );
+    assert_eq!(english.text(), "/r/vary #4");
+}
