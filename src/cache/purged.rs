@@ -4,11 +4,15 @@
 //! another pod), then the fetch completes: what it brings may be what the
 //! purge was meant to remove, and storing it would serve it for its whole
 //! freshness. So every purge or invalidation this pod makes or hears is
-//! noted with the time by this pod's clock, and a response whose fetch was
-//! sent at or before that time is not taken into the memory tier (it still
-//! answers the requests that asked before the purge). Redis keeps its own
-//! record, next to the entry (`STORE` in [`super::redis`]), since the pod
-//! that stores may not have heard yet.
+//! noted with the time by this pod's clock, and a response whose request
+//! looked the URL up or sent its fetch at or before that time is not taken
+//! into the memory tier (it still answers the request that sent the fetch,
+//! and those already reading its body).
+//! The lookup counts too: a request that found the URL's variant index
+//! before the purge would store that index again with its fill, and with
+//! it every old variant. Redis keeps its own record, next to the entry
+//! (`STORE` in [`super::redis`]), since the pod that stores may not have
+//! heard yet.
 //!
 //! Hand-written rather than a moka cache: a record that leaves the bounded
 //! map must raise the floor in the same step (under one lock), or a fill
@@ -73,12 +77,13 @@ impl PurgedKeys {
         record.floor = record.floor.max(micros(at));
     }
 
-    /// Whether a response to a fetch of the key `hash` sent at `fetched`
-    /// came too early: a purge of it was heard at or after that time.
-    pub fn covers(&self, hash: &[u8; 32], fetched: SystemTime) -> bool {
-        let fetched = micros(fetched);
+    /// Whether what a request for the key `hash` made at `since` (its
+    /// lookup or fetch) brought is too old: a purge of it was heard at or
+    /// after that time.
+    pub fn covers(&self, hash: &[u8; 32], since: SystemTime) -> bool {
+        let since = micros(since);
         let record = self.record();
-        fetched <= record.floor || record.at.get(hash).is_some_and(|&at| fetched <= at)
+        since <= record.floor || record.at.get(hash).is_some_and(|&at| since <= at)
     }
 
     fn record(&self) -> MutexGuard<'_, Record> {

@@ -81,19 +81,20 @@ const PURGE_TAG: &str = "local h = tonumber(redis.call('HGET', KEYS[1], 'hard') 
 
 /// How long Redis remembers when a URL was purged (`sidecache:{HASH}:purged`,
 /// in the entry's slot), to refuse entries fetched before: as long as a
-/// fetch that started before a purge may still be completing, not as long
-/// as entries are kept (that has no bound, and every invalidating POST
-/// leaves a record), so a bounded number of records per purge rate.
+/// request made before a purge may still be completing its fill, not as
+/// long as entries are kept (that has no bound, and every invalidating
+/// POST leaves a record), so the records stay bounded by the purge rate.
 const PURGE_RECORD_LIFETIME: Duration = Duration::from_secs(15 * 60);
-/// A fill whose fetch was sent longer ago than this is not written to Redis
-/// (counted as `op="set",outcome="too-old"`): a purge record that concerned
-/// it may have expired. The margin over [`PURGE_RECORD_LIFETIME`] covers
+/// A fill whose request looked the URL up longer ago than this is not
+/// written to Redis (counted as `op="set",outcome="too-old"`): a purge
+/// record that concerned it may have expired. The margin over [`PURGE_RECORD_LIFETIME`] covers
 /// the write queue and clock differences between pods.
 pub const PURGE_CHECKABLE: Duration = Duration::from_secs(10 * 60);
 
 /// Stores an entry (`KEYS[1]`; `ARGV`: the encoded value and its lifetime
 /// in ms) unless its URL's purge record (`KEYS[2]`, same slot) shows a
-/// purge at or after its fetch was sent (`ARGV[3]`, µs): whether it did.
+/// purge at or after the time its request looked the URL up or sent its
+/// fetch (`ARGV[3]`, µs, the earlier): whether it did.
 /// One script, so no purge can come between the check and the write.
 const STORE: &str = "local purged = redis.call('GET', KEYS[2]) \
     if purged and tonumber(ARGV[3]) <= tonumber(purged) then return 0 end \
@@ -164,19 +165,20 @@ impl Heard {
 /// A pending write to L2, done by the writer task, off the response path.
 enum Write {
     /// Encode and store the entry for `keep_for`, unless its URL was
-    /// purged at or after its fetch was sent (`fetched`, µs).
+    /// purged at or after `since` (µs: when its request looked the URL up
+    /// or sent its fetch, the earlier).
     Set {
         object: Stored,
         keep_for: Duration,
-        fetched: u64,
+        since: u64,
     },
     /// Delete a key (a lease).
     Delete { key: String },
     /// An invalidation or purge: delete the object, then number it in the
     /// fleet's sequence and tell every pod to drop it from its memory tier.
     /// Retried until Redis takes it (see [`write_loop`]). `at` (µs) is
-    /// recorded next to the key, so that fills fetched before it are
-    /// refused however late they come.
+    /// recorded next to the key, so that fills made before it are refused
+    /// however late they come.
     Invalidate { key: String, hash: String, at: u64 },
     /// A tag purge: record it in the tag's key, then number it and tell
     /// every pod the tag's times. Retried like an invalidation.
@@ -349,13 +351,14 @@ impl RedisTier {
     }
 
     /// Queues `object` to be written with a lifetime of `keep_for`, unless
-    /// Redis records a purge of its URL at or after `fetched` (when its
-    /// fetch was sent); a full queue drops the write rather than delay anyone.
-    pub fn store(&self, object: Stored, keep_for: Duration, fetched: SystemTime) {
+    /// Redis records a purge of its URL at or after `since` (when its
+    /// request looked the URL up or sent its fetch); a full queue drops the
+    /// write rather than delay anyone.
+    pub fn store(&self, object: Stored, keep_for: Duration, since: SystemTime) {
         let write = Write::Set {
             object,
             keep_for,
-            fetched: micros(fetched),
+            since: micros(since),
         };
         if self.writes.try_send(Queued::Write(write)).is_err() {
             self.metrics.redis_call("set", "dropped");
@@ -621,7 +624,7 @@ impl Writer {
             Write::Set {
                 object,
                 keep_for,
-                fetched,
+                since,
             } => {
                 let key = redis_key(object.key());
                 let px = i64::try_from(keep_for.as_millis())
@@ -630,7 +633,7 @@ impl Writer {
                 let args: Vec<Value> = vec![
                     object.encode().into(),
                     px.into(),
-                    i64::try_from(*fetched).unwrap_or(i64::MAX).into(),
+                    i64::try_from(*since).unwrap_or(i64::MAX).into(),
                 ];
                 let keys = vec![key.clone(), purge_record_key(&key)];
                 let set = self.client.eval::<i64, _, _, _>(STORE, keys, args);
