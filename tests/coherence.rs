@@ -526,7 +526,7 @@ async fn a_tag_purge_reaches_the_other_pods_while_the_counters_node_is_down() {
     }
 }
 
-/// Whether `pod`'s Redis writes of fills counted as sent have reached `count`.
+/// `sidecache_redis_calls_total{op="set",outcome="done"}` of `pod`: fill writes Redis answered (taken or refused).
 async fn sets_done(pod: &Proxy) -> u64 {
     pod.metric("sidecache_redis_calls_total{op=\"set\",outcome=\"done\"}")
         .await
@@ -554,20 +554,22 @@ async fn fetch_in_flight(
     (request, feed)
 }
 
-/// Releases the body of A's fetch (`old`) and waits for A's write of it to
-/// Redis to have been answered (taken, or refused); what A's request got.
+/// Releases the body of A's fetch (`old`) and waits for Redis to have
+/// refused A's write of it; what A's request got.
 async fn release(
     a: &Proxy,
     request: tokio::task::JoinHandle<support::Answer>,
     feed: support::Feed,
 ) -> support::Answer {
-    let sent = sets_done(a).await;
+    let refused = purged_fills(a, "redis").await;
     feed.send("old").await;
     feed.end();
     let answer = request.await.unwrap();
-    eventually("A's write to Redis", Duration::from_secs(5), async || {
-        sets_done(a).await > sent
-    })
+    eventually(
+        "Redis to refuse A's write",
+        Duration::from_secs(5),
+        async || purged_fills(a, "redis").await > refused,
+    )
     .await;
     answer
 }
@@ -705,10 +707,10 @@ impl Drop for KeyEvents {
 async fn a_purge_goes_to_redis_ahead_of_the_fills_queued_before_it() {
     let cluster = Arc::new(blocking(RedisCluster::start).await);
     let origin = Origin::start().await;
-    // Writes wait up to 3 s; no fleet lease (a write), so that requests
+    // Writes wait up to 5 s; no fleet lease (a write), so that requests
     // do not wait on the node whose writes are held back below.
     let config = format!(
-        "[redis]\nnodes = {}\ncommand_timeout = \"3s\"\nconnect_timeout = \"300ms\"\n",
+        "[redis]\nnodes = {}\ncommand_timeout = \"5s\"\nconnect_timeout = \"300ms\"\n",
         cluster.seeds()
     );
     let a = ProxyConfig::new(&origin)
@@ -759,7 +761,7 @@ async fn a_purge_goes_to_redis_ahead_of_the_fills_queued_before_it() {
     .await;
     // The held node holds back writes for a while: A's writer waits on the
     // first fill's, while the other fills and then the purge queue behind it.
-    let pause = cli(held, &["client", "pause", "1500", "write"]);
+    let pause = cli(held, &["client", "pause", "3000", "write"]);
     assert_eq!(pause.as_deref(), Some("OK"));
     assert!(get(&a, &on_held[0]).await.cache_status().contains("stored"));
     for (path, _) in &on_watched {
