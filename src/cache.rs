@@ -9,6 +9,7 @@ pub mod growing;
 pub mod key;
 pub mod memory;
 pub mod policy;
+pub mod purged;
 pub mod range;
 pub mod redis;
 pub mod status;
@@ -28,6 +29,7 @@ use growing::Reader;
 use http::{HeaderMap, HeaderName, header};
 use key::CacheKey;
 use memory::MemoryTier;
+use purged::PurgedKeys;
 use redis::{Lease, RedisTier};
 use tags::{Effect, Purged, TagPurges};
 
@@ -225,6 +227,8 @@ pub struct Cache {
     clock: Clock,
     /// The purge times of the tags this pod has looked at ([`tags`]).
     tags: TagPurges,
+    /// When this pod last heard of a purge of each URL key ([`purged`]).
+    purged: PurgedKeys,
     /// The response fields tags are read from.
     tag_headers: Arc<[HeaderName]>,
     /// Part of every tag's identity, as of every key's.
@@ -243,11 +247,18 @@ impl Cache {
     ) -> Result<Cache, fred::error::Error> {
         let memory = MemoryTier::new(config.memory.capacity);
         let tags = TagPurges::new(memory.clone(), redis.is_none());
+        let purged = PurgedKeys::default();
         let redis = match redis {
             Some(redis) => {
                 // Other pods' purges and invalidations drop this pod's
                 // copies, or all of them when some may have been missed.
-                let coherence = Coherence::new(memory.clone(), tags.clone(), metrics.clone());
+                let coherence = Coherence::new(
+                    memory.clone(),
+                    tags.clone(),
+                    purged.clone(),
+                    clock.clone(),
+                    metrics.clone(),
+                );
                 let heard = coherence.clone();
                 let invalidated = move |invalidation| heard.heard(invalidation);
                 let redis = Arc::new(RedisTier::start(redis, metrics.clone(), invalidated)?);
@@ -264,6 +275,7 @@ impl Cache {
             metrics,
             clock,
             tags,
+            purged,
             tag_headers: config.tag_headers.clone().into(),
             namespace: config.namespace.as_str().into(),
         })
@@ -458,6 +470,8 @@ impl Cache {
         if settled(local.as_ref(), now) {
             return local.map(|object| (object, Tier::Memory));
         }
+        // A copy read before a purge of its key is not kept after it.
+        let asked = self.clock.now();
         let shared = match &self.redis {
             Some(redis) => redis.get(key, budget).await,
             None => None,
@@ -469,7 +483,7 @@ impl Cache {
                 Stored::Variants(_) => Some(self.keep_stale),
             };
             if let Some(keep_for) = keep_for {
-                self.memory.insert(shared.clone(), keep_for);
+                self.keep_in_memory(shared.clone(), keep_for, key.hash(), asked);
             }
         }
         picked
@@ -564,12 +578,18 @@ impl Cache {
     /// keeping, with the index of its URL's variants if it is one of them,
     /// and hands it to the requests waiting on `leader`'s fetch. This is the
     /// one way in, for fills, 304 refreshes and background refreshes alike.
-    /// The L2 writes are queued, never awaited. Returns the stored entry, or
-    /// `None` when it was not worth keeping (the waiters are then released).
+    /// The L2 writes are queued, never awaited. A response whose request
+    /// looked the URL up (`looked_up`) or sent its fetch before a purge of
+    /// the URL is not kept ([`purged`]): what it brings, or the variant
+    /// index it found, may be what the purge removed. This pod's memory
+    /// tier refuses it if the purge was heard here, Redis if it was
+    /// recorded there. Returns the entry, or `None` when it was not worth
+    /// keeping (the waiters are then released).
     pub fn store(
         &self,
         mut entry: Entry,
         variants: Option<Arc<Variants>>,
+        looked_up: Option<SystemTime>,
         leader: Option<Leader>,
         now: SystemTime,
     ) -> Option<Arc<Entry>> {
@@ -584,6 +604,22 @@ impl Cache {
             keep_for = keep_for.min(tags::TAG_PURGE_RETENTION);
         }
         let entry = Arc::new(entry);
+        // From when what is stored is known current: the lookup, or the fetch.
+        let since = looked_up.map_or(entry.request_time, |at| at.min(entry.request_time));
+        // Purges name the URL's key: a variant is reached only through the
+        // index stored there, so refusing the index is refusing the variant.
+        let url = *variants
+            .as_ref()
+            .map_or(&entry.key, |index| &index.key)
+            .hash();
+        let purged = self.purged.covers(&url, since);
+        if purged {
+            self.metrics.purged_fill("memory");
+        }
+        // Redis compares that time with its record of the URL's purge,
+        // which lasts only so long: a request made before that could slip
+        // past a purge the record forgot.
+        let checkable = now.duration_since(since).unwrap_or_default() < redis::PURGE_CHECKABLE;
         let variants_for_followers = variants.clone();
         // The index lives as long as its latest variant.
         let objects = variants
@@ -591,10 +627,16 @@ impl Cache {
             .into_iter()
             .chain([Stored::Response(entry.clone())]);
         for object in objects {
-            if let Some(redis) = &self.redis {
-                redis.store(object.clone(), keep_for);
+            // Redis refuses or takes it by its own record of purges, which
+            // may know of one this pod has not heard of yet.
+            match &self.redis {
+                Some(redis) if checkable => redis.store(object.clone(), keep_for, since),
+                Some(_) => self.metrics.redis_call("set", "too-old"),
+                None => {}
             }
-            self.memory.insert(object, keep_for);
+            if !purged {
+                self.keep_in_memory(object, keep_for, &url, since);
+            }
         }
         if let Some(leader) = leader {
             leader.stored(Filled {
@@ -603,6 +645,28 @@ impl Cache {
             });
         }
         Some(entry)
+    }
+
+    /// Puts `object` in the memory tier unless the URL `url` it belongs to
+    /// was purged at or after `since` (when the object was fetched, or read
+    /// from Redis). Checked again once it is in: a purge heard in between
+    /// noted its time before it dropped the URL's copies, so either this
+    /// check sees it or the purge removes the object.
+    fn keep_in_memory(
+        &self,
+        object: Stored,
+        keep_for: Duration,
+        url: &[u8; 32],
+        since: SystemTime,
+    ) {
+        if self.purged.covers(url, since) {
+            return;
+        }
+        let key = object.key().clone();
+        self.memory.insert(object, keep_for);
+        if self.purged.covers(url, since) {
+            self.memory.remove(&key);
+        }
     }
 
     /// Joins the fetch of `flight`: in this process the first request leads
@@ -634,7 +698,12 @@ impl Cache {
                     }
                     _ => return joined,
                 };
-                if self.fetched_since_purges(&fetched, budget).await {
+                // Nor is one sent before a purge of the URL: requests that
+                // joined it after the purge must not get what it removed.
+                let url = flight.url_key.hash();
+                if !self.purged.covers(url, fetched.request_time)
+                    && self.fetched_since_purges(&fetched, budget).await
+                {
                     joined
                 } else {
                     Admission::Alone
@@ -718,9 +787,12 @@ impl Cache {
     /// response, or its variant index, which orphans all its variants (the
     /// L2 delete is queued behind any pending write of the same key).
     pub fn remove(&self, key: &CacheKey) {
+        let now = self.clock.now();
+        // Noted before the copy goes: see `keep_in_memory`.
+        self.purged.heard(*key.hash(), now);
         self.memory.remove(key);
         if let Some(redis) = &self.redis {
-            redis.remove(key);
+            redis.remove(key, now);
         }
     }
 

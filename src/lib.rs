@@ -25,6 +25,8 @@
 //!   pod invalidated: it follows the fleet's invalidation sequence in Redis.
 //!   [`cache::tags`] judges entries by the purges of their tags (purge by
 //!   tag: per-tag purge times in Redis, announced in the same sequence).
+//!   [`cache::purged`] keeps a fetch sent before a URL purge from being
+//!   stored after it (Redis checks its own record in the store script).
 //! - [`cache::decide`]: what a lookup, a response head or an origin failure
 //!   means for the request (`on_lookup`, `on_head`, `on_error`), pure; built
 //!   on [`cache::policy`] (RFC 9111 rules, with RFC 9213's targeted fields)

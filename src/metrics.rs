@@ -63,6 +63,7 @@ pub struct Metrics {
     memory_flushes: Family<ReasonLabels, Counter>,
     purges: Family<PurgeLabels, Counter>,
     tag_purged_reads: Family<EffectLabels, Counter>,
+    purged_fills: Family<TierLabels, Counter>,
     tags_ignored: Counter,
     client_rejections: Family<ReasonLabels, Counter>,
     shadow_requests: Family<ShadowLabels, Counter>,
@@ -78,6 +79,11 @@ struct PurgeLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct EffectLabels {
     effect: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TierLabels {
+    tier: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -195,6 +201,12 @@ impl Metrics {
             "Stored responses found purged by a tag when read, by effect (gone: a miss; stale: soft-purged)",
             tag_purged_reads.clone(),
         );
+        let purged_fills = Family::<TierLabels, Counter>::default();
+        registry.register(
+            "purged_fills",
+            "Responses not stored because their URL was purged after their fetch was sent, by tier (memory: the purge was heard by this pod; redis: recorded there)",
+            purged_fills.clone(),
+        );
         let tags_ignored = Counter::default();
         registry.register(
             "tags_ignored",
@@ -223,6 +235,7 @@ impl Metrics {
             registry,
             purges,
             tag_purged_reads,
+            purged_fills,
             tags_ignored,
             shadow_requests,
             shadow_saved_bytes,
@@ -308,6 +321,12 @@ impl Metrics {
         self.tag_purged_reads
             .get_or_create(&EffectLabels { effect })
             .inc();
+    }
+
+    /// A response not stored in `tier` (memory, redis): its URL was purged
+    /// after its fetch was sent.
+    pub fn purged_fill(&self, tier: &'static str) {
+        self.purged_fills.get_or_create(&TierLabels { tier }).inc();
     }
 
     pub fn tags_ignored(&self, count: usize) {

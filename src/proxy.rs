@@ -456,8 +456,9 @@ impl Proxy {
             } => {
                 let served = request.answer(&entry, status, times.response);
                 if store {
-                    let variants = prior.variants;
-                    self.cache.store(entry, variants, leader, times.response);
+                    let (variants, looked_up) = (prior.variants, prior.looked_up);
+                    self.cache
+                        .store(entry, variants, looked_up, leader, times.response);
                 }
                 Ok(served)
             }
@@ -474,6 +475,7 @@ impl Proxy {
                     self.cache.clone(),
                     entry,
                     variants,
+                    prior.looked_up,
                     leader,
                     self.max_object_size,
                 );

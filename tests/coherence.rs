@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use support::redis::{RedisCluster, RedisStandalone, cli};
-use support::{Origin, Proxy, ProxyConfig, eventually, routes};
+use support::{Origin, Proxy, ProxyConfig, Reply, eventually, routes};
 
 /// The bound README documents: the counter is read every second, the read
 /// takes at most `command_timeout` (50 ms here), and missing messages get
@@ -397,29 +397,40 @@ async fn a_purge_redis_could_not_take_is_sent_again_once_it_can() {
     assert_eq!(origin.hits("/r/held"), 2, "not the purged copy from Redis");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_purge_reaches_the_other_pods_while_the_counters_node_is_down() {
-    let cluster = blocking(RedisCluster::start).await;
+/// Pods on `cluster`: A (with any others started on the way, idle, after
+/// it) and B, whose subscription is not on `counter_node`, so that B hears
+/// through a node that stays up while that one is frozen.
+async fn b_off_the_counters_node(
+    cluster: &RedisCluster,
+    origin: &Origin,
+    counter_node: u16,
+) -> (Vec<Proxy>, Proxy) {
     let ports: Vec<u16> = cluster.nodes.iter().map(|n| n.port).collect();
-    let counter_node = cluster.master_of(COUNTER);
     let nodes = format!("nodes = {}", cluster.seeds());
-    let origin = Origin::start().await;
-    let a = pod(&origin, &nodes).await;
+    let a = pod(origin, &nodes).await;
     subscribed(&ports, 1).await;
-    // B must hear through a node that stays up. A pod subscribes on the
-    // node its client's id hashes to, so pods are started until one's
-    // subscription is not on the counter's node (the others stay, idle).
+    // A pod subscribes on the node its client's id hashes to, so pods are
+    // started until one's subscription is not on the counter's node.
     let on_counter_node = async || blocking(move || subscribers(&[counter_node])).await;
     let mut pods = vec![a];
     let b = loop {
         let before = on_counter_node().await;
-        let candidate = pod(&origin, &nodes).await;
+        let candidate = pod(origin, &nodes).await;
         subscribed(&ports, pods.len() as u64 + 1).await;
         if on_counter_node().await == before {
             break candidate;
         }
         pods.push(candidate);
     };
+    (pods, b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_reaches_the_other_pods_while_the_counters_node_is_down() {
+    let cluster = blocking(RedisCluster::start).await;
+    let counter_node = cluster.master_of(COUNTER);
+    let origin = Origin::start().await;
+    let (pods, b) = b_off_the_counters_node(&cluster, &origin, counter_node).await;
     let a = &pods[0];
     b_holding(a, &b, "/r/held").await;
 
@@ -462,4 +473,384 @@ async fn a_purge_reaches_the_other_pods_while_the_counters_node_is_down() {
     for reason in ["gap", "behind", "reset"] {
         assert_eq!(flushes(&b, reason).await, 0, "B flushed: {reason}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_purge_reaches_the_other_pods_while_the_counters_node_is_down() {
+    let cluster = blocking(RedisCluster::start).await;
+    let counter_node = cluster.master_of(COUNTER);
+    let origin = Origin::start().await;
+    origin.on("/r/tagged", Reply::ok().header("surrogate-key", "held"));
+    let (pods, b) = b_off_the_counters_node(&cluster, &origin, counter_node).await;
+    let a = &pods[0];
+    // B has read the tag's purge times once: it judges its copy by them
+    // from memory, without asking Redis again.
+    b_holding(a, &b, "/r/tagged").await;
+
+    let mut cluster = blocking(move || {
+        let mut cluster = cluster;
+        cluster.freeze_master(counter_node, false);
+        cluster
+    })
+    .await;
+    let purged = Instant::now();
+    assert_eq!(a.admin_post("/purge?tag=held").await.status, 200);
+    eventually(
+        "B to drop the tag-purged copy while the counter's node is frozen",
+        Duration::from_secs(1),
+        async || !in_memory(&b, "/r/tagged").await,
+    )
+    .await;
+    println!(
+        "B dropped the tag-purged copy {:?} after the purge",
+        purged.elapsed()
+    );
+    assert_eq!(origin.hits("/r/tagged"), 2, "B fetched anew");
+
+    // Thawed: the purge is recorded and numbered, and B, which missed
+    // nothing, clears nothing.
+    cluster.node(counter_node).thaw();
+    eventually(
+        "the tag purge numbered once the counter's node is back",
+        Duration::from_secs(10),
+        async || {
+            blocking(move || cli(counter_node, &["get", COUNTER]))
+                .await
+                .as_deref()
+                == Some("1")
+        },
+    )
+    .await;
+    for reason in ["gap", "behind", "reset"] {
+        assert_eq!(flushes(&b, reason).await, 0, "B flushed: {reason}");
+    }
+}
+
+/// `sidecache_redis_calls_total{op="set",outcome="done"}` of `pod`: fill writes Redis answered (taken or refused).
+async fn sets_done(pod: &Proxy) -> u64 {
+    pod.metric("sidecache_redis_calls_total{op=\"set\",outcome=\"done\"}")
+        .await
+}
+
+/// `sidecache_purged_fills_total{tier}` of `pod`.
+async fn purged_fills(pod: &Proxy, tier: &str) -> u64 {
+    pod.metric(&format!("sidecache_purged_fills_total{{tier=\"{tier}\"}}"))
+        .await
+}
+
+/// Starts A's fetch of `path`, whose origin holds the body back: the
+/// request, and the feed that releases its body.
+async fn fetch_in_flight(
+    origin: &Origin,
+    a: &Arc<Proxy>,
+    path: &str,
+) -> (tokio::task::JoinHandle<support::Answer>, support::Feed) {
+    let feed = origin.feed(path, Reply::ok(), Some(3));
+    let request = {
+        let (a, path) = (a.clone(), path.to_owned());
+        tokio::spawn(async move { get(&a, &path).await })
+    };
+    origin.wait_for_hits(path, 1).await;
+    (request, feed)
+}
+
+/// Releases the body of A's fetch (`old`) and waits for Redis to have
+/// refused A's write of it; what A's request got.
+async fn release(
+    a: &Proxy,
+    request: tokio::task::JoinHandle<support::Answer>,
+    feed: support::Feed,
+) -> support::Answer {
+    let refused = purged_fills(a, "redis").await;
+    feed.send("old").await;
+    feed.end();
+    let answer = request.await.unwrap();
+    eventually(
+        "Redis to refuse A's write",
+        Duration::from_secs(5),
+        async || purged_fills(a, "redis").await > refused,
+    )
+    .await;
+    answer
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_sent_before_a_purge_is_stored_in_no_tier_after_it() {
+    let cluster = Arc::new(blocking(RedisCluster::start).await);
+    let ports: Vec<u16> = cluster.nodes.iter().map(|n| n.port).collect();
+    let nodes = format!("nodes = {}", cluster.seeds());
+    let origin = Origin::start().await;
+    let a = Arc::new(pod(&origin, &nodes).await);
+    let b = pod(&origin, &nodes).await;
+    subscribed(&ports, 2).await;
+
+    // Purged through B while A's fetch is under way.
+    let (request, feed) = fetch_in_flight(&origin, &a, "/r/late").await;
+    assert!(!in_memory(&a, "/r/probe").await);
+    assert!(in_memory(&a, "/r/probe").await);
+    assert_eq!(b.purge("http://app.example/r/late").await.status, 200);
+    // Announcements arrive in order: once A has dropped the probe, purged
+    // after, it has heard of the first purge too.
+    assert_eq!(b.purge("http://app.example/r/probe").await.status, 200);
+    eventually("A to hear B's purges", LIMIT, async || {
+        !in_memory(&a, "/r/probe").await
+    })
+    .await;
+    let answer = release(&a, request, feed).await;
+    // The request that sent the fetch asked before the purge: it gets it.
+    assert_eq!(answer.text(), "old");
+    // Nobody else does: B, whose memory never held it, finds nothing in
+    // Redis; A finds nothing in memory, and B's new copy in Redis.
+    let from_b = get(&b, "/r/late").await;
+    assert!(
+        from_b.cache_status().contains("fwd=miss"),
+        "{}",
+        from_b.cache_status()
+    );
+    assert_eq!(from_b.text(), "/r/late #2");
+    eventually("B's fill written", Duration::from_secs(5), async || {
+        sets_done(&b).await >= 1
+    })
+    .await;
+    assert_eq!(get(&a, "/r/late").await.text(), "/r/late #2");
+    assert_eq!(origin.hits("/r/late"), 2);
+    assert_eq!(purged_fills(&a, "memory").await, 1);
+    assert_eq!(purged_fills(&a, "redis").await, 1);
+
+    // Purged through the pod that fetches: the same.
+    let (request, feed) = fetch_in_flight(&origin, &a, "/r/own").await;
+    assert_eq!(a.purge("http://app.example/r/own").await.status, 200);
+    assert_eq!(release(&a, request, feed).await.text(), "old");
+    let from_b = get(&b, "/r/own").await;
+    assert!(
+        from_b.cache_status().contains("fwd=miss"),
+        "{}",
+        from_b.cache_status()
+    );
+    assert_eq!(from_b.text(), "/r/own #2");
+    assert_ne!(get(&a, "/r/own").await.text(), "old");
+    assert_eq!(purged_fills(&a, "memory").await, 2);
+    assert_eq!(purged_fills(&a, "redis").await, 2);
+}
+
+/// The Redis key of `path`'s entry, as `pod` keys it (read from `/explain`).
+async fn redis_key_of(pod: &Proxy, path: &str) -> String {
+    let explained = pod
+        .admin(&format!(
+            "/explain?url=http%3A%2F%2F{HOST}{}",
+            path.replace('/', "%2F")
+        ))
+        .await
+        .text();
+    let explained: serde_json::Value = serde_json::from_str(&explained).unwrap();
+    format!(
+        "sidecache:{{{}}}",
+        explained["key"]["hash"].as_str().unwrap()
+    )
+}
+
+/// Watches the keys set and deleted on the node at `port`, in order
+/// (Redis keyspace notifications through a `redis-cli` this test started).
+struct KeyEvents {
+    child: std::process::Child,
+    lines: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl KeyEvents {
+    fn watch(port: u16) -> KeyEvents {
+        use std::io::BufRead;
+        let set = cli(port, &["config", "set", "notify-keyspace-events", "Eg$"]);
+        assert_eq!(set.as_deref(), Some("OK"));
+        let mut child = std::process::Command::new("redis-cli")
+            .args(["-p", &port.to_string(), "subscribe"])
+            .args(["__keyevent@0__:set", "__keyevent@0__:del"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let read = lines.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                read.lock().unwrap().push(line);
+            }
+        });
+        KeyEvents { child, lines }
+    }
+
+    /// The keys of the events so far, in order.
+    fn keys(&self) -> Vec<String> {
+        let lines = self.lines.lock().unwrap();
+        lines
+            .iter()
+            .filter(|line| line.starts_with("sidecache:"))
+            .cloned()
+            .collect()
+    }
+
+    /// Whether both subscriptions are confirmed.
+    fn ready(&self) -> bool {
+        let lines = self.lines.lock().unwrap();
+        lines.iter().filter(|line| *line == "subscribe").count() == 2
+    }
+}
+
+impl Drop for KeyEvents {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_goes_to_redis_ahead_of_the_fills_queued_before_it() {
+    let cluster = Arc::new(blocking(RedisCluster::start).await);
+    let origin = Origin::start().await;
+    // Writes wait up to 5 s; no fleet lease (a write), so that requests
+    // do not wait on the node whose writes are held back below.
+    let config = format!(
+        "[redis]\nnodes = {}\ncommand_timeout = \"5s\"\nconnect_timeout = \"300ms\"\n",
+        cluster.seeds()
+    );
+    let a = ProxyConfig::new(&origin)
+        .with(&config)
+        .with(routes::cache("/r/**", "600s") + "coalesce = false\n")
+        .start()
+        .await;
+    a.wait_redis_connected().await;
+    // One path whose entry lives on a node (`held`) that will hold its
+    // write back; seven on another (`watched`): the purged one and six fills.
+    let masters = cluster.master_ports();
+    let (held, watched) = (masters[0], masters[1]);
+    let (mut on_held, mut on_watched) = (Vec::new(), Vec::new());
+    for n in 0.. {
+        let path = format!("/r/q-{n}");
+        let key = redis_key_of(&a, &path).await;
+        let owner = {
+            let (cluster, key) = (cluster.clone(), key.clone());
+            blocking(move || cluster.master_of(&key)).await
+        };
+        match owner {
+            port if port == held && on_held.is_empty() => on_held.push(path),
+            port if port == watched && on_watched.len() < 7 => on_watched.push((path, key)),
+            _ => {}
+        }
+        if on_held.len() == 1 && on_watched.len() == 7 {
+            break;
+        }
+    }
+    let (purged_path, purged_key) = on_watched.remove(0);
+    assert!(
+        get(&a, &purged_path)
+            .await
+            .cache_status()
+            .contains("stored")
+    );
+    eventually("the entry written", Duration::from_secs(5), async || {
+        sets_done(&a).await == 1
+    })
+    .await;
+
+    let events = blocking(move || KeyEvents::watch(watched)).await;
+    eventually(
+        "keyspace events watched",
+        Duration::from_secs(5),
+        async || events.ready(),
+    )
+    .await;
+    // The held node holds back writes for a while: A's writer waits on the
+    // first fill's, while the other fills and then the purge queue behind it.
+    let pause = cli(held, &["client", "pause", "3000", "write"]);
+    assert_eq!(pause.as_deref(), Some("OK"));
+    assert!(get(&a, &on_held[0]).await.cache_status().contains("stored"));
+    for (path, _) in &on_watched {
+        assert!(get(&a, path).await.cache_status().contains("stored"));
+    }
+    assert_eq!(
+        a.purge(&format!("http://{HOST}{purged_path}")).await.status,
+        200
+    );
+    eventually("every write sent", Duration::from_secs(10), async || {
+        sets_done(&a).await == 8
+            && a.metric("sidecache_redis_calls_total{op=\"publish\",outcome=\"done\"}")
+                .await
+                == 1
+    })
+    .await;
+    let keys = events.keys();
+    let purge = keys
+        .iter()
+        .position(|key| key.starts_with(&purged_key))
+        .unwrap_or_else(|| panic!("no purge of {purged_key} in {keys:?}"));
+    let fills_before = keys[..purge]
+        .iter()
+        .filter(|key| on_watched.iter().any(|(_, fill)| fill == *key))
+        .count();
+    // On its node, the purge went ahead of every fill queued before it.
+    assert_eq!(fills_before, 0, "{keys:?}");
+    assert_eq!(
+        keys.len(),
+        8,
+        "the purge's record and delete, six fills: {keys:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_variant_index_found_before_a_purge_is_not_stored_again_after_it() {
+    let cluster = Arc::new(blocking(RedisCluster::start).await);
+    let ports: Vec<u16> = cluster.nodes.iter().map(|n| n.port).collect();
+    let nodes = format!("nodes = {}", cluster.seeds());
+    let origin = Origin::start().await;
+    let reply = || Reply::ok().header("vary", "accept-language");
+    origin.on("/r/vary", reply());
+    let a = Arc::new(pod(&origin, &nodes).await);
+    let b = pod(&origin, &nodes).await;
+    subscribed(&ports, 2).await;
+    let ask = async |pod: &Proxy, language: &str| {
+        let headers = [("host", HOST), ("accept-language", language)];
+        pod.send("GET", "/r/vary", &headers).await
+    };
+    // The URL's index and its English variant, in memory and Redis.
+    assert_eq!(ask(&a, "en").await.text(), "/r/vary #1");
+    eventually(
+        "the index and variant written",
+        Duration::from_secs(5),
+        async || sets_done(&a).await == 2,
+    )
+    .await;
+
+    // A German request finds the index and fetches (its body held back, of
+    // no declared length, so a second one waits for it to be stored).
+    let feed = origin.feed("/r/vary", reply(), None);
+    let german = || {
+        let a = a.clone();
+        tokio::spawn(async move { ask(&a, "de").await })
+    };
+    let leader = german();
+    origin.wait_for_hits("/r/vary", 2).await;
+    let follower = german();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(a.purge("http://app.example/r/vary").await.status, 200);
+    feed.send("old").await;
+    feed.end();
+    assert_eq!(leader.await.unwrap().text(), "old");
+    // The follower's wait was for a fetch sent before the purge: it fetches
+    // anew, after the purge, but with the index it found before.
+    assert_eq!(follower.await.unwrap().text(), "/r/vary #3");
+    eventually(
+        "the German fills' writes",
+        Duration::from_secs(5),
+        async || sets_done(&a).await == 6,
+    )
+    .await;
+    // Stored again, that index would lead to the English variant, fetched
+    // before the purge and still in Redis.
+    let english = ask(&b, "en").await;
+    assert!(
+        english.cache_status().contains("fwd=miss"),
+        "{}",
+        english.cache_status()
+    );
+    assert_eq!(english.text(), "/r/vary #4");
 }

@@ -189,6 +189,17 @@ async fn every_metric_the_dashboard_and_alerts_query_is_exported() {
             .starts_with("sidecache; hit")
     );
     assert_eq!(proxy.purge(&proxy.url("/r/a")).await.status, 200);
+    // A fetch under way when its URL is purged: not stored.
+    let feed = origin.feed("/r/late", cached.clone(), Some(3));
+    let late = {
+        let proxy = proxy.clone();
+        tokio::spawn(async move { proxy.get("/r/late").await })
+    };
+    origin.wait_for_hits("/r/late", 1).await;
+    assert_eq!(proxy.purge(&proxy.url("/r/late")).await.status, 200);
+    feed.send("old").await;
+    feed.end();
+    assert_eq!(late.await.unwrap().text(), "old");
     // Requests collapsed onto one fetch.
     let waiting: Vec<_> = (0..4)
         .map(|_| {

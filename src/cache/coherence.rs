@@ -17,16 +17,19 @@
 //! While this pod cannot read the counter (Redis unreachable from here), it
 //! cannot know, and keeps serving its memory tier (the cache fails open);
 //! the first read that succeeds catches up, within the same bound. While
-//! the counter's node is down, invalidations cannot be numbered: the pod
-//! that makes one announces it bare meanwhile (`Writer::tell` in
-//! [`super::redis`]), which this pod applies like any other.
+//! the counter's node is down, invalidations and tag purges cannot be
+//! numbered: the pod that makes one announces it bare meanwhile
+//! (`Writer::tell` in [`super::redis`]), which this pod applies like any
+//! other.
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
 use super::memory::MemoryTier;
+use super::purged::PurgedKeys;
 use super::redis::{Announced, Heard, RedisTier};
 use super::tags::TagPurges;
+use crate::clock::Clock;
 use crate::metrics::Metrics;
 
 /// How often a pod reads the invalidation counter to confirm it has applied
@@ -135,15 +138,28 @@ pub struct Coherence {
     /// The tag purge times this pod knows, kept current like the memory
     /// tier and cleared with it.
     tags: TagPurges,
+    /// When each invalidated key was heard of, so that fetches under way
+    /// then are not stored after ([`super::purged`]).
+    purged: PurgedKeys,
+    /// What those times are read from: the clock fetch times are taken by.
+    clock: Clock,
     metrics: Arc<Metrics>,
 }
 
 impl Coherence {
-    pub fn new(memory: MemoryTier, tags: TagPurges, metrics: Arc<Metrics>) -> Arc<Coherence> {
+    pub fn new(
+        memory: MemoryTier,
+        tags: TagPurges,
+        purged: PurgedKeys,
+        clock: Clock,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Coherence> {
         Arc::new(Coherence {
             sequence: Mutex::default(),
             memory,
             tags,
+            purged,
+            clock,
             metrics,
         })
     }
@@ -153,7 +169,11 @@ impl Coherence {
     /// shows that others were missed.
     pub fn heard(&self, heard: Heard) {
         match heard.what {
-            Announced::Key(hash) => self.memory.remove_hash(&hash),
+            Announced::Key(hash) => {
+                // Noted before the copy goes, as `Cache::remove` does.
+                self.purged.heard(hash, self.clock.now());
+                self.memory.remove_hash(&hash);
+            }
             Announced::Tag { tag, purged } => self.tags.learn(tag, purged),
         }
         let flush = heard.seq.and_then(|seq| self.sequence().received(seq));
@@ -201,6 +221,8 @@ impl Coherence {
     fn flush(&self, reason: Flush) {
         // Tag purges may have been missed too: they are read again from Redis.
         self.tags.clear();
+        // And so may URL purges that fetches under way now came before.
+        self.purged.everything(self.clock.now());
         // A pod that starts with Redis up has nothing to clear; only one
         // that served without it has, and that is worth reporting.
         if !self.memory.enabled() || (reason == Flush::Start && self.memory.entries() == 0) {

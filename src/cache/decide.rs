@@ -116,6 +116,11 @@ pub struct Prior {
     pub stale: Option<Arc<Entry>>,
     /// The URL's variant index, if its responses vary.
     pub variants: Option<Arc<Variants>>,
+    /// When the lookup these come from was made: a purge of the URL since
+    /// may have removed them (the index with its generation), so what is
+    /// stored on their strength is judged from then, not from the fetch
+    /// ([`super::purged`]). `None` where no lookup preceded.
+    pub looked_up: Option<SystemTime>,
 }
 
 impl Prior {
@@ -154,6 +159,7 @@ pub fn on_lookup(request: &Presented<'_>, lookup: Lookup, now: SystemTime) -> On
     let mut prior = Prior {
         stale: None,
         variants,
+        looked_up: Some(now),
     };
     if let Some((entry, tier)) = found {
         let stored = request.stored_directives(&entry);
@@ -719,6 +725,7 @@ mod tests {
             let prior = Prior {
                 stale: stale_entry,
                 variants: None,
+                looked_up: None,
             };
             let forwarding = plan.forwarding(prior.validating().is_some());
             let decided = on_head(
@@ -792,6 +799,7 @@ mod tests {
         let prior = Prior {
             stale: None,
             variants: Some(index.clone()),
+            looked_up: None,
         };
         let decided = on_head(&ask.presented(), Plan::Full, &prior, &response, times);
         let OnHead::Store {
@@ -846,6 +854,7 @@ mod tests {
         let prior = Prior {
             stale: Some(old),
             variants: None,
+            looked_up: None,
         };
         let decided = on_error(&ask.presented(), &prior, StatusCode::BAD_GATEWAY, now());
         assert!(matches!(decided, OnError::StandIn(..)), "{decided:?}");
@@ -885,6 +894,7 @@ mod tests {
             let prior = Prior {
                 stale,
                 variants: None,
+                looked_up: None,
             };
             let status = match on_error(&ask.presented(), &prior, fwd_status, now()) {
                 OnError::StandIn(_, status) | OnError::Fail(status) => status,

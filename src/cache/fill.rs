@@ -10,6 +10,7 @@
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker, ready};
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use http::header;
@@ -39,6 +40,8 @@ pub struct Fill {
     entry: Entry,
     /// The index of its URL's variants, when it is one of them.
     variants: Option<Arc<Variants>>,
+    /// When the request looked the URL up (see [`super::Cache::store`]).
+    looked_up: Option<SystemTime>,
     /// The flight this fetch leads, told when the body starts to arrive (if
     /// shared) and when the entry is stored; dropped with the fill
     /// otherwise, which sends the followers still waiting to the origin.
@@ -54,6 +57,7 @@ impl Fill {
         cache: Cache,
         entry: Entry,
         variants: Option<Arc<Variants>>,
+        looked_up: Option<SystemTime>,
         leader: Option<Leader>,
         limit: u64,
     ) -> Fill {
@@ -61,6 +65,7 @@ impl Fill {
             cache,
             entry,
             variants,
+            looked_up,
             leader,
             body: Growing::default(),
             limit,
@@ -112,7 +117,7 @@ impl Fill {
         self.entry.body = self.body.contiguous();
         let now = self.cache.now();
         self.cache
-            .store(self.entry, self.variants, self.leader, now);
+            .store(self.entry, self.variants, self.looked_up, self.leader, now);
         // Readers end their bodies only now: never complete unless whole.
         self.body.complete();
         Ok(())

@@ -12,7 +12,7 @@ use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use fred::clients::SubscriberClient;
@@ -21,15 +21,15 @@ use fred::prelude::{
     SetOptions, TcpConfig,
 };
 use fred::prelude::{EventInterface, LuaInterface, PubsubInterface};
-use fred::types::Builder;
 use fred::types::cluster::ClusterRouting;
 use fred::types::config::{Server, UnresponsiveConfig};
+use fred::types::{Builder, Value};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::entry::Stored;
 use super::key::CacheKey;
-use super::tags::{Purged, TAG_PURGE_RETENTION};
+use super::tags::{Purged, TAG_PURGE_RETENTION, micros};
 use crate::config::RedisConfig;
 use crate::metrics::Metrics;
 
@@ -79,6 +79,35 @@ const PURGE_TAG: &str = "local h = tonumber(redis.call('HGET', KEYS[1], 'hard') 
     redis.call('PEXPIRE', KEYS[1], ARGV[3]) \
     return {h, s}";
 
+/// How long Redis remembers when a URL was purged (`sidecache:{HASH}:purged`,
+/// in the entry's slot), to refuse entries fetched before: as long as a
+/// request made before a purge may still be completing its fill, not as
+/// long as entries are kept (that has no bound, and every invalidating
+/// POST leaves a record), so the records stay bounded by the purge rate.
+const PURGE_RECORD_LIFETIME: Duration = Duration::from_secs(15 * 60);
+/// A fill whose request looked the URL up longer ago than this is not
+/// written to Redis (counted as `op="set",outcome="too-old"`): a purge
+/// record that concerned it may have expired. The margin over [`PURGE_RECORD_LIFETIME`] covers
+/// the write queue and clock differences between pods.
+pub const PURGE_CHECKABLE: Duration = Duration::from_secs(10 * 60);
+
+/// Stores an entry (`KEYS[1]`; `ARGV`: the encoded value and its lifetime
+/// in ms) unless its URL's purge record (`KEYS[2]`, same slot) shows a
+/// purge at or after the time its request looked the URL up or sent its
+/// fetch (`ARGV[3]`, µs, the earlier): whether it did.
+/// One script, so no purge can come between the check and the write.
+const STORE: &str = "local purged = redis.call('GET', KEYS[2]) \
+    if purged and tonumber(ARGV[3]) <= tonumber(purged) then return 0 end \
+    redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) \
+    return 1";
+
+/// Deletes an entry (`KEYS[1]`) and records its purge time (`ARGV[1]`, µs,
+/// the later of it and any recorded) in its purge record (`KEYS[2]`) for
+/// `ARGV[2]` ms: [`STORE`] refuses what was fetched before.
+const INVALIDATE: &str = "local t = math.max(tonumber(redis.call('GET', KEYS[2]) or '0'), tonumber(ARGV[1])) \
+    redis.call('SET', KEYS[2], string.format('%d', t), 'PX', ARGV[2]) \
+    return redis.call('DEL', KEYS[1])";
+
 /// An announcement heard on the channel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Heard {
@@ -98,10 +127,13 @@ pub enum Announced {
 }
 
 impl Heard {
-    /// Parses `"SEQ HASH"`, `"SEQ tag HASH HARD SOFT"` (a tag purge), or a
-    /// bare `"HASH"` from an older pod.
+    /// Parses `"SEQ HASH"`, `"SEQ tag HASH HARD SOFT"` (a tag purge), or
+    /// either without its number: from an older pod, or told while the
+    /// counter's node is down ([`Writer::tell`]). A number is digits, so a
+    /// bare tag purge is told apart by its first word.
     fn parse(message: &str) -> Option<Heard> {
         let (seq, rest) = match message.split_once(' ') {
+            _ if message.starts_with("tag ") => (None, message),
             Some((seq, rest)) => (Some(seq.parse().ok()?), rest),
             None => (None, message),
         };
@@ -111,7 +143,7 @@ impl Heard {
                 .map(|h| *h.as_bytes())
         };
         let what = match rest.strip_prefix("tag ") {
-            Some(tag) if seq.is_some() => {
+            Some(tag) => {
                 let mut words = tag.split(' ');
                 let tag = hash(words.next()?)?;
                 let hard = words.next()?.parse().ok()?;
@@ -132,17 +164,48 @@ impl Heard {
 
 /// A pending write to L2, done by the writer task, off the response path.
 enum Write {
-    /// Encode and store the entry for `keep_for`.
-    Set { object: Stored, keep_for: Duration },
+    /// Encode and store the entry for `keep_for`, unless its URL was
+    /// purged at or after `since` (µs: when its request looked the URL up
+    /// or sent its fetch, the earlier).
+    Set {
+        object: Stored,
+        keep_for: Duration,
+        since: u64,
+    },
     /// Delete a key (a lease).
     Delete { key: String },
     /// An invalidation or purge: delete the object, then number it in the
     /// fleet's sequence and tell every pod to drop it from its memory tier.
-    /// Retried until Redis takes it (see [`write_loop`]).
-    Invalidate { key: String, hash: String },
+    /// Retried until Redis takes it (see [`write_loop`]). `at` (µs) is
+    /// recorded next to the key, so that fills made before it are refused
+    /// however late they come.
+    Invalidate { key: String, hash: String, at: u64 },
     /// A tag purge: record it in the tag's key, then number it and tell
     /// every pod the tag's times. Retried like an invalidation.
     PurgeTag { tag: [u8; 32], purged: Purged },
+}
+
+impl Write {
+    /// The unnumbered announcement of an invalidation (`HASH`) or tag purge
+    /// (`tag HASH HARD SOFT`, the purge's own times: pods merge them with
+    /// what they know), for [`Writer::tell`]; `None` for other writes.
+    fn bare(&self) -> Option<String> {
+        match self {
+            Write::Invalidate { hash, .. } => Some(hash.clone()),
+            Write::PurgeTag { tag, purged } => Some(tag_message(tag, *purged)),
+            Write::Set { .. } | Write::Delete { .. } => None,
+        }
+    }
+}
+
+/// `tag HASH HARD SOFT`: a tag purge's announcement, numbered or not.
+fn tag_message(tag: &[u8; 32], purged: Purged) -> String {
+    format!(
+        "tag {} {} {}",
+        blake3::Hash::from_bytes(*tag).to_hex(),
+        purged.hard,
+        purged.soft
+    )
 }
 
 /// What the writer task's queue carries.
@@ -160,6 +223,11 @@ pub struct RedisTier {
     gate: Arc<Gate>,
     /// Writes happen off the response path, in order, through this queue.
     writes: mpsc::Sender<Queued>,
+    /// Invalidations and purges: a lane of their own, which the writer
+    /// empties before it takes the next fill, so that other pods hear of a
+    /// purge without waiting for every fill queued before it (a fill of the
+    /// purged URL that comes after is refused by [`STORE`] anyway).
+    purges: mpsc::Sender<Write>,
     metrics: Arc<Metrics>,
 }
 
@@ -215,7 +283,9 @@ impl RedisTier {
         drop(client.connect());
         let gate = Arc::new(Gate::new(config.command_timeout, metrics.clone()));
         let (writes, queue) = mpsc::channel(config.write_queue);
+        let (purges, purge_queue) = mpsc::channel(config.write_queue);
         tokio::spawn(write_loop(
+            purge_queue,
             queue,
             client.clone(),
             config.command_timeout,
@@ -232,6 +302,7 @@ impl RedisTier {
             client,
             gate,
             writes,
+            purges,
             metrics,
         })
     }
@@ -279,26 +350,31 @@ impl RedisTier {
         }
     }
 
-    /// Queues `object` to be written with a lifetime of `keep_for`; a full
-    /// queue drops the write rather than delay anyone.
-    pub fn store(&self, object: Stored, keep_for: Duration) {
-        if self
-            .writes
-            .try_send(Queued::Write(Write::Set { object, keep_for }))
-            .is_err()
-        {
+    /// Queues `object` to be written with a lifetime of `keep_for`, unless
+    /// Redis records a purge of its URL at or after `since` (when its
+    /// request looked the URL up or sent its fetch); a full queue drops the
+    /// write rather than delay anyone.
+    pub fn store(&self, object: Stored, keep_for: Duration, since: SystemTime) {
+        let write = Write::Set {
+            object,
+            keep_for,
+            since: micros(since),
+        };
+        if self.writes.try_send(Queued::Write(write)).is_err() {
             self.metrics.redis_call("set", "dropped");
         }
     }
 
-    /// Queues the deletion of `key`, after any write of it already queued,
-    /// and tells the other pods to drop it from their memory tiers.
-    pub fn remove(&self, key: &CacheKey) {
+    /// Queues the deletion of `key`, purged `at`, and tells the other pods
+    /// to drop it from their memory tiers; writes of it fetched before `at`
+    /// are refused from then on, even those already queued.
+    pub fn remove(&self, key: &CacheKey, at: SystemTime) {
         let write = Write::Invalidate {
             key: redis_key(key),
             hash: key.hex(),
+            at: micros(at),
         };
-        if self.writes.try_send(Queued::Write(write)).is_err() {
+        if self.purges.try_send(write).is_err() {
             self.metrics.redis_call("publish", "dropped");
         }
     }
@@ -325,7 +401,7 @@ impl RedisTier {
     /// (this one included) in the invalidation sequence.
     pub fn purge_tag(&self, tag: [u8; 32], purged: Purged) {
         let write = Write::PurgeTag { tag, purged };
-        if self.writes.try_send(Queued::Write(write)).is_err() {
+        if self.purges.try_send(write).is_err() {
             self.metrics.redis_call("publish", "dropped");
         }
     }
@@ -414,6 +490,8 @@ impl RedisTier {
 
     /// Waits, until `deadline` at most, for the writes queued so far (fills,
     /// deletes, invalidation broadcasts) to be sent; `false` if time ran out.
+    /// The writer takes the purges' lane first, so the purges queued before
+    /// are sent by the time it comes to this.
     pub async fn flush(&self, deadline: tokio::time::Instant) -> bool {
         let (done, flushed) = oneshot::channel();
         let queued = tokio::time::timeout_at(deadline, self.writes.send(Queued::Flush(done)));
@@ -462,9 +540,10 @@ const PENDING_INVALIDATIONS: usize = 4096;
 const INVALIDATION_RETRY: Duration = Duration::from_millis(250);
 
 /// Sends queued writes one after another, each call within the deadline
-/// and through its node's breaker; invalidations that fail are sent again
-/// every [`INVALIDATION_RETRY`] until Redis takes them.
+/// and through its node's breaker, purges first; invalidations that fail
+/// are sent again every [`INVALIDATION_RETRY`] until Redis takes them.
 async fn write_loop(
+    mut purges: mpsc::Receiver<Write>,
     mut queue: mpsc::Receiver<Queued>,
     client: fred::prelude::Client,
     timeout: Duration,
@@ -478,41 +557,45 @@ async fn write_loop(
         metrics,
     };
     let mut pending: VecDeque<Unsent> = VecDeque::new();
+    // A deadline rather than a pause before each wait: writes that keep
+    // coming would otherwise put the retry off for as long as they come.
+    let mut retry_at = Instant::now();
     loop {
-        let queued = if pending.is_empty() {
-            queue.recv().await
-        } else {
-            tokio::select! {
-                queued = queue.recv() => queued,
-                () = tokio::time::sleep(INVALIDATION_RETRY) => {
-                    writer.retry(&mut pending).await;
-                    continue;
-                }
+        let queued = tokio::select! {
+            // Purges before fills; a retry only when it is due.
+            biased;
+            Some(purge) = purges.recv() => Queued::Write(purge),
+            () = tokio::time::sleep_until(retry_at), if !pending.is_empty() => {
+                writer.retry(&mut pending).await;
+                retry_at = Instant::now() + INVALIDATION_RETRY;
+                continue;
             }
+            queued = queue.recv() => match queued {
+                Some(queued) => queued,
+                None => return,
+            },
         };
         match queued {
-            None => return,
-            Some(Queued::Flush(done)) => {
+            Queued::Flush(done) => {
                 // At shutdown: one more try at what is still pending.
                 writer.retry(&mut pending).await;
                 let _ = done.send(());
             }
-            Some(Queued::Write(write)) => {
-                if !writer.send(&write).await {
-                    match &write {
-                        Write::Invalidate { hash, .. } => {
-                            let told = writer.tell(hash).await;
-                            writer.keep(&mut pending, Unsent { write, told });
-                        }
-                        // A tag purge is announced with the times Redis
-                        // recorded (what a pod that missed it reads), so
-                        // only once Redis has taken it: kept until then.
-                        Write::PurgeTag { .. } => {
-                            writer.keep(&mut pending, Unsent { write, told: false });
-                        }
-                        Write::Set { .. } | Write::Delete { .. } => {}
-                    }
+            Queued::Write(write) => {
+                if writer.send(&write).await {
+                    continue;
                 }
+                // Invalidations and tag purges are kept to be sent again,
+                // and told to the pods meanwhile; a fill or a lease's
+                // release that fails is a miss later, nothing more.
+                let Some(bare) = write.bare() else {
+                    continue;
+                };
+                let told = writer.tell(&bare).await;
+                if pending.is_empty() {
+                    retry_at = Instant::now() + INVALIDATION_RETRY;
+                }
+                writer.keep(&mut pending, Unsent { write, told });
             }
         }
     }
@@ -521,7 +604,7 @@ async fn write_loop(
 /// An invalidation Redis did not take yet.
 struct Unsent {
     write: Write,
-    /// Whether the pods were told to drop its key already, unnumbered
+    /// Whether the pods were told of it already, unnumbered
     /// ([`Writer::tell`]).
     told: bool,
 }
@@ -538,21 +621,27 @@ impl Writer {
     /// Sends `write`; whether Redis took it.
     async fn send(&self, write: &Write) -> bool {
         match write {
-            Write::Set { object, keep_for } => {
+            Write::Set {
+                object,
+                keep_for,
+                since,
+            } => {
                 let key = redis_key(object.key());
                 let px = i64::try_from(keep_for.as_millis())
                     .unwrap_or(i64::MAX)
                     .max(1);
-                let set = self.client.set::<(), _, _>(
-                    &key,
-                    object.encode(),
-                    Some(Expiration::PX(px)),
-                    None,
-                    false,
-                );
-                self.call("set", node_of(&self.client, &key), set)
-                    .await
-                    .is_some()
+                let args: Vec<Value> = vec![
+                    object.encode().into(),
+                    px.into(),
+                    i64::try_from(*since).unwrap_or(i64::MAX).into(),
+                ];
+                let keys = vec![key.clone(), purge_record_key(&key)];
+                let set = self.client.eval::<i64, _, _, _>(STORE, keys, args);
+                let stored = self.call("set", node_of(&self.client, &key), set).await;
+                if stored == Some(0) {
+                    self.metrics.purged_fill("redis");
+                }
+                stored.is_some()
             }
             Write::Delete { key } => {
                 let del = async { self.client.del::<i64, _>(key).await.map(drop) };
@@ -560,10 +649,20 @@ impl Writer {
                     .await
                     .is_some()
             }
-            Write::Invalidate { key, hash } => {
+            Write::Invalidate { key, hash, at } => {
                 // The copy in Redis goes first: a pod told to drop its own
                 // copy must not find the old one in Redis.
-                let del = async { self.client.del::<i64, _>(key).await.map(drop) };
+                let keys = vec![key.clone(), purge_record_key(key)];
+                let args: Vec<Value> = vec![
+                    i64::try_from(*at).unwrap_or(i64::MAX).into(),
+                    millis(PURGE_RECORD_LIFETIME).into(),
+                ];
+                let del = async {
+                    self.client
+                        .eval::<i64, _, _, _>(INVALIDATE, keys, args)
+                        .await
+                        .map(drop)
+                };
                 if self
                     .call("del", node_of(&self.client, key), del)
                     .await
@@ -598,12 +697,7 @@ impl Writer {
                     [hard, soft] => Purged { hard, soft },
                     _ => *purged,
                 };
-                let message = format!(
-                    "tag {} {} {}",
-                    blake3::Hash::from_bytes(*tag).to_hex(),
-                    recorded.hard,
-                    recorded.soft
-                );
+                let message = tag_message(tag, recorded);
                 let announce = async {
                     self.client
                         .eval::<i64, _, _, _>(ANNOUNCE, SEQUENCE, vec![INVALIDATIONS, &message])
@@ -652,8 +746,9 @@ impl Writer {
         }
     }
 
-    /// Tells every pod to drop `hash` from its memory tier now, without a
-    /// number, through a node that answers. An invalidation is numbered on
+    /// Tells every pod of an invalidation or tag purge now, without a
+    /// number (`bare`, see [`Write::bare`]), through a node that answers.
+    /// An invalidation is numbered on
     /// the counter's node (and its copy deleted on the key's): while either
     /// is down or failing over, which takes seconds, the numbered
     /// announcement waits in the pending list, and without this every other
@@ -661,12 +756,12 @@ impl Writer {
     /// through a live node hear this at once; the numbered announcement
     /// still follows, so one that missed both sees the gap. Whether a node
     /// took it.
-    async fn tell(&self, hash: &str) -> bool {
+    async fn tell(&self, bare: &str) -> bool {
         let Some(routing) = self.client.cached_cluster_state() else {
             // Not a cluster: the one server, the counter's too, is failing.
             let publish = async {
                 self.client
-                    .publish::<(), _, _>(INVALIDATIONS, hash)
+                    .publish::<(), _, _>(INVALIDATIONS, bare)
                     .await
                     .map(drop)
             };
@@ -679,7 +774,7 @@ impl Writer {
         };
         let node = server.to_string();
         let via = self.client.with_cluster_node(server);
-        let publish = async { via.publish::<(), _, _>(INVALIDATIONS, hash).await.map(drop) };
+        let publish = async { via.publish::<(), _, _>(INVALIDATIONS, bare).await.map(drop) };
         self.call("tell", Some(node), publish).await.is_some()
     }
 
@@ -692,9 +787,9 @@ impl Writer {
         pending.push_back(unsent);
     }
 
-    /// Sends the pending invalidations again, oldest first, until one
-    /// fails; then tells the pods of those still pending that they were
-    /// not told of yet (Redis was wholly away when they came).
+    /// Sends the pending invalidations and tag purges again, oldest first,
+    /// until one fails; then tells the pods of those still pending that
+    /// they were not told of yet (Redis was wholly away when they came).
     async fn retry(&self, pending: &mut VecDeque<Unsent>) {
         while let Some(unsent) = pending.front() {
             if !self.send(&unsent.write).await {
@@ -703,10 +798,10 @@ impl Writer {
             pending.pop_front();
         }
         for unsent in pending.iter_mut().filter(|unsent| !unsent.told) {
-            let Write::Invalidate { hash, .. } = &unsent.write else {
+            let Some(bare) = unsent.write.bare() else {
                 continue;
             };
-            if !self.tell(hash).await {
+            if !self.tell(&bare).await {
                 return;
             }
             unsent.told = true;
@@ -851,6 +946,17 @@ fn lease_key(flight: &[u8; 32]) -> String {
         "sidecache:{{{}}}:lease",
         blake3::Hash::from_bytes(*flight).to_hex()
     )
+}
+
+/// `sidecache:{hash}:purged`: when the entry under `redis_key` was last
+/// purged, in its slot, so that one script can check it and store.
+fn purge_record_key(redis_key: &str) -> String {
+    format!("{redis_key}:purged")
+}
+
+/// `duration` in whole milliseconds, as Redis takes lifetimes.
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// `sidecache:tag:{hash}`: one key, so one slot, per tag.
@@ -1468,7 +1574,7 @@ mod tests {
         assert_eq!(Heard::parse(hex.as_str()), expected(None));
         assert_eq!(Heard::parse(&format!("x {hex}")), None);
         assert_eq!(Heard::parse("42 beef"), None);
-        // A tag purge: always numbered.
+        // A tag purge.
         assert_eq!(
             Heard::parse(&format!("43 tag {hex} 100 200")),
             Some(Heard {
@@ -1482,7 +1588,22 @@ mod tests {
                 },
             })
         );
-        assert_eq!(Heard::parse(&format!("tag {hex} 100 200")), None);
+        // Told while the counter's node is down: no number.
+        assert_eq!(
+            Heard::parse(&format!("tag {hex} 100 200")),
+            Some(Heard {
+                seq: None,
+                what: Announced::Tag {
+                    tag: *hash.as_bytes(),
+                    purged: Purged {
+                        hard: 100,
+                        soft: 200
+                    },
+                },
+            })
+        );
+        assert_eq!(Heard::parse(&format!("tag {hex} 100")), None);
+        assert_eq!(Heard::parse(&format!("x tag {hex} 100 200")), None);
         assert_eq!(Heard::parse(&format!("43 tag {hex} 100")), None);
         assert_eq!(Heard::parse(&format!("43 tag {hex} 100 200 9")), None);
         assert_eq!(Heard::parse(&format!("43 tag {hex} x 200")), None);

@@ -132,6 +132,7 @@ impl Proxy {
         let prior = Prior {
             stale: None,
             variants: prior.variants,
+            looked_up: prior.looked_up,
         };
         if head.status == StatusCode::NOT_MODIFIED {
             return None;
@@ -144,6 +145,7 @@ impl Proxy {
                     self.cache.clone(),
                     entry,
                     variants,
+                    prior.looked_up,
                     None,
                     self.max_object_size,
                 ))

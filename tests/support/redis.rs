@@ -321,8 +321,13 @@ fn free_ports(count: usize) -> Vec<u16> {
     const FIRST: u16 = 21_000;
     const LAST: u16 = 32_767 - BUS_OFFSET;
     let mut ports = Vec::with_capacity(count);
-    // Start at a point that differs between test processes.
-    let mut candidate = FIRST + (std::process::id() % u32::from(LAST - FIRST)) as u16;
+    // Start at a point that differs between test processes, and far apart
+    // for processes started one after another (nextest runs each test in
+    // its own, with consecutive PIDs): from neighbouring points, two tests
+    // starting together checked the same ports at the same time, both found
+    // them free, and one's redis-server could not bind.
+    let spread = u64::from(std::process::id()).wrapping_mul(2_654_435_761);
+    let mut candidate = FIRST + (spread % u64::from(LAST - FIRST)) as u16;
     while ports.len() < count {
         candidate = if candidate >= LAST {
             FIRST
