@@ -398,7 +398,73 @@ async fn a_purge_redis_could_not_take_is_sent_again_once_it_can() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_purge_reaches_the_other_pods_while_the_counters_node_is_down() {
+async fn a_purge_redis_could_not_take_is_sent_again_while_fills_keep_the_writer_busy() {
+    let (redis, origin, a, b) = standalone_pods_with_b_holding("/r/held").await;
+
+    // As above: the purge through A finds Redis away and stays pending.
+    let pause = Duration::from_millis(1500);
+    let millis = pause.as_millis().to_string();
+    assert_eq!(
+        redis_cli(&redis, &["client", "pause", &millis, "ALL"]).await,
+        "OK"
+    );
+    let paused = Instant::now();
+    for other in 0..8 {
+        assert_eq!(get(&a, &format!("/r/other-{other}")).await.status, 200);
+    }
+    eventually(
+        "A's breaker to open",
+        Duration::from_millis(500),
+        async || {
+            a.admin("/metrics")
+                .await
+                .text()
+                .contains("sidecache_redis_breaker_open 1")
+        },
+    )
+    .await;
+    assert_eq!(a.purge("http://app.example/r/held").await.status, 200);
+
+    // From now on A fills a new path every 50 ms, as a pod under load
+    // does: each fill queues writes (the entry, the lease's release), so
+    // A's writer is never idle for long. The purge must still go out soon
+    // after Redis is back, not wait for a lull in the fills.
+    let filling = AtomicBool::new(true);
+    let fills = async {
+        let mut n = 0;
+        while filling.load(Ordering::Relaxed) {
+            assert_eq!(get(&a, &format!("/r/fill-{n}")).await.status, 200);
+            n += 1;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        n
+    };
+    let dropped = async {
+        tokio::time::sleep(pause.saturating_sub(paused.elapsed())).await;
+        let back = Instant::now();
+        eventually(
+            "B to drop the purged copy while A keeps filling",
+            LIMIT,
+            async || !in_memory(&b, "/r/held").await,
+        )
+        .await;
+        println!(
+            "B dropped the purged copy {:?} after Redis was back",
+            back.elapsed()
+        );
+        filling.store(false, Ordering::Relaxed);
+    };
+    let (filled, ()) = tokio::join!(fills, dropped);
+    assert!(filled >= 20, "A kept filling: {filled} fills");
+    assert_eq!(origin.hits("/r/held"), 2, "not the purged copy from Redis");
+}
+
+/// A cluster, and on it pod A and pod B, whose subscription is not on the
+/// node that holds the invalidation counter (that node's port is
+/// returned), holding `/r/held` in memory. Other pods may have been started
+/// on the way (kept idle in the list, A first).
+async fn cluster_pods_with_b_off_the_counters_node()
+-> (RedisCluster, u16, Origin, Vec<Proxy>, Proxy) {
     let cluster = blocking(RedisCluster::start).await;
     let ports: Vec<u16> = cluster.nodes.iter().map(|n| n.port).collect();
     let counter_node = cluster.master_of(COUNTER);
@@ -420,8 +486,15 @@ async fn a_purge_reaches_the_other_pods_while_the_counters_node_is_down() {
         }
         pods.push(candidate);
     };
+    b_holding(&pods[0], &b, "/r/held").await;
+    (cluster, counter_node, origin, pods, b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_reaches_the_other_pods_while_the_counters_node_is_down() {
+    let (cluster, counter_node, origin, pods, b) =
+        cluster_pods_with_b_off_the_counters_node().await;
     let a = &pods[0];
-    b_holding(a, &b, "/r/held").await;
 
     // The counter's node stops answering and is not replaced: no
     // invalidation can be numbered until it is back.
@@ -462,4 +535,39 @@ async fn a_purge_reaches_the_other_pods_while_the_counters_node_is_down() {
     for reason in ["gap", "behind", "reset"] {
         assert_eq!(flushes(&b, reason).await, 0, "B flushed: {reason}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_reaches_the_other_pods_while_the_counters_master_is_dead() {
+    let (mut cluster, counter_node, origin, pods, b) =
+        cluster_pods_with_b_off_the_counters_node().await;
+    let a = &pods[0];
+
+    // Killed, and never replaced: it stays in the slot map, so fred's
+    // cluster clients cannot reconnect (they want every master) and take
+    // no command for any node, in every pod. A tells B through its plain
+    // connection to a node that is up.
+    let _cluster = blocking(move || {
+        cluster.kill_master(counter_node, false);
+        cluster
+    })
+    .await;
+    let purged = Instant::now();
+    assert_eq!(a.purge("http://app.example/r/held").await.status, 200);
+    eventually(
+        "B to drop the purged copy while the counter's master is dead",
+        Duration::from_secs(1),
+        async || !in_memory(&b, "/r/held").await,
+    )
+    .await;
+    println!(
+        "B dropped the purged copy {:?} after the purge",
+        purged.elapsed()
+    );
+    assert_eq!(origin.hits("/r/held"), 2, "B fetched anew");
+    assert!(
+        a.metric("sidecache_redis_calls_total{op=\"tell\",outcome=\"done\"}")
+            .await
+            >= 1
+    );
 }

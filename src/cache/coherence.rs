@@ -156,6 +156,7 @@ impl Coherence {
             Announced::Key(hash) => self.memory.remove_hash(&hash),
             Announced::Tag { tag, purged } => self.tags.learn(tag, purged),
         }
+        tracing::debug!(seq = ?heard.seq, "invalidation heard");
         let flush = heard.seq.and_then(|seq| self.sequence().received(seq));
         if let Some(flush) = flush {
             self.flush(flush);
@@ -189,6 +190,7 @@ impl Coherence {
             Standing::Current => None,
             Standing::Flush(flush) => Some(flush),
             Standing::Waiting(counter) => {
+                tracing::debug!(counter, ?asked, "behind the invalidation counter");
                 tokio::time::sleep(DELIVERY_GRACE).await;
                 self.sequence().settle(counter)
             }
