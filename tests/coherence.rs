@@ -53,7 +53,9 @@ async fn flushes(pod: &Proxy, reason: &str) -> u64 {
     .await
 }
 
-/// Subscribers to the invalidation channel over these nodes.
+/// Subscriptions to the invalidation channel over these nodes: a pod has
+/// one on each master of a cluster (so that it hears through any node that
+/// is up), one on a standalone server.
 fn subscribers(ports: &[u16]) -> u64 {
     ports
         .iter()
@@ -123,11 +125,17 @@ async fn b_holding(a: &Proxy, b: &Proxy, path: &str) {
 }
 
 /// Pods A and B on the Redis described by `redis`, both subscribed (on
-/// these `ports`); B holds `path`, fetched through A, in memory.
-async fn pods_with_b_holding(redis: &str, ports: Vec<u16>, path: &str) -> (Origin, Proxy, Proxy) {
+/// these `ports`, `per_pod` times each); B holds `path`, fetched through A,
+/// in memory.
+async fn pods_with_b_holding(
+    redis: &str,
+    ports: Vec<u16>,
+    per_pod: u64,
+    path: &str,
+) -> (Origin, Proxy, Proxy) {
     let origin = Origin::start().await;
     let (a, b) = (pod(&origin, redis).await, pod(&origin, redis).await);
-    subscribed(&ports, 2).await;
+    subscribed(&ports, 2 * per_pod).await;
     b_holding(&a, &b, path).await;
     (origin, a, b)
 }
@@ -137,7 +145,8 @@ async fn a_pod_that_missed_a_purge_stops_serving_it_from_memory_within_the_bound
     let cluster = Arc::new(blocking(RedisCluster::start).await);
     let ports: Vec<u16> = cluster.nodes.iter().map(|n| n.port).collect();
     let nodes = format!("nodes = {}", cluster.seeds());
-    let (origin, a, b) = pods_with_b_holding(&nodes, ports.clone(), "/r/purged").await;
+    let masters = cluster.master_ports().len() as u64;
+    let (origin, a, b) = pods_with_b_holding(&nodes, ports.clone(), masters, "/r/purged").await;
 
     // Cut every pod off the channel, and keep cutting it while the purge
     // goes through A: each pod reconnects within ~100 ms of a kill, so the
@@ -186,7 +195,7 @@ async fn a_pod_that_missed_a_purge_stops_serving_it_from_memory_within_the_bound
         Duration::from_secs(10),
         async || {
             let ports = ports.clone();
-            blocking(move || subscribers(&ports)).await == 2
+            blocking(move || subscribers(&ports)).await == 2 * masters
         },
     )
     .await;
@@ -205,7 +214,8 @@ async fn invalidations_through_two_pods_at_once_clear_no_memory_tier() {
     let cluster = Arc::new(blocking(RedisCluster::start).await);
     let ports: Vec<u16> = cluster.nodes.iter().map(|n| n.port).collect();
     let nodes = format!("nodes = {}", cluster.seeds());
-    let (_origin, a, b) = pods_with_b_holding(&nodes, ports.clone(), "/r/kept").await;
+    let masters = cluster.master_ports().len() as u64;
+    let (_origin, a, b) = pods_with_b_holding(&nodes, ports.clone(), masters, "/r/kept").await;
 
     // Numbers taken by two pods at once, announced through whichever node
     // each pod's subscriber uses: every pod still sees them in order.
@@ -251,7 +261,7 @@ async fn standalone_pods_with_b_holding(
         "mode = \"standalone\"\nnodes = [\"127.0.0.1:{}\"]",
         redis.node.port
     );
-    let (origin, a, b) = pods_with_b_holding(&nodes, vec![redis.node.port], path).await;
+    let (origin, a, b) = pods_with_b_holding(&nodes, vec![redis.node.port], 1, path).await;
     (redis, origin, a, b)
 }
 
@@ -459,45 +469,26 @@ async fn a_purge_redis_could_not_take_is_sent_again_while_fills_keep_the_writer_
     assert_eq!(origin.hits("/r/held"), 2, "not the purged copy from Redis");
 }
 
-/// A cluster, and on it pod A and pod B, whose subscription is not on the
-/// node that holds the invalidation counter (that node's port is
-/// returned), holding `/r/held` in memory. Other pods may have been started
-/// on the way (kept idle in the list, A first).
-async fn cluster_pods_with_b_off_the_counters_node()
--> (RedisCluster, u16, Origin, Vec<Proxy>, Proxy) {
+/// A cluster, the port of the master that holds the invalidation counter,
+/// and pods A and B on the cluster, subscribed, B holding `/r/held` in
+/// memory.
+async fn cluster_pods_with_b_holding() -> (RedisCluster, u16, Origin, Proxy, Proxy) {
     let cluster = blocking(RedisCluster::start).await;
     let ports: Vec<u16> = cluster.nodes.iter().map(|n| n.port).collect();
     let counter_node = cluster.master_of(COUNTER);
     let nodes = format!("nodes = {}", cluster.seeds());
-    let origin = Origin::start().await;
-    let a = pod(&origin, &nodes).await;
-    subscribed(&ports, 1).await;
-    // B must hear through a node that stays up. A pod subscribes on the
-    // node its client's id hashes to, so pods are started until one's
-    // subscription is not on the counter's node (the others stay, idle).
-    let on_counter_node = async || blocking(move || subscribers(&[counter_node])).await;
-    let mut pods = vec![a];
-    let b = loop {
-        let before = on_counter_node().await;
-        let candidate = pod(&origin, &nodes).await;
-        subscribed(&ports, pods.len() as u64 + 1).await;
-        if on_counter_node().await == before {
-            break candidate;
-        }
-        pods.push(candidate);
-    };
-    b_holding(&pods[0], &b, "/r/held").await;
-    (cluster, counter_node, origin, pods, b)
+    let masters = cluster.master_ports().len() as u64;
+    let (origin, a, b) = pods_with_b_holding(&nodes, ports, masters, "/r/held").await;
+    (cluster, counter_node, origin, a, b)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_purge_reaches_the_other_pods_while_the_counters_node_is_down() {
-    let (cluster, counter_node, origin, pods, b) =
-        cluster_pods_with_b_off_the_counters_node().await;
-    let a = &pods[0];
+    let (cluster, counter_node, origin, a, b) = cluster_pods_with_b_holding().await;
 
     // The counter's node stops answering and is not replaced: no
-    // invalidation can be numbered until it is back.
+    // invalidation can be numbered until it is back. B's subscription on
+    // it hears nothing meanwhile; those on the other masters do.
     let mut cluster = blocking(move || {
         let mut cluster = cluster;
         cluster.freeze_master(counter_node, false);
@@ -539,14 +530,13 @@ async fn a_purge_reaches_the_other_pods_while_the_counters_node_is_down() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_purge_reaches_the_other_pods_while_the_counters_master_is_dead() {
-    let (mut cluster, counter_node, origin, pods, b) =
-        cluster_pods_with_b_off_the_counters_node().await;
-    let a = &pods[0];
+    let (mut cluster, counter_node, origin, a, b) = cluster_pods_with_b_holding().await;
 
     // Killed, and never replaced: it stays in the slot map, so fred's
     // cluster clients cannot reconnect (they want every master) and take
     // no command for any node, in every pod. A tells B through its plain
-    // connection to a node that is up.
+    // connection to a master that is up, and B, which lost its
+    // subscription on the dead one, hears on those.
     let _cluster = blocking(move || {
         cluster.kill_master(counter_node, false);
         cluster

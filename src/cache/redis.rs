@@ -18,7 +18,7 @@ use bytes::Bytes;
 use fred::clients::SubscriberClient;
 use fred::prelude::{
     ClientLike, ClusterInterface, Config as ClientConfig, Expiration, HashesInterface,
-    KeysInterface, ReconnectPolicy, SetOptions, TcpConfig,
+    KeysInterface, ReconnectPolicy, ServerConfig, SetOptions, TcpConfig,
 };
 use fred::prelude::{EventInterface, LuaInterface, PubsubInterface};
 use fred::types::Builder;
@@ -49,6 +49,10 @@ const RECONNECT_DELAY_MS: u32 = 100;
 /// Commands fred may hold while reconnecting; beyond it they fail at once
 /// instead of piling up (fred's default is unbounded).
 const COMMAND_BUFFER: usize = 1024;
+/// Messages fred holds for a subscriber's listener (fred's default is
+/// 32): a node that thaws delivers what it queued while frozen at once,
+/// and a burst beyond this is lost (seen in the soak: 44 at once).
+const MESSAGE_BUFFER: usize = 1024;
 /// How often fred checks connections for unanswered commands.
 const UNRESPONSIVE_INTERVAL: Duration = Duration::from_millis(100);
 /// How often the slot map is checked for a failover while a node's breaker
@@ -174,8 +178,9 @@ impl RedisTier {
     pub fn start(
         config: &RedisConfig,
         metrics: Arc<Metrics>,
-        invalidated: impl Fn(Heard) + Send + 'static,
+        invalidated: impl Fn(Heard) + Send + Sync + 'static,
     ) -> Result<RedisTier, fred::error::Error> {
+        let invalidated: side::Listener = Arc::new(invalidated);
         let mut client_config = config.client.clone();
         client_config.password = config.password.as_ref().map(|p| p.expose().to_owned());
         if config.tls {
@@ -183,10 +188,12 @@ impl RedisTier {
         }
         // Keep retrying the first connection too, instead of failing start-up.
         client_config.fail_fast = false;
+        let clustered = matches!(client_config.server, ServerConfig::Clustered { .. });
         let side = Arc::new(Side::new(
             client_config.clone(),
             config.command_timeout,
             config.connect_timeout,
+            invalidated.clone(),
         ));
         let builder = builder(
             client_config,
@@ -194,10 +201,18 @@ impl RedisTier {
             config.connect_timeout,
         );
         let client = builder.build()?;
-        let subscriber = builder.build_subscriber_client()?;
-        // fred prefixes its own log lines with these names.
-        tracing::debug!(client = %client.id(), subscriber = %subscriber.id(), "redis clients");
-        tokio::spawn(listen_for_invalidations(subscriber, invalidated));
+        // fred prefixes its own log lines with this name.
+        tracing::debug!(client = %client.id(), "redis client");
+        // In a cluster the side connections subscribe, one per master (see
+        // [`side`]); otherwise one subscriber on the one server.
+        if !clustered {
+            let subscriber = builder.build_subscriber_client()?;
+            tokio::spawn(listen_for_invalidations(
+                subscriber,
+                invalidated,
+                Arc::default(),
+            ));
+        }
         // The connection task runs for the client's lifetime; its handle is
         // not needed because the client reconnects on its own.
         drop(client.connect());
@@ -450,7 +465,10 @@ impl RedisTier {
 fn builder(config: ClientConfig, command_timeout: Duration, connect_timeout: Duration) -> Builder {
     let mut builder = Builder::from_config(config);
     builder
-        .with_performance_config(|perf| perf.default_command_timeout = command_timeout)
+        .with_performance_config(|perf| {
+            perf.default_command_timeout = command_timeout;
+            perf.broadcast_channel_capacity = MESSAGE_BUFFER;
+        })
         .with_connection_config(|conn| {
             conn.connection_timeout = connect_timeout;
             conn.internal_command_timeout = connect_timeout;
@@ -881,19 +899,33 @@ fn owners(routing: &ClusterRouting) -> Vec<(u16, u16, String)> {
 
 /// Subscribes to invalidations from other pods (purges and RFC 9111 §4.4
 /// invalidations) and passes each one to `invalidated`. The first
-/// subscription is retried until Redis is there; after that fred
-/// re-subscribes on every reconnect. What is missed in between shows as a
-/// gap in the sequence, or to the periodic read of the counter.
-async fn listen_for_invalidations(subscriber: SubscriberClient, invalidated: impl Fn(Heard)) {
+/// subscription is retried until Redis is there, or until `gone` (a side
+/// connection's node is no longer a master); after that fred re-subscribes
+/// on every reconnect. What is missed in between shows as a gap in the
+/// sequence, or to the periodic read of the counter.
+async fn listen_for_invalidations(
+    subscriber: SubscriberClient,
+    invalidated: side::Listener,
+    gone: Arc<AtomicBool>,
+) {
     drop(subscriber.connect());
     let _resubscribe = subscriber.manage_subscriptions();
     let mut messages = subscriber.message_rx();
-    // Waits as long as Redis is away; nothing else waits on this task.
-    if let Err(error) = subscriber.wait_for_connect().await {
-        tracing::debug!(%error, "invalidation subscriber not connected");
-    }
-    while let Err(error) = subscriber.subscribe(INVALIDATIONS).await {
-        tracing::debug!(%error, "cannot subscribe to invalidations yet");
+    // Waits as long as Redis is away (nothing else waits on this task), a
+    // while at a time, to stop if its node is gone meanwhile.
+    loop {
+        if gone.load(Ordering::Relaxed) {
+            return;
+        }
+        let connected = tokio::time::timeout(SUBSCRIBE_RETRY, subscriber.wait_for_connect()).await;
+        match connected {
+            Err(_) => continue,
+            Ok(Err(error)) => tracing::debug!(%error, "invalidation subscriber not connected"),
+            Ok(Ok(())) => match subscriber.subscribe(INVALIDATIONS).await {
+                Ok(()) => break,
+                Err(error) => tracing::debug!(%error, "cannot subscribe to invalidations yet"),
+            },
+        }
         tokio::time::sleep(SUBSCRIBE_RETRY).await;
     }
     tracing::debug!("subscribed to invalidations");
@@ -901,7 +933,7 @@ async fn listen_for_invalidations(subscriber: SubscriberClient, invalidated: imp
         match messages.recv().await {
             Ok(message) => {
                 if let Some(heard) = message.value.as_str().and_then(|m| Heard::parse(&m)) {
-                    invalidated(heard);
+                    invalidated.as_ref()(heard);
                 }
             }
             // The next message's number, or the counter, tells the pod it
