@@ -216,6 +216,8 @@ pub struct Cache {
     memory: MemoryTier,
     /// The shared tier; `None` in memory-only mode.
     redis: Option<Arc<RedisTier>>,
+    /// This pod's following of the fleet's invalidations (with `redis`).
+    coherence: Option<Arc<Coherence>>,
     /// How long entries are kept once stale.
     keep_stale: Duration,
     /// Fetches under way in this process, for collapsing concurrent misses.
@@ -243,22 +245,27 @@ impl Cache {
     ) -> Result<Cache, fred::error::Error> {
         let memory = MemoryTier::new(config.memory.capacity);
         let tags = TagPurges::new(memory.clone(), redis.is_none());
-        let redis = match redis {
+        let (redis, coherence) = match redis {
             Some(redis) => {
                 // Other pods' purges and invalidations drop this pod's
                 // copies, or all of them when some may have been missed.
-                let coherence = Coherence::new(memory.clone(), tags.clone(), metrics.clone());
+                let strict = redis
+                    .strict_coherence
+                    .then(|| coherence::bound(redis.command_timeout));
+                let coherence =
+                    Coherence::new(memory.clone(), tags.clone(), metrics.clone(), strict);
                 let heard = coherence.clone();
                 let invalidated = move |invalidation| heard.heard(invalidation);
                 let redis = Arc::new(RedisTier::start(redis, metrics.clone(), invalidated)?);
-                tokio::spawn(coherence.watch(Arc::downgrade(&redis)));
-                Some(redis)
+                tokio::spawn(coherence.clone().watch(Arc::downgrade(&redis)));
+                (Some(redis), Some(coherence))
             }
-            None => None,
+            None => (None, None),
         };
         Ok(Cache {
             memory,
             redis,
+            coherence,
             keep_stale: config.keep_stale,
             flights: Flights::default(),
             metrics,
@@ -398,7 +405,18 @@ impl Cache {
         now: SystemTime,
         budget: &Budget,
     ) -> Option<(Stored, Tier)> {
-        let local = self.memory.get(key);
+        // Strict coherence, not confirmed lately: the memory copy may be one
+        // another pod purged (Redis, and the origin, are asked instead).
+        let unconfirmed = self
+            .coherence
+            .as_ref()
+            .is_some_and(|coherence| coherence.unconfirmed());
+        let local = if unconfirmed {
+            self.metrics.memory_unconfirmed();
+            None
+        } else {
+            self.memory.get(key)
+        };
         if settled(local.as_ref(), now) {
             return local.map(|object| (object, Tier::Memory));
         }

@@ -561,3 +561,49 @@ async fn a_purge_reaches_the_other_pods_while_the_counters_master_is_dead() {
             >= 1
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_strict_coherence_a_pod_that_cannot_confirm_serves_nothing_from_memory() {
+    let redis = Arc::new(blocking(RedisStandalone::start).await);
+    let nodes = format!(
+        "mode = \"standalone\"\nnodes = [\"127.0.0.1:{}\"]\ncoherence = \"strict\"",
+        redis.node.port
+    );
+    let (origin, _a, b) = pods_with_b_holding(&nodes, vec![redis.node.port], 1, "/r/held").await;
+
+    // Redis answers nothing for longer than the bound: B cannot know
+    // whether another pod purged what it holds (it could not hear it), so
+    // past the bound it asks Redis and then the origin instead of its
+    // memory. The fail-open default keeps serving it (the outage test
+    // above).
+    let pause = Duration::from_millis(3000);
+    let millis = pause.as_millis().to_string();
+    assert_eq!(
+        redis_cli(&redis, &["client", "pause", &millis, "ALL"]).await,
+        "OK"
+    );
+    let paused = Instant::now();
+    eventually("B to stop serving its memory copy", LIMIT, async || {
+        !in_memory(&b, "/r/held").await
+    })
+    .await;
+    println!(
+        "B stopped serving from memory {:?} into the outage (bound {BOUND:?})",
+        paused.elapsed()
+    );
+    assert!(paused.elapsed() < pause, "within the outage");
+    assert!(origin.hits("/r/held") >= 2, "fetched from the origin");
+    assert!(b.metric("sidecache_memory_unconfirmed_total").await >= 1);
+
+    // Redis is back: the counter did not move, so B confirms it missed
+    // nothing and serves its memory tier again, without clearing it.
+    eventually("B to serve from memory again", pause + LIMIT, async || {
+        in_memory(&b, "/r/held").await
+    })
+    .await;
+    let metrics = b.admin("/metrics").await.text();
+    assert!(
+        !metrics.contains("sidecache_memory_flushes_total{"),
+        "{metrics}"
+    );
+}
