@@ -717,10 +717,10 @@ impl Writer {
     /// the counter's node (and its copy deleted on the key's): while either
     /// is down or failing over, which takes seconds, the numbered
     /// announcement waits in the pending list, and without this every other
-    /// pod would serve its memory copy all that time. Pods subscribed
-    /// through a live node hear this at once; the numbered announcement
-    /// still follows, so one that missed both sees the gap. Whether a node
-    /// took it.
+    /// pod would serve its memory copy all that time. In a cluster every pod
+    /// is subscribed on every master, so all hear this at once through the
+    /// live ones; the numbered announcement still follows, so one that
+    /// missed both sees the gap. Whether a node took it.
     async fn tell(&self, hash: &str) -> bool {
         if self.client.cached_cluster_state().is_none() {
             // Not a cluster: the one server, the counter's too, is failing.
