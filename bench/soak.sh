@@ -18,7 +18,9 @@
 # SOAK_RATE (reads/s, default 800), SOAK_CONCURRENCY (reads in flight,
 # default 32) and SOAK_CHAOS_EVERY (seconds between chaos steps, default 15)
 # size it; the defaults suit a 2-core machine shared with the Redis nodes
-# and the pods. Exits 0 when no request failed and no body was wrong (stale
+# and the pods. SOAK_LOG is the pods' RUST_LOG (default warn) and SOAK_KEEP
+# a directory to copy the pods' and Redis nodes' logs to at the end: to
+# trace a stale window (chaos lines carry the UTC time the pods' logs use). Exits 0 when no request failed and no body was wrong (stale
 # windows are reported, not judged). Installs redis-server, redis-cli and
 # curl with apt-get when missing. Everything it starts is stopped by PID on exit,
 # Ctrl-C included; a frozen node is thawed first.
@@ -42,6 +44,8 @@ minutes=${minutes:-10}
 rate=${SOAK_RATE:-800}
 concurrency=${SOAK_CONCURRENCY:-32}
 chaos_every=${SOAK_CHAOS_EVERY:-15}
+pod_log=${SOAK_LOG:-warn}
+keep=${SOAK_KEEP:-}
 [[ $minutes =~ ^[1-9][0-9]*$ && $bound =~ ^[0-9]+(\.[0-9]+)?$ && $rate =~ ^[1-9][0-9]*$ &&
     $concurrency =~ ^[1-9][0-9]*$ && $chaos_every =~ ^[1-9][0-9]*$ ]] ||
     { echo "usage: bench/soak.sh [--quick] [--bound SECONDS] [MINUTES]" >&2; exit 64; }
@@ -88,12 +92,15 @@ cleanup() {
     for pid in "${pids[@]}" "${redis_pids[@]}"; do kill "$pid" 2>/dev/null || true; done
     # Wait for them, so nothing is still writing into $work as it goes.
     for pid in "${pids[@]}" "${redis_pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+    if [ -n "$keep" ] && [ -n "$work" ]; then
+        mkdir -p "$keep" && cp "$work"/*.log "$keep"/ 2>/dev/null || true
+    fi
     [ -z "$work" ] || rm -rf "$work"
 }
 
 # A line of the chaos log, stamped with the seconds since the load began.
 say() {
-    printf 'chaos: %4ds  %s\n' $((SECONDS - load_started)) "$*"
+    printf 'chaos: %4ds  %s  %s\n' $((SECONDS - load_started)) "$(date -u +%T.%3N)" "$*"
 }
 
 # The index of a node that is a master (ROLE master) or a replica, the
@@ -153,7 +160,7 @@ start_pods() {
         write_pod_config "$i" 1
         config=$work/pod-$i/sidecache.toml
         target/release/sidecache --config "$config" --check >/dev/null
-        RUST_LOG=warn target/release/sidecache --config "$config" >"$work/pod-$i.log" 2>&1 &
+        RUST_LOG=$pod_log target/release/sidecache --config "$config" >"$work/pod-$i.log" 2>&1 &
         pids+=("$!")
         wait_for_port "${pod_ports[$i]}" "pod-$i" "$!"
     done
@@ -277,7 +284,7 @@ main() {
     # numbers, times and client names masked so that repeats count together: where a failure or a stale
     # window came from.
     for i in "${!pod_ports[@]}"; do
-        echo "== pod-$i: $(grep -c . "$work/pod-$i.log" || true) warn/error log lines; the most frequent:"
+        echo "== pod-$i: $(grep -c . "$work/pod-$i.log" || true) log lines ($pod_log); the most frequent:"
         sed -E 's/\x1b\[[0-9;]*m//g' "$work/pod-$i.log" | cut -d' ' -f2- |
             sed -E 's/fred-[A-Za-z0-9]+/fred-X/g; s/[0-9]+/N/g' | sort | uniq -c | sort -rn | head -n 5
     done

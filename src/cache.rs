@@ -218,6 +218,8 @@ pub struct Cache {
     memory: MemoryTier,
     /// The shared tier; `None` in memory-only mode.
     redis: Option<Arc<RedisTier>>,
+    /// This pod's following of the fleet's invalidations (with `redis`).
+    coherence: Option<Arc<Coherence>>,
     /// How long entries are kept once stale.
     keep_stale: Duration,
     /// Fetches under way in this process, for collapsing concurrent misses.
@@ -248,28 +250,33 @@ impl Cache {
         let memory = MemoryTier::new(config.memory.capacity);
         let tags = TagPurges::new(memory.clone(), redis.is_none());
         let purged = PurgedKeys::default();
-        let redis = match redis {
+        let (redis, coherence) = match redis {
             Some(redis) => {
                 // Other pods' purges and invalidations drop this pod's
                 // copies, or all of them when some may have been missed.
+                let strict = redis
+                    .strict_coherence
+                    .then(|| coherence::bound(redis.command_timeout));
                 let coherence = Coherence::new(
                     memory.clone(),
                     tags.clone(),
                     purged.clone(),
                     clock.clone(),
                     metrics.clone(),
+                    strict,
                 );
                 let heard = coherence.clone();
                 let invalidated = move |invalidation| heard.heard(invalidation);
                 let redis = Arc::new(RedisTier::start(redis, metrics.clone(), invalidated)?);
-                tokio::spawn(coherence.watch(Arc::downgrade(&redis)));
-                Some(redis)
+                tokio::spawn(coherence.clone().watch(Arc::downgrade(&redis)));
+                (Some(redis), Some(coherence))
             }
-            None => None,
+            None => (None, None),
         };
         Ok(Cache {
             memory,
             redis,
+            coherence,
             keep_stale: config.keep_stale,
             flights: Flights::default(),
             metrics,
@@ -314,6 +321,9 @@ impl Cache {
         request: &HeaderMap,
         now: SystemTime,
     ) -> Option<Lookup> {
+        if self.memory_unconfirmed() {
+            return None;
+        }
         let current = |key: &CacheKey| {
             let object = self.memory.get(key).filter(|o| settled(Some(o), now))?;
             if let Stored::Response(entry) = &object
@@ -457,6 +467,14 @@ impl Cache {
         }
     }
 
+    /// Whether strict coherence keeps the memory tier out of lookups now
+    /// (this pod has not lately confirmed it heard every invalidation).
+    fn memory_unconfirmed(&self) -> bool {
+        self.coherence
+            .as_ref()
+            .is_some_and(|coherence| coherence.unconfirmed())
+    }
+
     /// One object from the tiers. A fresh L1 response (or any L1 index)
     /// answers at once; otherwise L2 is asked too, where another pod may
     /// have stored a newer copy, and its object is copied into L1.
@@ -466,7 +484,14 @@ impl Cache {
         now: SystemTime,
         budget: &Budget,
     ) -> Option<(Stored, Tier)> {
-        let local = self.memory.get(key);
+        // Strict coherence, not confirmed lately: the memory copy may be one
+        // another pod purged (Redis, and the origin, are asked instead).
+        let local = if self.memory_unconfirmed() {
+            self.metrics.memory_unconfirmed();
+            None
+        } else {
+            self.memory.get(key)
+        };
         if settled(local.as_ref(), now) {
             return local.map(|object| (object, Tier::Memory));
         }

@@ -18,7 +18,8 @@
 //! - [`cache::key`]: canonical, length-prefixed, hashed cache keys.
 //! - [`cache`]: the tiers facade: lookup ([`cache::memory`] is L1,
 //!   [`cache::redis`] the shared L2: one Redis budget per request, a
-//!   breaker per cluster node), `admit`
+//!   breaker per cluster node, pub/sub through a plain connection per
+//!   master), `admit`
 //!   (single-flight in the pod, [`cache::flight`], and in the fleet, a Redis
 //!   lease), and `store`, the one way in. [`cache::coherence`] keeps each
 //!   pod's memory tier from serving, for longer than a bound, what another

@@ -61,6 +61,7 @@ pub struct Metrics {
     redis_node_open: Family<NodeLabels, Gauge>,
     background_refreshes: Family<ResultLabels, Counter>,
     memory_flushes: Family<ReasonLabels, Counter>,
+    memory_unconfirmed: Counter,
     purges: Family<PurgeLabels, Counter>,
     tag_purged_reads: Family<EffectLabels, Counter>,
     purged_fills: Family<TierLabels, Counter>,
@@ -189,6 +190,12 @@ impl Metrics {
             "Memory tier cleared because invalidations from other pods may have been missed, by reason (gap, behind, reset, start)",
             memory_flushes.clone(),
         );
+        let memory_unconfirmed = Counter::default();
+        registry.register(
+            "memory_unconfirmed",
+            "Memory tier lookups skipped under redis.coherence = \"strict\": the pod could not confirm within the bound that it heard every invalidation",
+            memory_unconfirmed.clone(),
+        );
         let purges = Family::<PurgeLabels, Counter>::default();
         registry.register(
             "purges",
@@ -240,6 +247,7 @@ impl Metrics {
             shadow_requests,
             shadow_saved_bytes,
             memory_flushes,
+            memory_unconfirmed,
             client_rejections,
             background_refreshes,
             redis_calls,
@@ -309,6 +317,11 @@ impl Metrics {
         self.memory_flushes
             .get_or_create(&ReasonLabels { reason })
             .inc();
+    }
+
+    /// A memory tier lookup skipped: strict coherence, not confirmed.
+    pub fn memory_unconfirmed(&self) {
+        self.memory_unconfirmed.inc();
     }
 
     /// A purge taken: `kind` url or tag, `mode` hard or soft.

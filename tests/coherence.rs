@@ -53,7 +53,9 @@ async fn flushes(pod: &Proxy, reason: &str) -> u64 {
     .await
 }
 
-/// Subscribers to the invalidation channel over these nodes.
+/// Subscriptions to the invalidation channel over these nodes: a pod has
+/// one on each master of a cluster (so that it hears through any node that
+/// is up), one on a standalone server.
 fn subscribers(ports: &[u16]) -> u64 {
     ports
         .iter()
@@ -123,11 +125,17 @@ async fn b_holding(a: &Proxy, b: &Proxy, path: &str) {
 }
 
 /// Pods A and B on the Redis described by `redis`, both subscribed (on
-/// these `ports`); B holds `path`, fetched through A, in memory.
-async fn pods_with_b_holding(redis: &str, ports: Vec<u16>, path: &str) -> (Origin, Proxy, Proxy) {
+/// these `ports`, `per_pod` times each); B holds `path`, fetched through A,
+/// in memory.
+async fn pods_with_b_holding(
+    redis: &str,
+    ports: Vec<u16>,
+    per_pod: u64,
+    path: &str,
+) -> (Origin, Proxy, Proxy) {
     let origin = Origin::start().await;
     let (a, b) = (pod(&origin, redis).await, pod(&origin, redis).await);
-    subscribed(&ports, 2).await;
+    subscribed(&ports, 2 * per_pod).await;
     b_holding(&a, &b, path).await;
     (origin, a, b)
 }
@@ -137,7 +145,8 @@ async fn a_pod_that_missed_a_purge_stops_serving_it_from_memory_within_the_bound
     let cluster = Arc::new(blocking(RedisCluster::start).await);
     let ports: Vec<u16> = cluster.nodes.iter().map(|n| n.port).collect();
     let nodes = format!("nodes = {}", cluster.seeds());
-    let (origin, a, b) = pods_with_b_holding(&nodes, ports.clone(), "/r/purged").await;
+    let masters = cluster.master_ports().len() as u64;
+    let (origin, a, b) = pods_with_b_holding(&nodes, ports.clone(), masters, "/r/purged").await;
 
     // Cut every pod off the channel, and keep cutting it while the purge
     // goes through A: each pod reconnects within ~100 ms of a kill, so the
@@ -186,7 +195,7 @@ async fn a_pod_that_missed_a_purge_stops_serving_it_from_memory_within_the_bound
         Duration::from_secs(10),
         async || {
             let ports = ports.clone();
-            blocking(move || subscribers(&ports)).await == 2
+            blocking(move || subscribers(&ports)).await == 2 * masters
         },
     )
     .await;
@@ -205,7 +214,8 @@ async fn invalidations_through_two_pods_at_once_clear_no_memory_tier() {
     let cluster = Arc::new(blocking(RedisCluster::start).await);
     let ports: Vec<u16> = cluster.nodes.iter().map(|n| n.port).collect();
     let nodes = format!("nodes = {}", cluster.seeds());
-    let (_origin, a, b) = pods_with_b_holding(&nodes, ports.clone(), "/r/kept").await;
+    let masters = cluster.master_ports().len() as u64;
+    let (_origin, a, b) = pods_with_b_holding(&nodes, ports.clone(), masters, "/r/kept").await;
 
     // Numbers taken by two pods at once, announced through whichever node
     // each pod's subscriber uses: every pod still sees them in order.
@@ -251,7 +261,7 @@ async fn standalone_pods_with_b_holding(
         "mode = \"standalone\"\nnodes = [\"127.0.0.1:{}\"]",
         redis.node.port
     );
-    let (origin, a, b) = pods_with_b_holding(&nodes, vec![redis.node.port], path).await;
+    let (origin, a, b) = pods_with_b_holding(&nodes, vec![redis.node.port], 1, path).await;
     (redis, origin, a, b)
 }
 
@@ -397,45 +407,88 @@ async fn a_purge_redis_could_not_take_is_sent_again_once_it_can() {
     assert_eq!(origin.hits("/r/held"), 2, "not the purged copy from Redis");
 }
 
-/// Pods on `cluster`: A (with any others started on the way, idle, after
-/// it) and B, whose subscription is not on `counter_node`, so that B hears
-/// through a node that stays up while that one is frozen.
-async fn b_off_the_counters_node(
-    cluster: &RedisCluster,
-    origin: &Origin,
-    counter_node: u16,
-) -> (Vec<Proxy>, Proxy) {
-    let ports: Vec<u16> = cluster.nodes.iter().map(|n| n.port).collect();
-    let nodes = format!("nodes = {}", cluster.seeds());
-    let a = pod(origin, &nodes).await;
-    subscribed(&ports, 1).await;
-    // A pod subscribes on the node its client's id hashes to, so pods are
-    // started until one's subscription is not on the counter's node.
-    let on_counter_node = async || blocking(move || subscribers(&[counter_node])).await;
-    let mut pods = vec![a];
-    let b = loop {
-        let before = on_counter_node().await;
-        let candidate = pod(origin, &nodes).await;
-        subscribed(&ports, pods.len() as u64 + 1).await;
-        if on_counter_node().await == before {
-            break candidate;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_redis_could_not_take_is_sent_again_while_fills_keep_the_writer_busy() {
+    let (redis, origin, a, b) = standalone_pods_with_b_holding("/r/held").await;
+
+    // As above: the purge through A finds Redis away and stays pending.
+    let pause = Duration::from_millis(1500);
+    let millis = pause.as_millis().to_string();
+    assert_eq!(
+        redis_cli(&redis, &["client", "pause", &millis, "ALL"]).await,
+        "OK"
+    );
+    let paused = Instant::now();
+    for other in 0..8 {
+        assert_eq!(get(&a, &format!("/r/other-{other}")).await.status, 200);
+    }
+    eventually(
+        "A's breaker to open",
+        Duration::from_millis(500),
+        async || {
+            a.admin("/metrics")
+                .await
+                .text()
+                .contains("sidecache_redis_breaker_open 1")
+        },
+    )
+    .await;
+    assert_eq!(a.purge("http://app.example/r/held").await.status, 200);
+
+    // From now on A fills a new path every 50 ms, as a pod under load
+    // does: each fill queues writes (the entry, the lease's release), so
+    // A's writer is never idle for long. The purge must still go out soon
+    // after Redis is back, not wait for a lull in the fills.
+    let filling = AtomicBool::new(true);
+    let fills = async {
+        let mut n = 0;
+        while filling.load(Ordering::Relaxed) {
+            assert_eq!(get(&a, &format!("/r/fill-{n}")).await.status, 200);
+            n += 1;
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        pods.push(candidate);
+        n
     };
-    (pods, b)
+    let dropped = async {
+        tokio::time::sleep(pause.saturating_sub(paused.elapsed())).await;
+        let back = Instant::now();
+        eventually(
+            "B to drop the purged copy while A keeps filling",
+            LIMIT,
+            async || !in_memory(&b, "/r/held").await,
+        )
+        .await;
+        println!(
+            "B dropped the purged copy {:?} after Redis was back",
+            back.elapsed()
+        );
+        filling.store(false, Ordering::Relaxed);
+    };
+    let (filled, ()) = tokio::join!(fills, dropped);
+    assert!(filled >= 20, "A kept filling: {filled} fills");
+    assert_eq!(origin.hits("/r/held"), 2, "not the purged copy from Redis");
+}
+
+/// A cluster, the port of the master that holds the invalidation counter,
+/// and pods A and B on the cluster, subscribed, B holding `/r/held` in
+/// memory.
+async fn cluster_pods_with_b_holding() -> (RedisCluster, u16, Origin, Proxy, Proxy) {
+    let cluster = blocking(RedisCluster::start).await;
+    let ports: Vec<u16> = cluster.nodes.iter().map(|n| n.port).collect();
+    let counter_node = cluster.master_of(COUNTER);
+    let nodes = format!("nodes = {}", cluster.seeds());
+    let masters = cluster.master_ports().len() as u64;
+    let (origin, a, b) = pods_with_b_holding(&nodes, ports, masters, "/r/held").await;
+    (cluster, counter_node, origin, a, b)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_purge_reaches_the_other_pods_while_the_counters_node_is_down() {
-    let cluster = blocking(RedisCluster::start).await;
-    let counter_node = cluster.master_of(COUNTER);
-    let origin = Origin::start().await;
-    let (pods, b) = b_off_the_counters_node(&cluster, &origin, counter_node).await;
-    let a = &pods[0];
-    b_holding(a, &b, "/r/held").await;
+    let (cluster, counter_node, origin, a, b) = cluster_pods_with_b_holding().await;
 
     // The counter's node stops answering and is not replaced: no
-    // invalidation can be numbered until it is back.
+    // invalidation can be numbered until it is back. B's subscription on
+    // it hears nothing meanwhile; those on the other masters do.
     let mut cluster = blocking(move || {
         let mut cluster = cluster;
         cluster.freeze_master(counter_node, false);
@@ -476,16 +529,100 @@ async fn a_purge_reaches_the_other_pods_while_the_counters_node_is_down() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_reaches_the_other_pods_while_the_counters_master_is_dead() {
+    let (mut cluster, counter_node, origin, a, b) = cluster_pods_with_b_holding().await;
+
+    // Killed, and never replaced: it stays in the slot map, so fred's
+    // cluster clients cannot reconnect (they want every master) and take
+    // no command for any node, in every pod. A tells B through its plain
+    // connection to a master that is up, and B, which lost its
+    // subscription on the dead one, hears on those.
+    let _cluster = blocking(move || {
+        cluster.kill_master(counter_node, false);
+        cluster
+    })
+    .await;
+    let purged = Instant::now();
+    assert_eq!(a.purge("http://app.example/r/held").await.status, 200);
+    eventually(
+        "B to drop the purged copy while the counter's master is dead",
+        Duration::from_secs(1),
+        async || !in_memory(&b, "/r/held").await,
+    )
+    .await;
+    println!(
+        "B dropped the purged copy {:?} after the purge",
+        purged.elapsed()
+    );
+    assert_eq!(origin.hits("/r/held"), 2, "B fetched anew");
+    assert!(
+        a.metric("sidecache_redis_calls_total{op=\"tell\",outcome=\"done\"}")
+            .await
+            >= 1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_strict_coherence_a_pod_that_cannot_confirm_serves_nothing_from_memory() {
+    let redis = Arc::new(blocking(RedisStandalone::start).await);
+    let nodes = format!(
+        "mode = \"standalone\"\nnodes = [\"127.0.0.1:{}\"]\ncoherence = \"strict\"",
+        redis.node.port
+    );
+    let (origin, _a, b) = pods_with_b_holding(&nodes, vec![redis.node.port], 1, "/r/held").await;
+
+    // Redis answers nothing for longer than the bound: B cannot know
+    // whether another pod purged what it holds (it could not hear it), so
+    // past the bound it asks Redis and then the origin instead of its
+    // memory. The fail-open default keeps serving it (the outage test
+    // above).
+    let pause = Duration::from_millis(3000);
+    let millis = pause.as_millis().to_string();
+    assert_eq!(
+        redis_cli(&redis, &["client", "pause", &millis, "ALL"]).await,
+        "OK"
+    );
+    let paused = Instant::now();
+    eventually("B to stop serving its memory copy", LIMIT, async || {
+        !in_memory(&b, "/r/held").await
+    })
+    .await;
+    println!(
+        "B stopped serving from memory {:?} into the outage (bound {BOUND:?})",
+        paused.elapsed()
+    );
+    assert!(paused.elapsed() < pause, "within the outage");
+    assert!(origin.hits("/r/held") >= 2, "fetched from the origin");
+    assert!(b.metric("sidecache_memory_unconfirmed_total").await >= 1);
+
+    // Redis is back: the counter did not move, so B confirms it missed
+    // nothing and serves its memory tier again, without clearing it.
+    eventually("B to serve from memory again", pause + LIMIT, async || {
+        in_memory(&b, "/r/held").await
+    })
+    .await;
+    let metrics = b.admin("/metrics").await.text();
+    assert!(
+        !metrics.contains("sidecache_memory_flushes_total{"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tag_purge_reaches_the_other_pods_while_the_counters_node_is_down() {
-    let cluster = blocking(RedisCluster::start).await;
-    let counter_node = cluster.master_of(COUNTER);
-    let origin = Origin::start().await;
+    let (cluster, counter_node, origin, a, b) = cluster_pods_with_b_holding().await;
     origin.on("/r/tagged", Reply::ok().header("surrogate-key", "held"));
-    let (pods, b) = b_off_the_counters_node(&cluster, &origin, counter_node).await;
-    let a = &pods[0];
     // B has read the tag's purge times once: it judges its copy by them
     // from memory, without asking Redis again.
-    b_holding(a, &b, "/r/tagged").await;
+    assert!(get(&a, "/r/tagged").await.cache_status().contains("stored"));
+    eventually(
+        "A's second fill written",
+        Duration::from_secs(5),
+        async || sets_done(&a).await >= 2,
+    )
+    .await;
+    assert!(get(&b, "/r/tagged").await.cache_status().contains("; hit"));
+    assert!(in_memory(&b, "/r/tagged").await);
 
     let mut cluster = blocking(move || {
         let mut cluster = cluster;
@@ -582,7 +719,7 @@ async fn a_fetch_sent_before_a_purge_is_stored_in_no_tier_after_it() {
     let origin = Origin::start().await;
     let a = Arc::new(pod(&origin, &nodes).await);
     let b = pod(&origin, &nodes).await;
-    subscribed(&ports, 2).await;
+    subscribed(&ports, 2 * cluster.master_ports().len() as u64).await;
 
     // Purged through B while A's fetch is under way.
     let (request, feed) = fetch_in_flight(&origin, &a, "/r/late").await;
@@ -806,7 +943,7 @@ async fn a_variant_index_found_before_a_purge_is_not_stored_again_after_it() {
     origin.on("/r/vary", reply());
     let a = Arc::new(pod(&origin, &nodes).await);
     let b = pod(&origin, &nodes).await;
-    subscribed(&ports, 2).await;
+    subscribed(&ports, 2 * cluster.master_ports().len() as u64).await;
     let ask = async |pod: &Proxy, language: &str| {
         let headers = [("host", HOST), ("accept-language", language)];
         pod.send("GET", "/r/vary", &headers).await

@@ -86,7 +86,8 @@ async fn two_pods(origin: &Origin, cluster: &RedisCluster) -> (Proxy, Proxy) {
                     .sum::<u64>()
             })
             .await;
-            subscribers == 2
+            // One subscription per pod on each master.
+            subscribers == 2 * cluster.master_ports().len() as u64
         },
     )
     .await;

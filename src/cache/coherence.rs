@@ -20,10 +20,13 @@
 //! the counter's node is down, invalidations and tag purges cannot be
 //! numbered: the pod that makes one announces it bare meanwhile
 //! (`Writer::tell` in [`super::redis`]), which this pod applies like any
-//! other.
+//! other. In a cluster both go through a plain connection per master, so
+//! one dead or frozen master silences no pod.
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use super::memory::MemoryTier;
 use super::purged::PurgedKeys;
@@ -41,6 +44,13 @@ pub const CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// on a healthy cluster; the margin keeps a loaded one from clearing
 /// memory tiers for messages that are merely late.
 pub const DELIVERY_GRACE: Duration = Duration::from_millis(250);
+
+/// The coherence bound: how long after an invalidation is counted in Redis
+/// a pod that missed its announcement may still serve its memory copy,
+/// when Redis answers that pod.
+pub fn bound(command_timeout: Duration) -> Duration {
+    CHECK_INTERVAL + command_timeout + DELIVERY_GRACE
+}
 
 /// Why a pod cleared its memory tier (the metric label).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -134,6 +144,12 @@ impl Sequence {
 /// checks the counter, clearing the memory tier on evidence of a miss.
 pub struct Coherence {
     sequence: Mutex<Sequence>,
+    /// When the latest read of the counter was sent that found this pod
+    /// current (or made it so, by a flush); `None` before the first.
+    confirmed: Mutex<Option<Instant>>,
+    /// With `redis.coherence = "strict"`, the bound: past it without a
+    /// confirmation the memory tier is not served ([`Coherence::unconfirmed`]).
+    strict: Option<Duration>,
     memory: MemoryTier,
     /// The tag purge times this pod knows, kept current like the memory
     /// tier and cleared with it.
@@ -153,9 +169,12 @@ impl Coherence {
         purged: PurgedKeys,
         clock: Clock,
         metrics: Arc<Metrics>,
+        strict: Option<Duration>,
     ) -> Arc<Coherence> {
         Arc::new(Coherence {
             sequence: Mutex::default(),
+            confirmed: Mutex::default(),
+            strict,
             memory,
             tags,
             purged,
@@ -176,6 +195,7 @@ impl Coherence {
             }
             Announced::Tag { tag, purged } => self.tags.learn(tag, purged),
         }
+        tracing::debug!(seq = ?heard.seq, "invalidation heard");
         let flush = heard.seq.and_then(|seq| self.sequence().received(seq));
         if let Some(flush) = flush {
             self.flush(flush);
@@ -197,11 +217,29 @@ impl Coherence {
         }
     }
 
+    /// Whether, in strict mode, this pod has gone longer than the bound
+    /// without confirming that it applied every invalidation (Redis
+    /// unreachable from here, or it never was): then its memory tier may
+    /// hold what another pod purged, and is not to be served. Always
+    /// `false` in the default fail-open mode.
+    pub fn unconfirmed(&self) -> bool {
+        let Some(bound) = self.strict else {
+            return false;
+        };
+        let confirmed = *self
+            .confirmed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        confirmed.is_none_or(|at| at.elapsed() > bound)
+    }
+
     /// One read of the counter and what follows from it.
     async fn check(&self, redis: &RedisTier) {
         let asked = self.sequence().applied;
+        let sent = Instant::now();
         let Some(counter) = redis.invalidation_sequence().await else {
-            // Cannot confirm: keep serving (see the module doc).
+            // Cannot confirm: keep serving (see the module doc), unless
+            // strict (`unconfirmed`).
             return;
         };
         let standing = self.sequence().read(asked, counter);
@@ -209,6 +247,7 @@ impl Coherence {
             Standing::Current => None,
             Standing::Flush(flush) => Some(flush),
             Standing::Waiting(counter) => {
+                tracing::debug!(counter, ?asked, "behind the invalidation counter");
                 tokio::time::sleep(DELIVERY_GRACE).await;
                 self.sequence().settle(counter)
             }
@@ -216,6 +255,12 @@ impl Coherence {
         if let Some(flush) = flush {
             self.flush(flush);
         }
+        // Every invalidation counted when the read was sent is applied now
+        // (one by one, or by the flush).
+        *self
+            .confirmed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(sent);
     }
 
     fn flush(&self, reason: Flush) {

@@ -17,8 +17,8 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use fred::clients::SubscriberClient;
 use fred::prelude::{
-    ClientLike, ClusterInterface, Expiration, HashesInterface, KeysInterface, ReconnectPolicy,
-    SetOptions, TcpConfig,
+    ClientLike, ClusterInterface, Config as ClientConfig, Expiration, HashesInterface,
+    KeysInterface, ReconnectPolicy, ServerConfig, SetOptions, TcpConfig,
 };
 use fred::prelude::{EventInterface, LuaInterface, PubsubInterface};
 use fred::types::cluster::ClusterRouting;
@@ -32,6 +32,9 @@ use super::key::CacheKey;
 use super::tags::{Purged, TAG_PURGE_RETENTION, micros};
 use crate::config::RedisConfig;
 use crate::metrics::Metrics;
+use side::Side;
+
+mod side;
 
 /// Consecutive failed calls that open the breaker.
 const BREAKER_THRESHOLD: u32 = 5;
@@ -46,6 +49,10 @@ const RECONNECT_DELAY_MS: u32 = 100;
 /// Commands fred may hold while reconnecting; beyond it they fail at once
 /// instead of piling up (fred's default is unbounded).
 const COMMAND_BUFFER: usize = 1024;
+/// Messages fred holds for a subscriber's listener (fred's default is
+/// 32): a node that thaws delivers what it queued while frozen at once,
+/// and a burst beyond this is lost (seen in the soak: 44 at once).
+const MESSAGE_BUFFER: usize = 1024;
 /// How often fred checks connections for unanswered commands.
 const UNRESPONSIVE_INTERVAL: Duration = Duration::from_millis(100);
 /// How often the slot map is checked for a failover while a node's breaker
@@ -239,8 +246,9 @@ impl RedisTier {
     pub fn start(
         config: &RedisConfig,
         metrics: Arc<Metrics>,
-        invalidated: impl Fn(Heard) + Send + 'static,
+        invalidated: impl Fn(Heard) + Send + Sync + 'static,
     ) -> Result<RedisTier, fred::error::Error> {
+        let invalidated: side::Listener = Arc::new(invalidated);
         let mut client_config = config.client.clone();
         client_config.password = config.password.as_ref().map(|p| p.expose().to_owned());
         if config.tls {
@@ -248,52 +256,48 @@ impl RedisTier {
         }
         // Keep retrying the first connection too, instead of failing start-up.
         client_config.fail_fast = false;
-        let mut builder = Builder::from_config(client_config);
-        builder
-            .with_performance_config(|perf| perf.default_command_timeout = config.command_timeout)
-            .with_connection_config(|conn| {
-                conn.connection_timeout = config.connect_timeout;
-                conn.internal_command_timeout = config.connect_timeout;
-                // A failed call is a miss; retrying only adds latency.
-                conn.max_command_attempts = 1;
-                conn.max_command_buffer_len = COMMAND_BUFFER;
-                // fred would drop a connection that stops answering and
-                // reconnect the whole client, which cannot finish while one
-                // node accepts connections but never answers (frozen): all
-                // of Redis would be gone for as long. The call deadlines and
-                // the node breakers handle such a node instead, and
-                // `follow_failovers` notices when its replica takes over.
-                conn.unresponsive = UnresponsiveConfig {
-                    max_timeout: None,
-                    interval: UNRESPONSIVE_INTERVAL,
-                };
-                conn.tcp = TcpConfig {
-                    nodelay: Some(true),
-                    ..TcpConfig::default()
-                };
-            })
-            .set_policy(ReconnectPolicy::new_constant(0, RECONNECT_DELAY_MS));
-        let client = builder.build()?;
-        tokio::spawn(listen_for_invalidations(
-            builder.build_subscriber_client()?,
-            invalidated,
+        let clustered = matches!(client_config.server, ServerConfig::Clustered { .. });
+        let side = Arc::new(Side::new(
+            client_config.clone(),
+            config.command_timeout,
+            config.connect_timeout,
+            invalidated.clone(),
         ));
+        let builder = builder(
+            client_config,
+            config.command_timeout,
+            config.connect_timeout,
+        );
+        let client = builder.build()?;
+        // fred prefixes its own log lines with this name.
+        tracing::debug!(client = %client.id(), "redis client");
+        // In a cluster the side connections subscribe, one per master (see
+        // [`side`]); otherwise one subscriber on the one server.
+        if !clustered {
+            let subscriber = builder.build_subscriber_client()?;
+            tokio::spawn(listen_for_invalidations(
+                subscriber,
+                invalidated,
+                Arc::default(),
+            ));
+        }
         // The connection task runs for the client's lifetime; its handle is
         // not needed because the client reconnects on its own.
         drop(client.connect());
         let gate = Arc::new(Gate::new(config.command_timeout, metrics.clone()));
         let (writes, queue) = mpsc::channel(config.write_queue);
         let (purges, purge_queue) = mpsc::channel(config.write_queue);
-        tokio::spawn(write_loop(
-            purge_queue,
-            queue,
-            client.clone(),
-            config.command_timeout,
-            gate.clone(),
-            metrics.clone(),
-        ));
+        let writer = Writer {
+            client: client.clone(),
+            timeout: config.command_timeout,
+            gate: gate.clone(),
+            side: side.clone(),
+            metrics: metrics.clone(),
+        };
+        tokio::spawn(write_loop(purge_queue, queue, writer));
         tokio::spawn(follow_failovers(
             client.clone(),
+            side,
             Arc::downgrade(&gate),
             config.command_timeout,
             config.connect_timeout,
@@ -482,6 +486,7 @@ impl RedisTier {
                 None
             }
             Err(_) => {
+                tracing::debug!("invalidation sequence read timed out");
                 self.metrics.redis_call("seq", "timeout");
                 None
             }
@@ -530,35 +535,68 @@ impl RedisTier {
     }
 }
 
+/// A fred client builder with this tier's settings: `command_timeout` for
+/// every command, `connect_timeout` for connecting, one attempt per
+/// command, a bounded buffer while reconnecting, reconnect attempts that
+/// never stop.
+fn builder(config: ClientConfig, command_timeout: Duration, connect_timeout: Duration) -> Builder {
+    let mut builder = Builder::from_config(config);
+    builder
+        .with_performance_config(|perf| {
+            perf.default_command_timeout = command_timeout;
+            perf.broadcast_channel_capacity = MESSAGE_BUFFER;
+        })
+        .with_connection_config(|conn| {
+            conn.connection_timeout = connect_timeout;
+            conn.internal_command_timeout = connect_timeout;
+            // A failed call is a miss; retrying only adds latency.
+            conn.max_command_attempts = 1;
+            conn.max_command_buffer_len = COMMAND_BUFFER;
+            // fred would drop a connection that stops answering and
+            // reconnect the whole client, which cannot finish while one
+            // node accepts connections but never answers (frozen): all
+            // of Redis would be gone for as long. The call deadlines and
+            // the node breakers handle such a node instead, and
+            // `follow_failovers` notices when its replica takes over.
+            conn.unresponsive = UnresponsiveConfig {
+                max_timeout: None,
+                interval: UNRESPONSIVE_INTERVAL,
+            };
+            conn.tcp = TcpConfig {
+                nodelay: Some(true),
+                ..TcpConfig::default()
+            };
+        })
+        .set_policy(ReconnectPolicy::new_constant(0, RECONNECT_DELAY_MS));
+    builder
+}
+
 /// Invalidations Redis did not take yet (a node down, its breaker open),
 /// kept to be sent again: one that is lost would leave the old copy in
 /// Redis, and in every pod's memory tier for its whole freshness, since no
 /// pod could see a gap in a sequence it never entered. Beyond this many the
 /// oldest are dropped, and counted.
 const PENDING_INVALIDATIONS: usize = 4096;
+/// Side connections one unnumbered announcement tries, at most: a frozen
+/// node costs a deadline each.
+const TELL_ATTEMPTS: usize = 2;
 /// Pause between attempts at the pending invalidations.
 const INVALIDATION_RETRY: Duration = Duration::from_millis(250);
 
 /// Sends queued writes one after another, each call within the deadline
 /// and through its node's breaker, purges first; invalidations that fail
-/// are sent again every [`INVALIDATION_RETRY`] until Redis takes them.
+/// are sent again every [`INVALIDATION_RETRY`], however busy the queue,
+/// until Redis takes them.
 async fn write_loop(
     mut purges: mpsc::Receiver<Write>,
     mut queue: mpsc::Receiver<Queued>,
-    client: fred::prelude::Client,
-    timeout: Duration,
-    gate: Arc<Gate>,
-    metrics: Arc<Metrics>,
+    writer: Writer,
 ) {
-    let writer = Writer {
-        client,
-        timeout,
-        gate,
-        metrics,
-    };
     let mut pending: VecDeque<Unsent> = VecDeque::new();
-    // A deadline rather than a pause before each wait: writes that keep
-    // coming would otherwise put the retry off for as long as they come.
+    // When the pending invalidations are tried next: a deadline, not a
+    // pause after the last queued write, because fills keep the queue busy
+    // and a retry that waited for a quiet moment came only seconds (up to
+    // the entries' freshness) after Redis was back.
     let mut retry_at = Instant::now();
     loop {
         let queued = tokio::select! {
@@ -595,7 +633,8 @@ async fn write_loop(
                 if pending.is_empty() {
                     retry_at = Instant::now() + INVALIDATION_RETRY;
                 }
-                writer.keep(&mut pending, Unsent { write, told });
+                let since = Instant::now();
+                writer.keep(&mut pending, Unsent { write, told, since });
             }
         }
     }
@@ -604,6 +643,8 @@ async fn write_loop(
 /// An invalidation Redis did not take yet.
 struct Unsent {
     write: Write,
+    /// When it was first tried, for the log of how long it waited.
+    since: Instant,
     /// Whether the pods were told of it already, unnumbered
     /// ([`Writer::tell`]).
     told: bool,
@@ -614,6 +655,8 @@ struct Writer {
     client: fred::prelude::Client,
     timeout: Duration,
     gate: Arc<Gate>,
+    /// What [`Writer::tell`] publishes through in a cluster.
+    side: Arc<Side>,
     metrics: Arc<Metrics>,
 }
 
@@ -752,12 +795,12 @@ impl Writer {
     /// the counter's node (and its copy deleted on the key's): while either
     /// is down or failing over, which takes seconds, the numbered
     /// announcement waits in the pending list, and without this every other
-    /// pod would serve its memory copy all that time. Pods subscribed
-    /// through a live node hear this at once; the numbered announcement
-    /// still follows, so one that missed both sees the gap. Whether a node
-    /// took it.
+    /// pod would serve its memory copy all that time. In a cluster every pod
+    /// is subscribed on every master, so all hear this at once through the
+    /// live ones; the numbered announcement still follows, so one that
+    /// missed both sees the gap. Whether a node took it.
     async fn tell(&self, bare: &str) -> bool {
-        let Some(routing) = self.client.cached_cluster_state() else {
+        if self.client.cached_cluster_state().is_none() {
             // Not a cluster: the one server, the counter's too, is failing.
             let publish = async {
                 self.client
@@ -766,16 +809,42 @@ impl Writer {
                     .map(drop)
             };
             return self.call("tell", None, publish).await.is_some();
-        };
-        let counter_node = node_of(&self.client, SEQUENCE);
-        let Some(server) = answering_node(&routing, &self.gate, counter_node.as_deref()) else {
+        }
+        // Through the side connections, not the cluster client: that one
+        // is down as a whole while a master is dead (see [`side`]), and its
+        // breakers are all open then. Nodes whose breaker is open (frozen)
+        // and the counter's node are tried last, and at most
+        // [`TELL_ATTEMPTS`] of them, each within the deadline.
+        let mut last: Vec<String> = self
+            .gate
+            .nodes_open()
+            .into_iter()
+            .filter_map(|(node, open)| open.then_some(node))
+            .collect();
+        last.extend(node_of(&self.client, SEQUENCE));
+        let up = self.side.up(&last);
+        if up.is_empty() {
             self.metrics.redis_call("tell", "skipped");
             return false;
-        };
-        let node = server.to_string();
-        let via = self.client.with_cluster_node(server);
-        let publish = async { via.publish::<(), _, _>(INVALIDATIONS, bare).await.map(drop) };
-        self.call("tell", Some(node), publish).await.is_some()
+        }
+        for (node, via) in up.into_iter().take(TELL_ATTEMPTS) {
+            let started = Instant::now();
+            let publish = via.publish::<(), _, _>(INVALIDATIONS, bare);
+            let result = tokio::time::timeout(self.timeout, publish).await;
+            self.metrics.redis_duration("tell", started.elapsed());
+            match result {
+                Ok(Ok(())) => {
+                    self.metrics.redis_call("tell", "done");
+                    return true;
+                }
+                Ok(Err(error)) => {
+                    tracing::debug!(%node, %error, "tell failed");
+                    self.metrics.redis_call("tell", "error");
+                }
+                Err(_) => self.metrics.redis_call("tell", "timeout"),
+            }
+        }
+        false
     }
 
     /// Keeps an invalidation or tag purge Redis did not take, to send it again.
@@ -785,6 +854,11 @@ impl Writer {
             self.metrics.redis_call("publish", "dropped");
         }
         pending.push_back(unsent);
+        tracing::debug!(
+            pending = pending.len(),
+            told = pending.back().is_some_and(|unsent| unsent.told),
+            "invalidation pending"
+        );
     }
 
     /// Sends the pending invalidations and tag purges again, oldest first,
@@ -795,6 +869,11 @@ impl Writer {
             if !self.send(&unsent.write).await {
                 break;
             }
+            tracing::debug!(
+                waited_ms = unsent.since.elapsed().as_millis(),
+                left = pending.len() - 1,
+                "pending invalidation sent"
+            );
             pending.pop_front();
         }
         for unsent in pending.iter_mut().filter(|unsent| !unsent.told) {
@@ -809,33 +888,46 @@ impl Writer {
     }
 }
 
-/// A primary that owns slots and whose breaker is closed, other than
-/// `avoid`: where a command that any node can run goes while some node is
-/// failing (fred would pick any, the failing one included).
-fn answering_node(routing: &ClusterRouting, gate: &Gate, avoid: Option<&str>) -> Option<Server> {
+/// A primary that owns slots and whose breaker is closed: where a command
+/// that any node can run goes while some node is failing (fred would pick
+/// any, the failing one included).
+fn answering_node(routing: &ClusterRouting, gate: &Gate) -> Option<Server> {
     let open = gate.nodes_open();
     routing.unique_primary_nodes().into_iter().find(|server| {
         let name = server.to_string();
-        avoid != Some(name.as_str()) && !open.iter().any(|(node, open)| *open && *node == name)
+        !open.iter().any(|(node, open)| *open && *node == name)
     })
 }
 
 /// While a node's breaker is open, checks every [`TOPOLOGY_CHECK`] whether
 /// the cluster moved its slots (its replica took over) and, if so, has fred
 /// follow: fred no longer gives up on a connection that stops answering, so
-/// without this it would keep routing those slots to the failed node. Ends
-/// with the tier.
+/// without this it would keep routing those slots to the failed node. Every
+/// tick also keeps the side connections on the masters of the slot map.
+/// Ends with the tier.
 async fn follow_failovers(
     client: fred::prelude::Client,
+    side: Arc<Side>,
     gate: std::sync::Weak<Gate>,
     timeout: Duration,
     sync_timeout: Duration,
 ) {
+    // The side connections are wanted from the start (a master may die
+    // before the first tick); the ticks take over if Redis is not there.
+    let connected = tokio::time::timeout(TOPOLOGY_CHECK, client.wait_for_connect());
+    if matches!(connected.await, Ok(Ok(())))
+        && let Some(known) = client.cached_cluster_state()
+    {
+        side.follow(&known.unique_primary_nodes());
+    }
     let mut every = tokio::time::interval(TOPOLOGY_CHECK);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         every.tick().await;
         let Some(gate) = gate.upgrade() else { return };
+        if let Some(known) = client.cached_cluster_state() {
+            side.follow(&known.unique_primary_nodes());
+        }
         let nodes = gate.nodes_open();
         if !nodes.iter().any(|(_, open)| *open) {
             continue;
@@ -843,7 +935,7 @@ async fn follow_failovers(
         let Some(known) = client.cached_cluster_state() else {
             continue;
         };
-        let Some(answering) = answering_node(&known, &gate, None) else {
+        let Some(answering) = answering_node(&known, &gate) else {
             continue;
         };
         let ask = client.with_cluster_node(answering);
@@ -885,19 +977,33 @@ fn owners(routing: &ClusterRouting) -> Vec<(u16, u16, String)> {
 
 /// Subscribes to invalidations from other pods (purges and RFC 9111 §4.4
 /// invalidations) and passes each one to `invalidated`. The first
-/// subscription is retried until Redis is there; after that fred
-/// re-subscribes on every reconnect. What is missed in between shows as a
-/// gap in the sequence, or to the periodic read of the counter.
-async fn listen_for_invalidations(subscriber: SubscriberClient, invalidated: impl Fn(Heard)) {
+/// subscription is retried until Redis is there, or until `gone` (a side
+/// connection's node is no longer a master); after that fred re-subscribes
+/// on every reconnect. What is missed in between shows as a gap in the
+/// sequence, or to the periodic read of the counter.
+async fn listen_for_invalidations(
+    subscriber: SubscriberClient,
+    invalidated: side::Listener,
+    gone: Arc<AtomicBool>,
+) {
     drop(subscriber.connect());
     let _resubscribe = subscriber.manage_subscriptions();
     let mut messages = subscriber.message_rx();
-    // Waits as long as Redis is away; nothing else waits on this task.
-    if let Err(error) = subscriber.wait_for_connect().await {
-        tracing::debug!(%error, "invalidation subscriber not connected");
-    }
-    while let Err(error) = subscriber.subscribe(INVALIDATIONS).await {
-        tracing::debug!(%error, "cannot subscribe to invalidations yet");
+    // Waits as long as Redis is away (nothing else waits on this task), a
+    // while at a time, to stop if its node is gone meanwhile.
+    loop {
+        if gone.load(Ordering::Relaxed) {
+            return;
+        }
+        let connected = tokio::time::timeout(SUBSCRIBE_RETRY, subscriber.wait_for_connect()).await;
+        match connected {
+            Err(_) => continue,
+            Ok(Err(error)) => tracing::debug!(%error, "invalidation subscriber not connected"),
+            Ok(Ok(())) => match subscriber.subscribe(INVALIDATIONS).await {
+                Ok(()) => break,
+                Err(error) => tracing::debug!(%error, "cannot subscribe to invalidations yet"),
+            },
+        }
         tokio::time::sleep(SUBSCRIBE_RETRY).await;
     }
     tracing::debug!("subscribed to invalidations");
@@ -905,7 +1011,7 @@ async fn listen_for_invalidations(subscriber: SubscriberClient, invalidated: imp
         match messages.recv().await {
             Ok(message) => {
                 if let Some(heard) = message.value.as_str().and_then(|m| Heard::parse(&m)) {
-                    invalidated(heard);
+                    invalidated.as_ref()(heard);
                 }
             }
             // The next message's number, or the counter, tells the pod it

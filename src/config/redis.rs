@@ -29,6 +29,7 @@ pub(super) struct RawRedis {
     command_timeout: Option<String>,
     connect_timeout: Option<String>,
     write_queue: Option<usize>,
+    coherence: Option<String>,
 }
 
 /// The shared Redis tier (L2).
@@ -47,6 +48,10 @@ pub struct RedisConfig {
     pub connect_timeout: Duration,
     /// L2 writes waiting to be sent, off the response path.
     pub write_queue: usize,
+    /// `redis.coherence = "strict"`: a pod that has not confirmed, within
+    /// the coherence bound, that it heard every invalidation serves nothing
+    /// from its memory tier (the default, `"fail-open"`, keeps serving it).
+    pub strict_coherence: bool,
 }
 
 /// The Redis password: its `Debug` prints no secret, so a config can be
@@ -178,6 +183,17 @@ impl RawRedis {
         } else if write_queue > MAX_COUNT {
             p.push("redis.write_queue", format!("must be at most {MAX_COUNT}"));
         }
+        let strict_coherence = match self.coherence.as_deref() {
+            None | Some("fail-open") => false,
+            Some("strict") => true,
+            Some(other) => {
+                p.push(
+                    "redis.coherence",
+                    format!("unknown value {other:?}; use \"fail-open\" or \"strict\""),
+                );
+                false
+            }
+        };
         (p.0.len() == errors_before).then_some(RedisConfig {
             client,
             password,
@@ -185,6 +201,7 @@ impl RawRedis {
             command_timeout,
             connect_timeout,
             write_queue,
+            strict_coherence,
         })
     }
 
@@ -258,6 +275,12 @@ mod tests {
         assert_eq!(redis.command_timeout, Duration::from_millis(20));
         assert_eq!(redis.connect_timeout, DEFAULT_REDIS_CONNECT_TIMEOUT);
         assert_eq!(redis.write_queue, DEFAULT_REDIS_WRITE_QUEUE);
+        assert!(!redis.strict_coherence);
+        let strict = config(&format!(
+            "{MINIMAL}[redis]\nnodes = [\"a:1\"]\ncoherence = \"strict\"\n"
+        ))
+        .unwrap();
+        assert!(strict.redis.unwrap().strict_coherence);
         let Servers::Clustered { hosts, .. } = redis.client.server else {
             panic!("cluster")
         };
@@ -326,6 +349,10 @@ mod tests {
             (
                 "[redis]\nnodes = [\"a:1\"]\nwrite_queue = 0",
                 "redis.write_queue: must be at least 1",
+            ),
+            (
+                "[redis]\nnodes = [\"a:1\"]\ncoherence = \"eventual\"",
+                "redis.coherence: unknown value \"eventual\"; use \"fail-open\" or \"strict\"",
             ),
             (
                 "[redis]\nnodes = [\"a:1\"]\nwrite_queue = 4611686018427387904",

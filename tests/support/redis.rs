@@ -228,6 +228,21 @@ impl RedisCluster {
     /// the cluster is concerned (a real cluster before its node timeout, or
     /// one with failover off).
     pub fn freeze_master(&mut self, port: u16, failover: bool) {
+        self.allow_failover(failover);
+        self.node(port).freeze();
+    }
+
+    /// Kills the master on `port` (SIGKILL), with or without failover as
+    /// in [`RedisCluster::freeze_master`]: without, it stays in the slot
+    /// map, dead.
+    pub fn kill_master(&mut self, port: u16, failover: bool) {
+        self.allow_failover(failover);
+        self.node(port).kill();
+    }
+
+    /// The other masters keep serving their slots while one is gone, and
+    /// its replica takes over after the `cluster-node-timeout` or never.
+    fn allow_failover(&self, failover: bool) {
         let no_failover = if failover { "no" } else { "yes" };
         for node in self.nodes.iter().filter(|n| n.is_running()) {
             for (name, value) in [
@@ -242,7 +257,6 @@ impl RedisCluster {
                 );
             }
         }
-        self.node(port).freeze();
     }
 
     /// The port of the master that owns `key`'s slot now.
