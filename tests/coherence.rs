@@ -485,10 +485,23 @@ async fn cluster_pods_with_b_holding() -> (RedisCluster, u16, Origin, Proxy, Pro
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_purge_reaches_the_other_pods_while_the_counters_node_is_down() {
     let (cluster, counter_node, origin, a, b) = cluster_pods_with_b_holding().await;
+    let purge = async || a.purge("http://app.example/r/held").await;
+    while_the_counters_node_is_frozen(cluster, counter_node, purge, &b, "/r/held").await;
+    assert_eq!(origin.hits("/r/held"), 2, "B fetched anew");
+}
 
-    // The counter's node stops answering and is not replaced: no
-    // invalidation can be numbered until it is back. B's subscription on
-    // it hears nothing meanwhile; those on the other masters do.
+/// Freezes the counter's node (not replaced: no invalidation can be
+/// numbered until it is back), purges through A with `purge`, and checks
+/// that B, whose subscriptions on the other masters still hear, drops
+/// `path` within a second; then thaws it and checks that the purge is
+/// numbered and B, which missed nothing, clears nothing.
+async fn while_the_counters_node_is_frozen(
+    cluster: RedisCluster,
+    counter_node: u16,
+    purge: impl AsyncFnOnce() -> support::Answer,
+    b: &Proxy,
+    path: &str,
+) {
     let mut cluster = blocking(move || {
         let mut cluster = cluster;
         cluster.freeze_master(counter_node, false);
@@ -496,21 +509,14 @@ async fn a_purge_reaches_the_other_pods_while_the_counters_node_is_down() {
     })
     .await;
     let purged = Instant::now();
-    assert_eq!(a.purge("http://app.example/r/held").await.status, 200);
+    assert_eq!(purge().await.status, 200);
     eventually(
         "B to drop the purged copy while the counter's node is frozen",
         Duration::from_secs(1),
-        async || !in_memory(&b, "/r/held").await,
+        async || !in_memory(b, path).await,
     )
     .await;
-    println!(
-        "B dropped the purged copy {:?} after the purge",
-        purged.elapsed()
-    );
-    assert_eq!(origin.hits("/r/held"), 2, "B fetched anew");
-
-    // Thawed: the numbered announcement follows, in sequence, so B, which
-    // missed nothing, clears nothing.
+    println!("B dropped {path} {:?} after the purge", purged.elapsed());
     cluster.node(counter_node).thaw();
     eventually(
         "the purge numbered once the counter's node is back",
@@ -524,7 +530,7 @@ async fn a_purge_reaches_the_other_pods_while_the_counters_node_is_down() {
     )
     .await;
     for reason in ["gap", "behind", "reset"] {
-        assert_eq!(flushes(&b, reason).await, 0, "B flushed: {reason}");
+        assert_eq!(flushes(b, reason).await, 0, "B flushed: {reason}");
     }
 }
 
@@ -623,44 +629,9 @@ async fn a_tag_purge_reaches_the_other_pods_while_the_counters_node_is_down() {
     .await;
     assert!(get(&b, "/r/tagged").await.cache_status().contains("; hit"));
     assert!(in_memory(&b, "/r/tagged").await);
-
-    let mut cluster = blocking(move || {
-        let mut cluster = cluster;
-        cluster.freeze_master(counter_node, false);
-        cluster
-    })
-    .await;
-    let purged = Instant::now();
-    assert_eq!(a.admin_post("/purge?tag=held").await.status, 200);
-    eventually(
-        "B to drop the tag-purged copy while the counter's node is frozen",
-        Duration::from_secs(1),
-        async || !in_memory(&b, "/r/tagged").await,
-    )
-    .await;
-    println!(
-        "B dropped the tag-purged copy {:?} after the purge",
-        purged.elapsed()
-    );
+    let purge = async || a.admin_post("/purge?tag=held").await;
+    while_the_counters_node_is_frozen(cluster, counter_node, purge, &b, "/r/tagged").await;
     assert_eq!(origin.hits("/r/tagged"), 2, "B fetched anew");
-
-    // Thawed: the purge is recorded and numbered, and B, which missed
-    // nothing, clears nothing.
-    cluster.node(counter_node).thaw();
-    eventually(
-        "the tag purge numbered once the counter's node is back",
-        Duration::from_secs(10),
-        async || {
-            blocking(move || cli(counter_node, &["get", COUNTER]))
-                .await
-                .as_deref()
-                == Some("1")
-        },
-    )
-    .await;
-    for reason in ["gap", "behind", "reset"] {
-        assert_eq!(flushes(&b, reason).await, 0, "B flushed: {reason}");
-    }
 }
 
 /// `sidecache_redis_calls_total{op="set",outcome="done"}` of `pod`: fill writes Redis answered (taken or refused).
