@@ -5,7 +5,9 @@
 //! the size limit. A body the origin cuts short (an error frame), or that
 //! every reader abandons (the body is dropped before its end), is never
 //! stored. The chunks kept are the ones the requests waiting on the fetch
-//! read as they arrive ([`StoringBody::share`]), so they cost no extra copy.
+//! read as they arrive ([`StoringBody::share`]), so they cost no extra copy;
+//! until one of them joins, the fetching client reads the origin through
+//! the fill itself, and the first to join moves it into a task of its own.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
