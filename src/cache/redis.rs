@@ -1077,7 +1077,14 @@ fn tag_key(tag: &[u8; 32]) -> String {
 /// future per-object keys land in the object's slot while objects spread
 /// over all slots.
 fn redis_key(key: &CacheKey) -> String {
-    format!("sidecache:{{{}}}", key.hex())
+    // Built by hand: every Redis call makes one, and `format!` over a
+    // `String` from `hex()` was two allocations and the formatting machinery.
+    let hex = blake3::Hash::from_bytes(*key.hash()).to_hex();
+    let mut redis_key = String::with_capacity("sidecache:{}".len() + hex.len());
+    redis_key.push_str("sidecache:{");
+    redis_key.push_str(&hex);
+    redis_key.push('}');
+    redis_key
 }
 
 /// The Redis time one request may still spend, shared by all its calls on
