@@ -253,6 +253,16 @@ async fn redis_cli(redis: &Arc<RedisStandalone>, args: &[&str]) -> String {
         .unwrap()
 }
 
+/// Makes Redis answer nothing for `pause` (`CLIENT PAUSE ... ALL`); when it began.
+async fn pause_redis(redis: &Arc<RedisStandalone>, pause: Duration) -> Instant {
+    let millis = pause.as_millis().to_string();
+    assert_eq!(
+        redis_cli(redis, &["client", "pause", &millis, "ALL"]).await,
+        "OK"
+    );
+    Instant::now()
+}
+
 async fn standalone_pods_with_b_holding(
     path: &str,
 ) -> (Arc<RedisStandalone>, Origin, Proxy, Proxy) {
@@ -321,12 +331,7 @@ async fn a_redis_outage_with_nothing_invalidated_keeps_the_memory_tier() {
 
     // Redis answers nothing for longer than two reads of the counter.
     let pause = Duration::from_millis(2500);
-    let millis = pause.as_millis().to_string();
-    assert_eq!(
-        redis_cli(&redis, &["client", "pause", &millis, "ALL"]).await,
-        "OK"
-    );
-    let paused = Instant::now();
+    let paused = pause_redis(&redis, pause).await;
     // Memory keeps serving, without waiting on Redis.
     while paused.elapsed() < pause {
         let asked = Instant::now();
@@ -363,22 +368,18 @@ async fn a_redis_outage_with_nothing_invalidated_keeps_the_memory_tier() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_purge_redis_could_not_take_is_sent_again_once_it_can() {
-    let (redis, origin, a, b) = standalone_pods_with_b_holding("/r/held").await;
-
-    // Redis answers nothing for a while: A's lookups time out until its
-    // breaker opens, and the purge that then goes through A is not even
-    // sent (a paused Redis would still run a command sent during the pause).
+/// Pauses Redis for 1.5 s (the pause and when it began are returned): A's
+/// lookups time out until its breaker opens, and the purge of `/r/held`
+/// that then goes through A is not even sent (a paused Redis would still
+/// run a command sent during the pause).
+async fn purge_while_redis_is_paused(
+    redis: &Arc<RedisStandalone>,
+    a: &Proxy,
+) -> (Duration, Instant) {
     let pause = Duration::from_millis(1500);
-    let millis = pause.as_millis().to_string();
-    assert_eq!(
-        redis_cli(&redis, &["client", "pause", &millis, "ALL"]).await,
-        "OK"
-    );
-    let paused = Instant::now();
+    let paused = pause_redis(redis, pause).await;
     for other in 0..8 {
-        assert_eq!(get(&a, &format!("/r/other-{other}")).await.status, 200);
+        assert_eq!(get(a, &format!("/r/other-{other}")).await.status, 200);
     }
     eventually(
         "A's breaker to open",
@@ -392,6 +393,13 @@ async fn a_purge_redis_could_not_take_is_sent_again_once_it_can() {
     )
     .await;
     assert_eq!(a.purge("http://app.example/r/held").await.status, 200);
+    (pause, paused)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_redis_could_not_take_is_sent_again_once_it_can() {
+    let (redis, origin, a, b) = standalone_pods_with_b_holding("/r/held").await;
+    let (pause, paused) = purge_while_redis_is_paused(&redis, &a).await;
     assert!(
         in_memory(&b, "/r/held").await,
         "B still holds it during the pause"
@@ -410,30 +418,8 @@ async fn a_purge_redis_could_not_take_is_sent_again_once_it_can() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_purge_redis_could_not_take_is_sent_again_while_fills_keep_the_writer_busy() {
     let (redis, origin, a, b) = standalone_pods_with_b_holding("/r/held").await;
-
     // As above: the purge through A finds Redis away and stays pending.
-    let pause = Duration::from_millis(1500);
-    let millis = pause.as_millis().to_string();
-    assert_eq!(
-        redis_cli(&redis, &["client", "pause", &millis, "ALL"]).await,
-        "OK"
-    );
-    let paused = Instant::now();
-    for other in 0..8 {
-        assert_eq!(get(&a, &format!("/r/other-{other}")).await.status, 200);
-    }
-    eventually(
-        "A's breaker to open",
-        Duration::from_millis(500),
-        async || {
-            a.admin("/metrics")
-                .await
-                .text()
-                .contains("sidecache_redis_breaker_open 1")
-        },
-    )
-    .await;
-    assert_eq!(a.purge("http://app.example/r/held").await.status, 200);
+    let (pause, paused) = purge_while_redis_is_paused(&redis, &a).await;
 
     // From now on A fills a new path every 50 ms, as a pod under load
     // does: each fill queues writes (the entry, the lease's release), so
@@ -583,12 +569,7 @@ async fn under_strict_coherence_a_pod_that_cannot_confirm_serves_nothing_from_me
     // memory. The fail-open default keeps serving it (the outage test
     // above).
     let pause = Duration::from_millis(3000);
-    let millis = pause.as_millis().to_string();
-    assert_eq!(
-        redis_cli(&redis, &["client", "pause", &millis, "ALL"]).await,
-        "OK"
-    );
-    let paused = Instant::now();
+    let paused = pause_redis(&redis, pause).await;
     eventually("B to stop serving its memory copy", LIMIT, async || {
         !in_memory(&b, "/r/held").await
     })

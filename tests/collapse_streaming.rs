@@ -76,6 +76,48 @@ async fn feed_from(feed: &Feed, body: &Bytes, from: usize) {
     }
 }
 
+/// A fetch under way whose origin has sent its first chunk of a 256 KiB
+/// body, and the response of the request that sent it, that chunk read.
+struct Fetching {
+    feed: Feed,
+    body: Bytes,
+    leader: Response<Incoming>,
+    read: Bytes,
+}
+
+impl Fetching {
+    /// `reply` for `path`, with a declared length unless `chunked`.
+    async fn start(
+        origin: &Origin,
+        proxy: &Proxy,
+        path: &str,
+        reply: Reply,
+        chunked: bool,
+    ) -> Fetching {
+        let body = patterned(256 * 1024);
+        let length = (!chunked).then_some(body.len());
+        let feed = origin.feed(path, reply, length);
+        feed.send(body.slice(..CHUNK)).await;
+        let mut leader = proxy.open(path).await;
+        let read = first_bytes(&mut leader).await;
+        Fetching {
+            feed,
+            body,
+            leader,
+            read,
+        }
+    }
+
+    /// Sends the rest of the body: the request that sent the fetch gets
+    /// all of it.
+    async fn finish(self) {
+        let reading = read_rest(self.leader, self.read);
+        feed_from(&self.feed, &self.body, CHUNK).await;
+        self.feed.end();
+        assert!(reading.await.unwrap().unwrap() == self.body);
+    }
+}
+
 fn cache_statuses(responses: &[Response<Incoming>]) -> Vec<String> {
     let mut statuses: Vec<String> = responses
         .iter()
@@ -422,14 +464,9 @@ async fn a_fetch_nobody_reads_any_more_is_abandoned() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiter_whose_condition_holds_gets_a_304_before_the_body_arrives() {
     let origin = Origin::start().await;
-    let body = patterned(256 * 1024);
-    let reply = Reply::ok().header("etag", "\"v1\"");
-    let feed = origin.feed("/s/conditional", reply, Some(body.len()));
     let proxy = start(&origin).await;
-
-    feed.send(body.slice(..CHUNK)).await;
-    let mut leader = proxy.open("/s/conditional").await;
-    let read = first_bytes(&mut leader).await;
+    let reply = Reply::ok().header("etag", "\"v1\"");
+    let fetching = Fetching::start(&origin, &proxy, "/s/conditional", reply, false).await;
     let revalidating = proxy
         .send("GET", "/s/conditional", &[("if-none-match", "\"v1\"")])
         .await;
@@ -438,47 +475,32 @@ async fn a_waiter_whose_condition_holds_gets_a_304_before_the_body_arrives() {
         revalidating.cache_status(),
         "sidecache; fwd=miss; collapsed"
     );
-    let reading = read_rest(leader, read);
-    feed_from(&feed, &body, CHUNK).await;
-    feed.end();
-    assert!(reading.await.unwrap().unwrap() == body);
+    fetching.finish().await;
     assert_eq!(origin.hits("/s/conditional"), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiter_the_arriving_variant_does_not_select_fetches_for_itself() {
     let origin = Origin::start().await;
-    let body = patterned(256 * 1024);
+    let proxy = start(&origin).await;
     let reply = Reply::ok()
         .header("vary", "accept-language")
         .echo("accept-language");
-    let feed = origin.feed("/s/vary", reply, Some(body.len()));
-    let proxy = start(&origin).await;
-
-    feed.send(body.slice(..CHUNK)).await;
-    let mut leader = proxy.open("/s/vary").await;
-    let read = first_bytes(&mut leader).await;
+    let fetching = Fetching::start(&origin, &proxy, "/s/vary", reply, false).await;
     let other = proxy
         .send("GET", "/s/vary", &[("accept-language", "fr")])
         .await;
     assert_eq!(other.cache_status(), "sidecache; fwd=miss; stored");
     assert_eq!(other.text(), "/s/vary #2 accept-language=fr");
-    let reading = read_rest(leader, read);
-    feed_from(&feed, &body, CHUNK).await;
-    feed.end();
-    assert!(reading.await.unwrap().unwrap() == body);
+    fetching.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_of_unknown_length_is_shared_once_stored() {
     let origin = Origin::start().await;
-    let body = patterned(256 * 1024);
-    let feed = origin.feed("/s/chunked", Reply::ok(), None);
     let proxy = start(&origin).await;
-
-    feed.send(body.slice(..CHUNK)).await;
-    let mut leader = proxy.open("/s/chunked").await;
-    let read = first_bytes(&mut leader).await;
+    let fetching = Fetching::start(&origin, &proxy, "/s/chunked", Reply::ok(), true).await;
+    let body = fetching.body.clone();
     let waiting: Vec<_> = (0..3)
         .map(|_| {
             let proxy = proxy.clone();
@@ -489,10 +511,7 @@ async fn a_body_of_unknown_length_is_shared_once_stored() {
     // the stored entry (given time to answer early, none has).
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(waiting.iter().all(|waiter| !waiter.is_finished()));
-    let reading = read_rest(leader, read);
-    feed_from(&feed, &body, CHUNK).await;
-    feed.end();
-    assert!(reading.await.unwrap().unwrap() == body);
+    fetching.finish().await;
     for waiter in waiting {
         let answer = waiter.await.unwrap();
         assert_eq!(answer.cache_status(), "sidecache; fwd=miss; collapsed");
@@ -504,27 +523,19 @@ async fn a_body_of_unknown_length_is_shared_once_stored() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_private_answer_still_arriving_is_not_shared_with_waiters() {
     let origin = Origin::start().await;
-    let body = patterned(256 * 1024);
-    let reply = Reply::ok().header("cache-control", "private, max-age=60");
-    let feed = origin.feed("/s/private", reply, Some(body.len()));
     let proxy = start(&origin).await;
-
-    feed.send(body.slice(..CHUNK)).await;
-    let mut leader = proxy.open("/s/private").await;
+    let reply = Reply::ok().header("cache-control", "private, max-age=60");
+    let fetching = Fetching::start(&origin, &proxy, "/s/private", reply, false).await;
     assert_eq!(
-        leader.headers()["cache-status"],
+        fetching.leader.headers()["cache-status"],
         "sidecache; fwd=miss; detail=private"
     );
-    let read = first_bytes(&mut leader).await;
     // While the private body is still arriving, each request fetches its own.
     for hit in 2..=4 {
         let answer = proxy.get("/s/private").await;
         assert_eq!(answer.cache_status(), "sidecache; fwd=miss; detail=private");
         assert_eq!(answer.text(), format!("/s/private #{hit}"));
     }
-    let reading = read_rest(leader, read);
-    feed_from(&feed, &body, CHUNK).await;
-    feed.end();
-    assert!(reading.await.unwrap().unwrap() == body);
+    fetching.finish().await;
     assert_eq!(origin.hits("/s/private"), 4);
 }

@@ -212,15 +212,21 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn followers_get_the_stored_entry_and_the_flight_ends() {
-        let flights = Flights::default();
+    /// The leader and a follower of the flight for key `[1; 32]`.
+    fn leader_and_follower(flights: &Flights) -> (Leader, Follower) {
         let Role::Leader(leader) = flights.join([1; 32]) else {
             panic!("leader")
         };
         let Role::Follower(follower) = flights.join([1; 32]) else {
             panic!("follower")
         };
+        (leader, follower)
+    }
+
+    #[tokio::test]
+    async fn followers_get_the_stored_entry_and_the_flight_ends() {
+        let flights = Flights::default();
+        let (leader, follower) = leader_and_follower(&flights);
         assert!(
             matches!(flights.join([2; 32]), Role::Leader(_)),
             "other keys fly alone"
@@ -238,12 +244,7 @@ mod tests {
     #[tokio::test]
     async fn a_dropped_leader_releases_followers() {
         let flights = Flights::default();
-        let Role::Leader(leader) = flights.join([1; 32]) else {
-            panic!("leader")
-        };
-        let Role::Follower(follower) = flights.join([1; 32]) else {
-            panic!("follower")
-        };
+        let (leader, follower) = leader_and_follower(&flights);
         drop(leader);
         assert!(follower.wait(Duration::from_secs(5)).await.is_none());
         assert!(!flights.in_flight(&[1; 32]));
@@ -253,12 +254,7 @@ mod tests {
     async fn followers_read_a_body_as_it_arrives_until_it_is_stored() {
         use http_body_util::BodyExt;
         let flights = Flights::default();
-        let Role::Leader(leader) = flights.join([1; 32]) else {
-            panic!("leader")
-        };
-        let Role::Follower(before) = flights.join([1; 32]) else {
-            panic!("follower")
-        };
+        let (leader, before) = leader_and_follower(&flights);
         let growing = crate::cache::growing::Growing::default();
         growing.push(bytes::Bytes::from_static(b"x"), true);
         leader.arriving(entry(), growing.joining());

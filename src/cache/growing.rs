@@ -89,11 +89,6 @@ impl Growing {
             .send_modify(|arrived| arrived.complete = true);
     }
 
-    /// A reader from the first byte.
-    pub fn reader(&self) -> Reader {
-        Reader::new(self.shared.sender.subscribe(), 0)
-    }
-
     /// A reader of what arrives from now on: for a client that has read
     /// everything so far straight from the fill.
     pub fn reader_from_here(&self) -> Reader {
@@ -226,7 +221,7 @@ mod tests {
     #[tokio::test]
     async fn readers_get_every_chunk_in_order_and_the_end() {
         let growing = Growing::default();
-        let early = growing.reader();
+        let early = growing.reader_from_here();
         growing.push(Bytes::from_static(b"ab"), true);
         let joining = growing.joining();
         let mut late = joining.reader().unwrap();
@@ -249,7 +244,7 @@ mod tests {
     #[tokio::test]
     async fn a_writer_dropped_before_the_end_breaks_the_readers() {
         let growing = Growing::default();
-        let mut reader = growing.reader();
+        let mut reader = growing.reader_from_here();
         growing.push(Bytes::from_static(b"ab"), true);
         let waiting = tokio::spawn(async move {
             let first = reader.frame().await.unwrap().unwrap();
@@ -265,7 +260,7 @@ mod tests {
     #[tokio::test]
     async fn the_writer_learns_when_nobody_reads() {
         let growing = Growing::default();
-        let reader = growing.reader();
+        let reader = growing.reader_from_here();
         let unread = tokio::spawn(growing.unread());
         tokio::task::yield_now().await;
         assert!(!unread.is_finished());
