@@ -69,6 +69,22 @@ fn read_rest(
     })
 }
 
+/// Each response's first bytes read, then the rest read on in a task of
+/// its own: the whole bodies, as they end.
+async fn reading_each(
+    mut responses: Vec<Response<Incoming>>,
+) -> Vec<tokio::task::JoinHandle<Result<Bytes, hyper::Error>>> {
+    let mut first = Vec::new();
+    for response in &mut responses {
+        first.push(first_bytes(response).await);
+    }
+    responses
+        .into_iter()
+        .zip(first)
+        .map(|(r, f)| read_rest(r, f))
+        .collect()
+}
+
 async fn feed_from(feed: &Feed, body: &Bytes, from: usize) {
     for start in (from..body.len()).step_by(CHUNK) {
         feed.send(body.slice(start..(start + CHUNK).min(body.len())))
@@ -178,16 +194,7 @@ async fn a_fetch_broken_mid_body_breaks_every_waiter_and_stores_nothing() {
     let proxy = start(&origin).await;
 
     feed.send(body.slice(..CHUNK)).await;
-    let mut responses = open_all(&proxy, "/s/broken", WAITERS).await;
-    let mut first = Vec::new();
-    for response in &mut responses {
-        first.push(first_bytes(response).await);
-    }
-    let reading: Vec<_> = responses
-        .into_iter()
-        .zip(first)
-        .map(|(r, f)| read_rest(r, f))
-        .collect();
+    let reading = reading_each(open_all(&proxy, "/s/broken", WAITERS).await).await;
     feed.send(body.slice(CHUNK..2 * CHUNK)).await;
     feed.fail().await;
     for read in reading {
@@ -291,16 +298,7 @@ async fn a_waiter_that_stops_reading_holds_back_neither_the_fetch_nor_the_others
         "{}",
         waiter.head()
     );
-    let mut responses = open_all(&proxy, "/s/stalled", WAITERS - 2).await;
-    let mut first = Vec::new();
-    for response in &mut responses {
-        first.push(first_bytes(response).await);
-    }
-    let reading: Vec<_> = responses
-        .into_iter()
-        .zip(first)
-        .map(|(r, f)| read_rest(r, f))
-        .collect();
+    let reading = reading_each(open_all(&proxy, "/s/stalled", WAITERS - 2).await).await;
     feed_from(&feed, &body, CHUNK).await;
     feed.end();
     for read in reading {
