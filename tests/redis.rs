@@ -902,6 +902,11 @@ async fn when_a_frozen_masters_replica_takes_over_its_keys_are_hits_again() {
     }
     let cluster = Arc::new(std::sync::Mutex::new(cluster));
     filled(&cluster, URLS as u64).await;
+    // Read from Redis before the freeze: the reader's clients (one per
+    // thread that serves requests) are connected and know the old slots.
+    for path in &paths {
+        assert!(get(&reader, path).await.cache_status().contains("hit"));
+    }
     let victim = cluster.lock().unwrap().master_ports()[0];
     let (p, c) = (paths.clone(), cluster.clone());
     let path = blocking(move || {

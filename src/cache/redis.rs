@@ -12,6 +12,7 @@ use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::thread::ThreadId;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -24,6 +25,7 @@ use fred::prelude::{EventInterface, LuaInterface, PubsubInterface};
 use fred::types::cluster::ClusterRouting;
 use fred::types::config::{Server, UnresponsiveConfig};
 use fred::types::{Builder, Value};
+use thread_local::ThreadLocal;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -222,9 +224,18 @@ enum Queued {
     Flush(oneshot::Sender<()>),
 }
 
+/// The request path's clients, one per thread ([`RedisTier::reader`]), each
+/// with the thread it was made on.
+type Readers = ThreadLocal<(ThreadId, fred::prelude::Client)>;
+
 /// The shared Redis tier.
 pub struct RedisTier {
+    /// The writer's, the background reads', and the request path's on a
+    /// thread whose own is not connected (yet).
     client: fred::prelude::Client,
+    /// The request path's clients, one per thread that serves requests
+    /// ([`RedisTier::reader`]).
+    readers: Arc<Readers>,
     /// Breakers, budgets and outcome metrics of the request-path calls
     /// (the write queue shares its breakers).
     gate: Arc<Gate>,
@@ -295,8 +306,10 @@ impl RedisTier {
             metrics: metrics.clone(),
         };
         tokio::spawn(write_loop(purge_queue, queue, writer));
+        let readers: Arc<Readers> = Arc::default();
         tokio::spawn(follow_failovers(
             client.clone(),
+            readers.clone(),
             side,
             Arc::downgrade(&gate),
             config.command_timeout,
@@ -304,6 +317,7 @@ impl RedisTier {
         ));
         Ok(RedisTier {
             client,
+            readers,
             gate,
             writes,
             purges,
@@ -316,7 +330,7 @@ impl RedisTier {
     pub async fn get(&self, key: &CacheKey, budget: &Budget) -> Option<Stored> {
         let redis_key = redis_key(key);
         let node = self.node_of(&redis_key);
-        let get = || self.client.get::<Option<Bytes>, _>(&redis_key);
+        let get = || self.reader().get::<Option<Bytes>, _>(&redis_key);
         let value = self.gate.call("get", node, budget, get).await?;
         let Some(value) = value else {
             self.metrics.redis_call("get", "miss");
@@ -343,7 +357,7 @@ impl RedisTier {
     pub async fn peek(&self, key: &CacheKey, budget: &Budget) -> Peeked {
         let redis_key = redis_key(key);
         let node = self.node_of(&redis_key);
-        let get = self.client.get::<Option<Bytes>, _>(&redis_key);
+        let get = self.reader().get::<Option<Bytes>, _>(&redis_key);
         match self.gate.peek(node, budget, get).await {
             Err(why) => Peeked::Unavailable(why),
             Ok(None) => Peeked::Absent,
@@ -389,7 +403,7 @@ impl RedisTier {
         let key = tag_key(tag);
         let node = self.node_of(&key);
         let read = || {
-            self.client
+            self.reader()
                 .hmget::<Vec<Option<u64>>, _, _>(&key, vec!["hard", "soft"])
         };
         let times = self.gate.call("tag", node, budget, read).await?;
@@ -417,7 +431,7 @@ impl RedisTier {
         let key = lease_key(flight);
         let node = self.node_of(&key);
         let set = || {
-            self.client.set::<Option<String>, _, _>(
+            self.reader().set::<Option<String>, _, _>(
                 &key,
                 "1",
                 Some(Expiration::PX(px)),
@@ -443,7 +457,7 @@ impl RedisTier {
     pub async fn lease_held(&self, flight: &[u8; 32], budget: &Budget) -> Option<bool> {
         let key = lease_key(flight);
         let node = self.node_of(&key);
-        let exists = || self.client.exists::<i64, _>(&key);
+        let exists = || self.reader().exists::<i64, _>(&key);
         let count = self.gate.call("lease", node, budget, exists).await?;
         Some(count > 0)
     }
@@ -513,6 +527,39 @@ impl RedisTier {
     /// each one's breaker is skipping it.
     pub fn nodes_open(&self) -> Vec<(String, bool)> {
         self.gate.nodes_open()
+    }
+
+    /// The client this thread's request-path calls go through: one of its
+    /// own once connected (made and connected on its first call), the
+    /// shared one until then and whenever it is not connected.
+    ///
+    /// fred runs a client's connections in tasks on the runtime that
+    /// connected it, and every worker thread has a runtime of its own:
+    /// through one shared client, each Redis hit on another worker's thread
+    /// cost two cross-thread wake-ups, an eventfd write and a trip through
+    /// the other thread's epoll each. Its own client has no command timeout
+    /// of fred's: every request-path call is bounded by [`Gate`], and a
+    /// second timer per call made tokio write its own eventfd (its timer
+    /// wakes the driver when a timer is added to an empty wheel). Threads
+    /// that serve requests live as long as the proxy; should one end, a
+    /// later thread that `ThreadLocal` hands its value (it reuses its ids)
+    /// uses the shared client rather than one whose runtime is gone.
+    fn reader(&self) -> &fred::prelude::Client {
+        let (thread, own) = self.readers.get_or(|| {
+            let own = self.client.clone_new();
+            let mut perf = own.perf_config();
+            perf.default_command_timeout = Duration::ZERO;
+            own.update_perf_config(perf);
+            // Its connection task runs on this thread's runtime, and
+            // reconnects on its own, like the shared client's.
+            drop(own.connect());
+            (std::thread::current().id(), own)
+        });
+        if own.is_connected() && *thread == std::thread::current().id() {
+            own
+        } else {
+            &self.client
+        }
     }
 
     /// The node that owns `redis_key`'s slot ([`node_of`]).
@@ -901,12 +948,14 @@ fn answering_node(routing: &ClusterRouting, gate: &Gate) -> Option<Server> {
 
 /// While a node's breaker is open, checks every [`TOPOLOGY_CHECK`] whether
 /// the cluster moved its slots (its replica took over) and, if so, has fred
-/// follow: fred no longer gives up on a connection that stops answering, so
-/// without this it would keep routing those slots to the failed node. Every
+/// follow, in the shared client and in each thread's own: fred no longer
+/// gives up on a connection that stops answering, so without this it would
+/// keep routing those slots to the failed node. Every
 /// tick also keeps the side connections on the masters of the slot map.
 /// Ends with the tier.
 async fn follow_failovers(
     client: fred::prelude::Client,
+    readers: Arc<Readers>,
     side: Arc<Side>,
     gate: std::sync::Weak<Gate>,
     timeout: Duration,
@@ -946,14 +995,28 @@ async fn follow_failovers(
         let Ok(current) = ClusterRouting::from_cluster_slots(slots, "") else {
             continue;
         };
-        if owners(&current) == owners(&known) {
+        // The shared client, and each thread's own (`RedisTier::reader`):
+        // every one has a slot map of its own, and sends to the failed node
+        // until it is told.
+        let moved = owners(&current);
+        let behind: Vec<&fred::prelude::Client> = std::iter::once(&client)
+            .chain(readers.iter().map(|(_, reader)| reader))
+            .filter(|c| {
+                c.cached_cluster_state()
+                    .is_none_or(|map| owners(&map) != moved)
+            })
+            .collect();
+        if behind.is_empty() {
             continue;
         }
         tracing::info!("cluster slots moved while a node was failing; following them");
-        if !matches!(
-            tokio::time::timeout(sync_timeout, client.sync_cluster()).await,
-            Ok(Ok(()))
-        ) {
+        for behind in behind {
+            let _ = tokio::time::timeout(sync_timeout, behind.sync_cluster()).await;
+        }
+        if client
+            .cached_cluster_state()
+            .is_none_or(|map| owners(&map) != moved)
+        {
             continue;
         }
         // Breakers of nodes that no longer own slots would read as open forever.
