@@ -44,15 +44,18 @@ const VIA_NAME: &str = "sidecache";
 /// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1).
 /// `proxy-connection` and `keep-alive` are not in the RFC but still sent by old clients.
 // A static, not a const: a const array is built (and dropped) at every use.
-static HOP_BY_HOP: [HeaderName; 8] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
+/// The fields that describe one connection (RFC 9110 §7.6.1), with
+/// `Proxy-Connection` and `Upgrade`: never forwarded, in either direction.
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
 ];
 
 /// Why the origin gave no response head.
@@ -359,20 +362,40 @@ impl Body for OriginResponseBody {
 
 /// Whether `name` describes one connection and is never forwarded.
 pub fn is_hop_by_hop(name: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(name) || name == header::UPGRADE
+    // One match on the name's text (a switch on its length, then one
+    // compare) rather than a compare with each listed `HeaderName`: this
+    // runs for every field of every request and response.
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
 }
 
 /// Removes hop-by-hop headers, including those the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // `Upgrade` goes too (it is in `is_hop_by_hop`): it only means
     // something together with `Connection: upgrade`, and this proxy does
-    // not tunnel protocols.
+    // not tunnel protocols. What `Connection` names beyond those is
+    // usually nothing (`keep-alive`, `close`), so this stays empty.
     let named: Vec<&str> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(str::trim)
+        .filter(|token| {
+            !token.is_empty()
+                && !token.eq_ignore_ascii_case("close")
+                && !HOP_BY_HOP.iter().any(|h| h.eq_ignore_ascii_case(token))
+        })
         .collect();
     // One pass over the names finds what to remove: each removal is a
     // hash lookup, and most messages hold none of these fields, or one.
@@ -508,6 +531,19 @@ mod tests {
             h.keys().map(|k| k.as_str()).collect::<Vec<_>>(),
             vec!["accept"]
         );
+    }
+
+    #[test]
+    fn every_listed_field_is_hop_by_hop_and_lookalikes_are_not() {
+        for name in HOP_BY_HOP {
+            assert!(is_hop_by_hop(&HeaderName::from_static(name)), "{name}");
+        }
+        for name in ["upgrade-insecure-requests", "tes", "trailers", "x-connection"] {
+            assert!(!is_hop_by_hop(&HeaderName::from_static(name)), "{name}");
+        }
+        let mut h = headers(&[("connection", "Keep-Alive, close"), ("keep-alive", "5")]);
+        strip_hop_by_hop(&mut h);
+        assert!(h.is_empty(), "{h:?}");
     }
 
     #[test]
