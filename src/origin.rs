@@ -468,16 +468,26 @@ pub fn add_forwarding_headers(
     if !headers.contains_key(X_FORWARDED_PROTO) {
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
     }
-    if let Ok(value) = HeaderValue::from_str(host)
-        && !host.is_empty()
-    {
-        if !headers.contains_key(X_FORWARDED_HOST) {
-            headers.insert(X_FORWARDED_HOST, value.clone());
-        }
-        // The host the key was built from: HTTP/2 sends `:authority` instead
-        // of `Host`, and an absolute-form target overrides `Host` (RFC 9112
-        // §3.2.2), so the origin must see the same host the entry is keyed by.
-        headers.insert(header::HOST, value);
+    if host.is_empty() {
+        return;
+    }
+    // The host the key was built from: HTTP/2 sends `:authority` instead
+    // of `Host`, and an absolute-form target overrides `Host` (RFC 9112
+    // §3.2.2), so the origin must see the same host the entry is keyed by.
+    // Most often it is the client's one `Host` as it came, kept as it is.
+    let mut sent = headers.get_all(header::HOST).iter();
+    let value = match (sent.next(), sent.next()) {
+        (Some(sent), None) if sent.as_bytes() == host.as_bytes() => sent.clone(),
+        _ => match HeaderValue::from_str(host) {
+            Ok(value) => {
+                headers.insert(header::HOST, value.clone());
+                value
+            }
+            Err(_) => return,
+        },
+    };
+    if !headers.contains_key(X_FORWARDED_HOST) {
+        headers.insert(X_FORWARDED_HOST, value);
     }
 }
 
@@ -538,7 +548,12 @@ mod tests {
         for name in HOP_BY_HOP {
             assert!(is_hop_by_hop(&HeaderName::from_static(name)), "{name}");
         }
-        for name in ["upgrade-insecure-requests", "tes", "trailers", "x-connection"] {
+        for name in [
+            "upgrade-insecure-requests",
+            "tes",
+            "trailers",
+            "x-connection",
+        ] {
             assert!(!is_hop_by_hop(&HeaderName::from_static(name)), "{name}");
         }
         let mut h = headers(&[("connection", "Keep-Alive, close"), ("keep-alive", "5")]);
@@ -560,6 +575,23 @@ mod tests {
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "shop.example");
         assert_eq!(h["host"], "shop.example");
+    }
+
+    #[test]
+    fn the_origin_gets_one_host_the_keyed_one() {
+        let client = Peer::new("192.0.2.7:5555".parse().unwrap());
+        for sent in [
+            &[("host", "shop.example")][..],
+            &[("host", "shop.example"), ("host", "other.example")],
+            &[("host", "Shop.Example:80")],
+            &[],
+        ] {
+            let mut h = headers(sent);
+            add_forwarding_headers(&mut h, Version::HTTP_11, &client, "shop.example");
+            let hosts: Vec<_> = h.get_all("host").iter().collect();
+            assert_eq!(hosts, ["shop.example"], "{sent:?}");
+            assert_eq!(h["x-forwarded-host"], "shop.example");
+        }
     }
 
     #[test]

@@ -608,15 +608,18 @@ impl Proxy {
         route: &str,
         status: CacheStatus,
     ) -> Result<Served, Failed> {
-        let unsafe_request = !parts.method.is_safe();
-        let (host, uri) = (key::request_host(&parts), parts.uri.clone());
+        let host = key::request_host(&parts);
+        // What an unsafe request's answer may invalidate.
+        let unsafe_target = (!parts.method.is_safe()).then(|| parts.uri.clone());
         origin::add_forwarding_headers(&mut parts.headers, parts.version, client, &host);
         let response = self
             .send_upstream(parts, body.boxed_unsync(), route)
             .await
             .map_err(Failed::with(status))?;
         let fine = response.status().is_success() || response.status().is_redirection();
-        if unsafe_request && fine {
+        if let Some(uri) = unsafe_target
+            && fine
+        {
             self.invalidate(&host, &uri, response.headers());
         }
         let response = response.map(body::stream);

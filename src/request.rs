@@ -153,9 +153,13 @@ pub fn prepare(
             parts.headers.insert(name, list);
         }
     }
-    // A Host the key could not read (not visible ASCII, or none) must not
-    // reach the origin either: it then gets none, as the key has none.
-    parts.headers.remove(header::HOST);
+    // The origin gets the host the key is built from, as `Host` (put there
+    // by `add_forwarding_headers` unless the client sent just that). A Host
+    // the key could not read (not visible ASCII, or none) must not reach
+    // the origin either: it then gets none, as the key has none.
+    if host.is_empty() {
+        parts.headers.remove(header::HOST);
+    }
     origin::add_forwarding_headers(&mut parts.headers, parts.version, client, &host);
     client_headers
 }
