@@ -114,7 +114,7 @@ impl CacheableRequest {
         client: &Peer,
         parts: &mut Parts,
     ) -> CacheableRequest {
-        let client_headers = request::prepare(&route, canonical_host, client, parts);
+        let (client_headers, host) = request::prepare(&route, canonical_host, client, parts);
         let authorization = parts.headers.contains_key(header::AUTHORIZATION);
         let plan = Plan::new(
             parts.method == Method::HEAD,
@@ -123,7 +123,7 @@ impl CacheableRequest {
         );
         CacheableRequest {
             uri: parts.uri.clone(),
-            url_key: CacheKey::for_request(namespace, parts),
+            url_key: CacheKey::for_request_to(namespace, &host, parts),
             cc: CacheControl::parse_request(&client_headers),
             authorization,
             plan,

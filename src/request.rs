@@ -112,13 +112,15 @@ pub fn respelled(name: &HeaderName) -> bool {
 /// negotiation lists in canonical form, and the proxy's forwarding headers
 /// for `client`. Everything a `Vary` can select by is then in `parts`; the
 /// client's own headers (but hop-by-hop ones) are returned, for its
-/// conditions, ranges and directives.
+/// conditions, ranges and directives, with the host the origin gets and
+/// the key is built from (in key form; empty when the request names none
+/// the key can read).
 pub fn prepare(
     route: &Route,
     canonical_host: Option<&str>,
     client: &Peer,
     parts: &mut Parts,
-) -> HeaderMap {
+) -> (HeaderMap, String) {
     if let Some(uri) = keyed_uri(&parts.uri, &route.key_query) {
         parts.uri = uri;
     }
@@ -161,7 +163,7 @@ pub fn prepare(
         parts.headers.remove(header::HOST);
     }
     origin::add_forwarding_headers(&mut parts.headers, parts.version, client, &host);
-    client_headers
+    (client_headers, host)
 }
 
 /// Whether a header of a cacheable request reaches the origin as it came
@@ -566,6 +568,32 @@ mod tests {
         assert_eq!(parts.headers["cookie"], "ab=b; lang=fr");
         let none = prepared(&route, None, "/a", &[("cookie", "session=1")]);
         assert!(!none.headers.contains_key("cookie"));
+    }
+
+    #[test]
+    fn the_host_prepare_returns_is_the_one_the_prepared_request_names() {
+        let route = test_route("r", "/**", &[]);
+        let hosts: [&[u8]; 4] = [
+            b"shop.example",
+            b"Shop.Example:80",
+            b"shop:8080",
+            b"evil\xff",
+        ];
+        for canonical in [None, Some("canon.example")] {
+            for uri in ["/a", "http://Other.Example:80/a"] {
+                for host in hosts.iter().map(Some).chain([None]) {
+                    let mut parts = http::Request::get(uri).body(()).unwrap().into_parts().0;
+                    if let Some(host) = host {
+                        let value = HeaderValue::from_bytes(host).unwrap();
+                        parts.headers.insert(header::HOST, value);
+                    }
+                    let peer = Peer::new("192.0.2.7:5555".parse().unwrap());
+                    let (_, keyed) = prepare(&route, canonical, &peer, &mut parts);
+                    let named = crate::cache::key::request_host(&parts);
+                    assert_eq!(keyed, named, "{canonical:?} {uri} {host:?}");
+                }
+            }
+        }
     }
 
     #[test]

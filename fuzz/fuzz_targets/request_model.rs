@@ -89,7 +89,7 @@ fuzz_target!(|input: Input| {
     let client = &Peer::new(SocketAddr::from(([10, 0, 0, 1], 4711)));
     let canonical_host = input.canonical_host.then_some("shop.example.com");
 
-    request::prepare(route, canonical_host, client, &mut parts);
+    let (_, host) = request::prepare(route, canonical_host, client, &mut parts);
     // The proxy writes these two itself (and keeps an ingress's
     // `X-Forwarded-Proto` only where the route keys it).
     let own = [
@@ -110,6 +110,9 @@ fuzz_target!(|input: Input| {
         );
     }
     let key = CacheKey::for_request("fuzz", &parts);
+    // The proxy keys by the host prepare returns; it must be the one the
+    // prepared request names.
+    assert_eq!(key, CacheKey::for_request_to("fuzz", &host, &parts));
 
     let mut again = parts.clone();
     request::prepare(route, canonical_host, client, &mut again);

@@ -29,13 +29,13 @@ impl CacheKey {
     /// The key of a request's URL: what a response without variants is
     /// stored under, or the index of its variants.
     pub fn for_request(namespace: &str, request: &Parts) -> CacheKey {
-        KeyWriter::url(
-            namespace,
-            &request_host(request),
-            &request.method,
-            &request.uri,
-        )
-        .finish()
+        Self::for_request_to(namespace, &request_host(request), request)
+    }
+
+    /// [`CacheKey::for_request`] with the host known already, in key form
+    /// (as [`request_host`] reads it: lowercased, without the default port).
+    pub fn for_request_to(namespace: &str, host: &str, request: &Parts) -> CacheKey {
+        KeyWriter::url(namespace, host, &request.method, &request.uri).finish()
     }
 
     /// The key a GET of `uri` on `host` is stored under: what an unsafe
