@@ -23,7 +23,7 @@ use crate::clock::Clock;
 use crate::config::{CacheConfig, RedisConfig};
 use crate::metrics::Metrics;
 use coherence::Coherence;
-use entry::{Entry, Stored, Variants};
+use entry::{Entry, Forwarded, Stored, Variants};
 use flight::{Filled, Flights, Joined, Leader, Role};
 use growing::Reader;
 use http::{HeaderMap, HeaderName, header};
@@ -298,7 +298,7 @@ impl Cache {
     pub async fn lookup(
         &self,
         key: &CacheKey,
-        request: &HeaderMap,
+        request: &dyn Forwarded,
         now: SystemTime,
         budget: &Budget,
     ) -> Lookup {
@@ -318,7 +318,7 @@ impl Cache {
     fn lookup_in_memory(
         &self,
         key: &CacheKey,
-        request: &HeaderMap,
+        request: &dyn Forwarded,
         now: SystemTime,
     ) -> Option<Lookup> {
         if self.memory_unconfirmed() {
@@ -335,7 +335,7 @@ impl Cache {
         };
         let url = current(key)?;
         let variant = match &url.0 {
-            Stored::Variants(variants) => Some(current(&variants.key_for(request))?),
+            Stored::Variants(variants) => Some(current(&variants.key_for(request.headers()))?),
             Stored::Response(_) => None,
         };
         Some(Lookup::of(Some(url), variant))
@@ -344,7 +344,7 @@ impl Cache {
     async fn lookup_in_tiers(
         &self,
         key: &CacheKey,
-        request: &HeaderMap,
+        request: &dyn Forwarded,
         now: SystemTime,
         budget: &Budget,
     ) -> Lookup {
@@ -352,7 +352,7 @@ impl Cache {
         let url = self.judged(key, url, now, budget).await;
         let variant = match &url {
             Some((Stored::Variants(variants), _)) => {
-                let key = variants.key_for(request);
+                let key = variants.key_for(request.headers());
                 let variant = self.get(&key, now, budget).await;
                 self.judged(&key, variant, now, budget).await
             }

@@ -403,14 +403,14 @@ pub async fn explain(proxy: &Proxy, cache: &Cache, asked: Asked) -> Explanation 
     // One Redis budget, as a request has: Redis trouble is "unavailable".
     let budget = Budget::default();
     let inspection = cache
-        .inspect(&request.url_key, &request.forwarded, now, &budget)
+        .inspect(&request.url_key, request.forwarded(), now, &budget)
         .await;
     explanation.key = Some(key_report(&request.url_key));
     explanation.variants = inspection
         .lookup
         .variants
         .as_deref()
-        .map(|index| selection(index, &request.forwarded));
+        .map(|index| selection(index, request.forwarded()));
     explanation.tiers = Some(tiers(
         &inspection.url,
         inspection.variant.as_ref().map(|(_, held)| held),

@@ -1,12 +1,12 @@
 //! The request pipeline: route, key, lookup, forward, store — the one place that runs the stages in order.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
-use http::{Method, Request, Response, StatusCode, Uri};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio_util::task::TaskTracker;
@@ -14,7 +14,7 @@ use tracing::{Instrument, field};
 
 use crate::body::{self, ProxyBody};
 use crate::cache::decide::{self, OnError, OnHead, OnLookup, Plan, Presented, Prior, Times};
-use crate::cache::entry::Entry;
+use crate::cache::entry::{Entry, Forwarded};
 use crate::cache::fill::{Fill, StoringBody};
 use crate::cache::flight::Leader;
 use crate::cache::key::{self, CacheKey};
@@ -99,8 +99,14 @@ pub(crate) struct CacheableRequest {
     plan: Plan,
     /// The client's own headers, for its conditions and ranges.
     client_headers: HeaderMap,
-    /// The headers the origin gets, which also select among variants.
-    pub(crate) forwarded: HeaderMap,
+    /// The headers the origin gets, which also select among variants:
+    /// built when first asked for ([`Self::forwarded`]), which a hit on a
+    /// URL without variants never does.
+    forwarded: OnceLock<HeaderMap>,
+    /// What they are built from, besides the client's headers and the route.
+    host: String,
+    version: Version,
+    client: Peer,
 }
 
 impl CacheableRequest {
@@ -114,8 +120,10 @@ impl CacheableRequest {
         client: &Peer,
         parts: &mut Parts,
     ) -> CacheableRequest {
-        let (client_headers, host) = request::prepare(&route, canonical_host, client, parts);
-        let authorization = parts.headers.contains_key(header::AUTHORIZATION);
+        let (client_headers, host) = request::target(&route, canonical_host, parts);
+        // Whether the origin gets an `Authorization` (a guarded one it
+        // does not get makes no answer personal).
+        let authorization = request::forwards_authorization(&route, &client_headers);
         let plan = Plan::new(
             parts.method == Method::HEAD,
             client_headers.contains_key(header::RANGE),
@@ -128,10 +136,26 @@ impl CacheableRequest {
             authorization,
             plan,
             client_headers,
-            // What the origin gets, each time it is asked ([`Self::prepare`]).
-            forwarded: std::mem::take(&mut parts.headers),
+            forwarded: OnceLock::new(),
+            host,
+            version: parts.version,
+            client: client.clone(),
             route,
         }
+    }
+
+    /// The headers the origin gets, each time it is asked
+    /// ([`Self::prepare`]); what `Vary` selects by.
+    pub(crate) fn forwarded(&self) -> &HeaderMap {
+        self.forwarded.get_or_init(|| {
+            request::forwarded(
+                &self.route,
+                &self.client_headers,
+                self.version,
+                &self.client,
+                &self.host,
+            )
+        })
     }
 
     /// A whole GET for the same thing with the headers the origin gets,
@@ -140,9 +164,12 @@ impl CacheableRequest {
     fn refresh(&self) -> (CacheableRequest, Parts) {
         let mut parts = Request::new(()).into_parts().0;
         parts.uri = self.uri.clone();
+        // Built before the clone, so that the refresh carries them as they
+        // are, not built again from its own headers (which are these).
+        let forwarded = self.forwarded().clone();
         let request = CacheableRequest {
             plan: Plan::Full,
-            client_headers: self.forwarded.clone(),
+            client_headers: forwarded,
             ..self.clone()
         };
         (request, parts)
@@ -158,7 +185,7 @@ impl CacheableRequest {
             stale_while_revalidate: self.route.stale_while_revalidate,
             stale_if_error: self.route.stale_if_error,
             url_key: &self.url_key,
-            forwarded: &self.forwarded,
+            forwarded: self,
             key_headers: &self.route.key_headers,
             max_object_size,
         }
@@ -168,7 +195,7 @@ impl CacheableRequest {
     /// response being validated, or the client's `Range` when it is passed
     /// through; and the plan of the forwarded request.
     fn prepare(&self, prior: &Prior) -> (HeaderMap, Plan) {
-        let mut headers = self.forwarded.clone();
+        let mut headers = self.forwarded().clone();
         let validating = prior.validating();
         if let Some(entry) = validating {
             validation::add_validators(&mut headers, &entry.headers);
@@ -190,7 +217,7 @@ impl CacheableRequest {
         let varied = prior.variants.iter().flat_map(|index| index.names.iter());
         Flight::new(
             &self.url_key,
-            &self.forwarded,
+            self.forwarded(),
             self.route.key_headers.iter().chain(varied),
             self.route.lock_timeout,
         )
@@ -200,6 +227,12 @@ impl CacheableRequest {
     fn answer(&self, entry: &Entry, status: CacheStatus, now: SystemTime) -> Served {
         let response = answer(entry, &self.client_headers, self.plan.head_only(), now);
         Served { response, status }
+    }
+}
+
+impl Forwarded for CacheableRequest {
+    fn headers(&self) -> &HeaderMap {
+        self.forwarded()
     }
 }
 
@@ -375,7 +408,7 @@ impl Proxy {
         let budget = Budget::default();
         let lookup = self
             .cache
-            .lookup(&request.url_key, &request.forwarded, now, &budget)
+            .lookup(&request.url_key, &request, now, &budget)
             .await;
         let presented = request.presented(self.max_object_size);
         let prior = match decide::on_lookup(&presented, lookup, now) {

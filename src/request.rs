@@ -8,6 +8,7 @@
 
 use std::borrow::Cow;
 
+use http::Version;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::uri::{PathAndQuery, Uri};
@@ -113,12 +114,27 @@ pub fn respelled(name: &HeaderName) -> bool {
 /// for `client`. Everything a `Vary` can select by is then in `parts`; the
 /// client's own headers (but hop-by-hop ones) are returned, for its
 /// conditions, ranges and directives, with the host the origin gets and
-/// the key is built from (in key form; empty when the request names none
-/// the key can read).
+/// the key is built from. [`target`] and [`forwarded`], one after the other.
 pub fn prepare(
     route: &Route,
     canonical_host: Option<&str>,
     client: &Peer,
+    parts: &mut Parts,
+) -> (HeaderMap, String) {
+    let (client_headers, host) = target(route, canonical_host, parts);
+    parts.headers = forwarded(route, &client_headers, parts.version, client, &host);
+    (client_headers, host)
+}
+
+/// The first half of [`prepare`], all a URL's key needs: the target the
+/// origin gets (the query the route keys; origin-form with a canonical
+/// host) in `parts`, and, returned, the client's own headers but hop-by-hop
+/// ones (taken out of `parts`), and the host the origin gets and the key is
+/// built from (in key form; empty when the request names none the key can
+/// read).
+pub fn target(
+    route: &Route,
+    canonical_host: Option<&str>,
     parts: &mut Parts,
 ) -> (HeaderMap, String) {
     if let Some(uri) = keyed_uri(&parts.uri, &route.key_query) {
@@ -137,22 +153,33 @@ pub fn prepare(
     };
     let mut client_headers = std::mem::take(&mut parts.headers);
     origin::strip_hop_by_hop(&mut client_headers);
-    let cookie = match &route.cookies {
-        Cookies::Key(names) => keyed_cookies(&client_headers, names),
-        Cookies::Bypass | Cookies::Strip => None,
-    };
+    (client_headers, host)
+}
+
+/// The second half of [`prepare`]: the headers the origin gets, built from
+/// the client's own (as [`target`] returned them, with its `host`), which
+/// are what a `Vary` selects by.
+pub fn forwarded(
+    route: &Route,
+    client_headers: &HeaderMap,
+    version: Version,
+    client: &Peer,
+    host: &str,
+) -> HeaderMap {
     // Room for what is added below without growing the map.
     let room = 2 + NEGOTIATION.len() + 5;
-    parts.headers = origin::retained(&client_headers, room, |name| forwards(route, name));
-    if let Some(cookie) = cookie {
-        parts.headers.insert(header::COOKIE, cookie);
+    let mut headers = origin::retained(client_headers, room, |name| forwards(route, name));
+    if let Cookies::Key(names) = &route.cookies
+        && let Some(cookie) = keyed_cookies(client_headers, names)
+    {
+        headers.insert(header::COOKIE, cookie);
     }
-    if let Some(coding) = accept_encoding(&parts.headers) {
-        parts.headers.insert(header::ACCEPT_ENCODING, coding);
+    if let Some(coding) = accept_encoding(&headers) {
+        headers.insert(header::ACCEPT_ENCODING, coding);
     }
     for name in NEGOTIATION {
-        if let Some(list) = negotiation_list(&parts.headers, &name) {
-            parts.headers.insert(name, list);
+        if let Some(list) = negotiation_list(&headers, &name) {
+            headers.insert(name, list);
         }
     }
     // The origin gets the host the key is built from, as `Host` (put there
@@ -160,10 +187,16 @@ pub fn prepare(
     // the key could not read (not visible ASCII, or none) must not reach
     // the origin either: it then gets none, as the key has none.
     if host.is_empty() {
-        parts.headers.remove(header::HOST);
+        headers.remove(header::HOST);
     }
-    origin::add_forwarding_headers(&mut parts.headers, parts.version, client, &host);
-    (client_headers, host)
+    origin::add_forwarding_headers(&mut headers, version, client, host);
+    headers
+}
+
+/// Whether a cacheable request sends the origin an `Authorization` (what
+/// [`forwarded`] would keep of `client_headers`).
+pub fn forwards_authorization(route: &Route, client_headers: &HeaderMap) -> bool {
+    client_headers.contains_key(header::AUTHORIZATION) && forwards(route, &header::AUTHORIZATION)
 }
 
 /// Whether a header of a cacheable request reaches the origin as it came

@@ -66,6 +66,12 @@ async fn stale_while_revalidate_answers_at_once_and_refreshes_once_rfc5861_3() {
     assert_eq!(fresh.text(), "new");
     assert!(fresh.cache_status().contains("hit"));
     assert_eq!(origin.hits("/swr"), 2, "exactly one background refresh");
+    // The refresh asks as the request that found the entry stale would
+    // have: the proxy's forwarding headers once, not added again.
+    let refresh = origin.last_headers("/swr");
+    assert_eq!(refresh["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(refresh.get_all("via").iter().count(), 1);
+    assert_eq!(refresh["via"], "1.1 sidecache");
     let metrics = proxy.admin("/metrics").await.text();
     assert!(
         metrics.contains("sidecache_background_refreshes_total{result=\"stored\"} 1"),

@@ -12,7 +12,7 @@ use http::response;
 use http::{HeaderMap, HeaderName, StatusCode, header};
 
 use super::Lookup;
-use super::entry::{self, Entry, Variants};
+use super::entry::{self, Entry, Forwarded, Variants};
 use super::key::CacheKey;
 use super::policy::{self, CacheControl, NoCacheReason, RequestFacts, StoreRules, Usability};
 use super::status::CacheStatus;
@@ -81,8 +81,9 @@ pub struct Presented<'a> {
     pub stale_if_error: Duration,
     /// The URL's key, under which a response or its variant index is stored.
     pub url_key: &'a CacheKey,
-    /// The headers the origin gets: they select among variants.
-    pub forwarded: &'a HeaderMap,
+    /// The headers the origin gets: they select among variants (built
+    /// when first asked for).
+    pub forwarded: &'a dyn Forwarded,
     /// The route's key headers: every response is stored as a variant by them.
     pub key_headers: &'a [HeaderName],
     /// Largest body the cache takes.
@@ -349,7 +350,7 @@ fn to_store(
         _ => Arc::new(Variants::new(request.url_key.clone(), names)),
     });
     let key = variants.as_ref().map_or(request.url_key.clone(), |index| {
-        index.key_for(request.forwarded)
+        index.key_for(request.forwarded.headers())
     });
     let entry = Entry {
         key,

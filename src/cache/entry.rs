@@ -178,6 +178,19 @@ pub enum Stored {
     Variants(Arc<Variants>),
 }
 
+/// The headers a request sends the origin, which a variant index selects
+/// by (RFC 9111 §4.1). A trait so that a request can build them when an
+/// index first asks: a hit on a URL without variants never needs them.
+pub trait Forwarded: Sync {
+    fn headers(&self) -> &HeaderMap;
+}
+
+impl Forwarded for HeaderMap {
+    fn headers(&self) -> &HeaderMap {
+        self
+    }
+}
+
 /// The variants of one URL (RFC 9111 §4.1): which request headers select
 /// among them (the response's `Vary` plus the route's `key_headers`), and the
 /// generation their keys carry. Stored under the URL's own key, so a variant

@@ -53,7 +53,7 @@ impl Proxy {
         origin::strip_hop_by_hop(&mut sent.headers);
         let difference = match body.size_hint().exact() {
             Some(0) => {
-                first_difference(&sent.uri, &sent.headers, &modelled.uri, &request.forwarded)
+                first_difference(&sent.uri, &sent.headers, &modelled.uri, request.forwarded())
             }
             _ => Some("a request body".to_owned()),
         };
@@ -63,7 +63,7 @@ impl Proxy {
             let now = self.cache.now();
             let found = self
                 .cache
-                .lookup(&request.url_key, &request.forwarded, now, &budget)
+                .lookup(&request.url_key, &request, now, &budget)
                 .await;
             (found, now)
         };
@@ -140,7 +140,7 @@ impl Proxy {
         match decide::on_head(&presented, plan, &prior, head, times) {
             OnHead::Store {
                 entry, variants, ..
-            } if coding_selected(variants.as_deref(), &head.headers, &request.forwarded) => {
+            } if coding_selected(variants.as_deref(), &head.headers, request.forwarded()) => {
                 Some(Fill::new(
                     self.cache.clone(),
                     entry,
