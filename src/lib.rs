@@ -14,12 +14,13 @@
 //! - [`route`]: the first route whose path pattern matches decides caching.
 //! - [`request`]: the request model: what a cacheable request sends the
 //!   origin (all end-to-end headers but the guard list; cookies, query and
-//!   host as the route and `cache.host` say), which is what `Vary` keys by.
+//!   host as the route and `cache.host` say), which is what `Vary` keys by;
+//!   built when a variant index or a fetch first needs it.
 //! - [`cache::key`]: canonical, length-prefixed, hashed cache keys.
 //! - [`cache`]: the tiers facade: lookup ([`cache::memory`] is L1,
 //!   [`cache::redis`] the shared L2: one Redis budget per request, a
-//!   breaker per cluster node, pub/sub through a plain connection per
-//!   master), `admit`
+//!   breaker per cluster node, a client per worker thread, pub/sub through
+//!   a plain connection per master), `admit`
 //!   (single-flight in the pod, [`cache::flight`], and in the fleet, a Redis
 //!   lease), and `store`, the one way in. [`cache::coherence`] keeps each
 //!   pod's memory tier from serving, for longer than a bound, what another
