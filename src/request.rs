@@ -143,10 +143,14 @@ pub fn target(
     let host = match canonical_host {
         Some(host) => {
             // The origin and the key both see the canonical host, however
-            // the client addressed this pod.
-            if let Some(origin_form) = parts.uri.path_and_query().cloned() {
-                parts.uri = Uri::from(origin_form);
-            }
+            // the client addressed this pod; an absolute target without a
+            // path (`GET http://other`) asks for `/`, as the origin gets it.
+            let origin_form = parts
+                .uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/"));
+            parts.uri = Uri::from(origin_form);
             host.to_owned()
         }
         None => key::request_host(parts),
@@ -613,7 +617,7 @@ mod tests {
             b"evil\xff",
         ];
         for canonical in [None, Some("canon.example")] {
-            for uri in ["/a", "http://Other.Example:80/a"] {
+            for uri in ["/a", "http://Other.Example:80/a", "other.example"] {
                 for host in hosts.iter().map(Some).chain([None]) {
                     let mut parts = http::Request::get(uri).body(()).unwrap().into_parts().0;
                     if let Some(host) = host {

@@ -89,7 +89,12 @@ fuzz_target!(|input: Input| {
     let client = &Peer::new(SocketAddr::from(([10, 0, 0, 1], 4711)));
     let canonical_host = input.canonical_host.then_some("shop.example.com");
 
-    let (_, host) = request::prepare(route, canonical_host, client, &mut parts);
+    let (client_headers, host) = request::prepare(route, canonical_host, client, &mut parts);
+    // The proxy judges `Authorization` without building what the origin gets.
+    assert_eq!(
+        request::forwards_authorization(route, &client_headers),
+        parts.headers.contains_key(header::AUTHORIZATION)
+    );
     // The proxy writes these two itself (and keeps an ingress's
     // `X-Forwarded-Proto` only where the route keys it).
     let own = [
