@@ -35,6 +35,20 @@ async fn metric(pod: &Proxy, series: &str) -> u64 {
 }
 
 /// A cacheable 200 for ten minutes with these extra header lines.
+/// Waits (up to 5 s) until Redis holds `count` stored objects: the pods'
+/// queued fills have landed. The other pod is to get its copy from there: a
+/// request of its that looked before may fetch the page itself (it waits on
+/// the filling pod's lease only within its 50 ms Redis budget), which a
+/// loaded machine makes likely.
+async fn in_redis(cluster: &RedisCluster, count: usize) {
+    let masters = cluster.master_ports();
+    eventually("the fills in Redis", Duration::from_secs(5), async || {
+        let masters = masters.clone();
+        blocking(move || RedisCluster::entries(&masters) >= count).await
+    })
+    .await;
+}
+
 fn tagged(lines: &[(&str, &str)]) -> Reply {
     lines.iter().fold(
         Reply::ok().header("cache-control", "max-age=600"),
@@ -111,6 +125,7 @@ async fn a_tag_purge_through_one_pod_reaches_every_pod_and_redis_and_spares_othe
         assert!(answer.cache_status().contains("fwd=miss; stored"), "{path}");
         assert_eq!(answer.header("surrogate-key"), "", "tags are not exposed");
         assert_eq!(answer.header("cache-tag"), "");
+        in_redis(&cluster, n + 1).await;
         for pod in [&a, &b] {
             eventually("the fill in Redis", Duration::from_secs(5), async || {
                 get(pod, path).await.cache_status().contains("; hit")
@@ -202,6 +217,7 @@ async fn a_soft_purge_makes_other_pods_revalidate_instead_of_refetch() {
             .cache_status()
             .contains("fwd=miss; stored")
     );
+    in_redis(&cluster, 1).await;
     eventually("B holds the page", Duration::from_secs(5), async || {
         get(&b, "/t/page").await.cache_status().contains("; hit")
     })

@@ -214,6 +214,16 @@ impl RedisCluster {
             .unwrap_or(0)
     }
 
+    /// Stored objects (responses and variant indexes, `sidecache:{HASH}`;
+    /// not leases, tags or purge records) on the masters on `ports`.
+    pub fn entries(ports: &[u16]) -> usize {
+        ports
+            .iter()
+            .filter_map(|&port| cli(port, &["--scan", "--pattern", "sidecache:{*}"]))
+            .map(|reply| reply.lines().filter(|line| !line.is_empty()).count())
+            .sum()
+    }
+
     /// Keys held by all masters together.
     pub fn total_keys(&self) -> u64 {
         self.master_ports()
