@@ -362,21 +362,10 @@ impl Body for OriginResponseBody {
 
 /// Whether `name` describes one connection and is never forwarded.
 pub fn is_hop_by_hop(name: &HeaderName) -> bool {
-    // One match on the name's text (a switch on its length, then one
-    // compare) rather than a compare with each listed `HeaderName`: this
-    // runs for every field of every request and response.
-    matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "proxy-authenticate"
-            | "proxy-authorization"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-    )
+    // Compared as text (most fail on the length at once) rather than with
+    // each listed `HeaderName`: this runs for every field of every request
+    // and response.
+    HOP_BY_HOP.contains(&name.as_str())
 }
 
 /// Removes hop-by-hop headers, including those the `Connection` header names.

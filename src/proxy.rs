@@ -110,9 +110,10 @@ pub(crate) struct CacheableRequest {
 }
 
 impl CacheableRequest {
-    /// Reads what caching needs from `parts`, and turns it into what the
-    /// origin receives (the request model, [`request::prepare`]): the
-    /// key is built from that, and `Vary` selects by the headers in it.
+    /// Reads what caching needs from `parts`: the target and host the
+    /// origin gets (the request model's first half, [`request::target`]),
+    /// which the key is built from. The headers it gets, which `Vary`
+    /// selects by, are built when first asked for ([`Self::forwarded`]).
     fn new(
         namespace: &str,
         canonical_host: Option<&str>,
