@@ -402,14 +402,18 @@ fn decode_response(mut data: Bytes, key: CacheKey) -> Result<Entry, DecodeError>
     // so it only hints (a map that large would panic).
     let mut headers = HeaderMap::with_capacity(usize::try_from(count.min(64)).unwrap_or(64));
     for _ in 0..count {
+        // The name is read in place: a standard one needs no bytes of its
+        // own, and slicing `data` would count a reference up and down.
         let len = usize::from(get_u16(&mut data)?);
-        let name = take(&mut data, len)?;
+        let name = HeaderName::from_bytes(data.get(..len).ok_or(DecodeError::Malformed)?)
+            .map_err(|_| DecodeError::Malformed)?;
+        data.advance(len);
         let value = get_bytes32(&mut data)?;
         // `try_append`: a map holds at most 32,768 names, and `append`
         // panics past them.
         headers
             .try_append(
-                HeaderName::from_bytes(&name).map_err(|_| DecodeError::Malformed)?,
+                name,
                 HeaderValue::from_maybe_shared(value).map_err(|_| DecodeError::Malformed)?,
             )
             .map_err(|_| DecodeError::Malformed)?;
