@@ -5,7 +5,8 @@
 RAW has one line per cell and round, as compare.sh writes it:
 round, path, server, req/s, p50, p99 (wrk's units), requests, server CPU
 ticks, backend CPU ticks, origin fetches, origin connections accepted,
-non-2xx responses, socket errors; in the order the cells ran.
+non-2xx responses, socket errors, and the server's user CPU ticks (not in
+runs before the bytes relay was added); in the order the cells ran.
 Prints the markdown table to stdout too. Standard library only: the chart
 is SVG written by hand.
 """
@@ -15,12 +16,15 @@ import statistics
 import sys
 from html import escape
 
-# Each row of the table: what sidecache's cell is compared against, and the
-# goal of issue 11 for the req/s ratio (None: no goal, reported only).
-# The CPU goal applies to memory hits: at most 0.9x nginx's CPU per request.
+# Each row of the table: what a cell (sidecache's, but for the floor) is
+# compared against, and the goal of issue 11 for the req/s ratio (None: no
+# goal, reported only). The CPU goal applies to memory hits: at most 0.9x
+# nginx's CPU per request. The floor is examples/relay_floor.rs: bytes
+# copied between connections, no HTTP; what no proxy here can beat.
 ROWS = [
-    # (label, sidecache cell, reference cell, reference label, goal, cpu goal)
+    # (label, measured cell, reference cell, reference label, goal, cpu goal)
     ("pass-through, 1 KiB", ("pass", "sidecache"), ("pass", "nginx"), "nginx proxy_pass", 1.1, None),
+    ("floor: bytes relayed, no HTTP, 1 KiB", ("pass", "relay"), ("pass", "nginx"), "nginx proxy_pass", None, None),
     ("memory hit, 1 KiB", ("hit1k", "sidecache"), ("hit1k", "nginx"), "nginx proxy_cache", 1.1, 0.9),
     ("memory hit, 16 KiB", ("hit16k", "sidecache"), ("hit16k", "nginx"), "nginx proxy_cache", 1.1, 0.9),
     ("memory hit, 256 KiB", ("hit256k", "sidecache"), ("hit256k", "nginx"), "nginx proxy_cache", None, None),
@@ -31,6 +35,8 @@ ROWS = [
      "sidecache memory hit, 1 KiB", 0.75, None),
     ("cacheable miss (fill), 1 KiB", ("fill", "sidecache"), ("pass", "sidecache"),
      "sidecache pass-through, 1 KiB", 1.0, None),
+    ("pass-through, 1 KiB", ("pass", "sidecache"), ("pass", "relay"),
+     "the floor (bytes relayed, no HTTP)", None, None),
 ]
 # Rows whose reference runs other software than a proxy: a CPU ratio there
 # compares unlike work, so the table leaves it out.
@@ -64,6 +70,7 @@ def read_cells(raw_path, clk_tck):
                 "requests": requests,
                 # ticks -> µs, per completed request
                 "cpu": int(f[7]) * 1e6 / clk_tck / requests,
+                "user_cpu": int(f[13]) * 1e6 / clk_tck / requests if len(f) > 13 else None,
                 "backend_cpu": int(f[8]) * 1e6 / clk_tck / requests,
                 "fetches": int(f[9]) / requests,
                 "origin_conns": int(f[10]),
@@ -76,7 +83,8 @@ def read_cells(raw_path, clk_tck):
 
 
 def median(cells, key):
-    return statistics.median(c[key] for c in cells)
+    values = [c[key] for c in cells if c[key] is not None]
+    return statistics.median(values) if values else None
 
 
 def paired_ratios(a, b, key):
@@ -88,6 +96,8 @@ def paired_ratios(a, b, key):
 def summarize(cells):
     rows = []
     for label, a_key, b_key, against, goal, cpu_goal in ROWS:
+        if a_key not in cells or b_key not in cells:
+            continue  # a run from before that cell was measured
         a, b = cells[a_key], cells[b_key]
         ratios = paired_ratios(a, b, "rps")
         cpu_ratios = [] if against in NO_CPU_RATIO else paired_ratios(a, b, "cpu")
@@ -103,6 +113,7 @@ def summarize(cells):
             "a_p50": median(a, "p50"), "a_p99": median(a, "p99"),
             "b_p50": median(b, "p50"), "b_p99": median(b, "p99"),
             "a_cpu": median(a, "cpu"), "b_cpu": median(b, "cpu"),
+            "a_user": median(a, "user_cpu"), "b_user": median(b, "user_cpu"),
             "cpu_ratio": cpu_ratio, "goal": goal, "cpu_goal": cpu_goal, "met": met,
         })
     return rows
@@ -121,11 +132,16 @@ def goal_text(row):
     return f"{text}: {'met' if row['met'] else 'not met'}"
 
 
+def cpu_text(cpu, user):
+    """CPU µs/req, with its user-space part when the run recorded it."""
+    return f"{cpu:.1f}" if user is None else f"{cpu:.1f} ({user:.1f})"
+
+
 def markdown_table(rows, rounds):
     spread = " (min–max)" if rounds > 1 else ""
     lines = [
-        f"| path | against | sidecache req/s | their req/s | ratio{spread} | sidecache p50 / p99 ms"
-        " | their p50 / p99 ms | sidecache CPU µs/req | their CPU µs/req | CPU ratio | goal |",
+        f"| path | against | req/s | their req/s | ratio{spread} | p50 / p99 ms"
+        " | their p50 / p99 ms | CPU µs/req (user) | their CPU µs/req (user) | CPU ratio | goal |",
         "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|---|",
     ]
     for r in rows:
@@ -136,21 +152,23 @@ def markdown_table(rows, rounds):
         lines.append(
             f"| {r['path']} | {r['against']} | {rate(r['a_rps'])} | {rate(r['b_rps'])} | {ratio}"
             f" | {r['a_p50']:.2f} / {r['a_p99']:.2f} | {r['b_p50']:.2f} / {r['b_p99']:.2f}"
-            f" | {r['a_cpu']:.1f} | {r['b_cpu']:.1f} | {cpu_ratio} | {goal_text(r)} |"
+            f" | {cpu_text(r['a_cpu'], r['a_user'])} | {cpu_text(r['b_cpu'], r['b_user'])} | {cpu_ratio}"
+            f" | {goal_text(r)} |"
         )
     return "\n".join(lines)
 
 
 def rounds_table(cells):
     lines = [
-        "| round | path | server | req/s | p50 / p99 ms | CPU µs/req | backend CPU µs/req"
+        "| round | path | server | req/s | p50 / p99 ms | CPU µs/req (user) | backend CPU µs/req"
         " | origin fetches/req | new origin conns | non-2xx | socket errors |",
         "|--:|---|---|--:|--:|--:|--:|--:|--:|--:|---|",
     ]
     ran = sorted(((c["order"], path, server, c) for (path, server), cs in cells.items() for c in cs))
     for _, path, server, c in ran:
         lines.append(
-            f"| {c['round']} | {path} | {server} | {c['rps']:.0f} | {c['p50']:.2f} / {c['p99']:.2f} | {c['cpu']:.1f}"
+            f"| {c['round']} | {path} | {server} | {c['rps']:.0f} | {c['p50']:.2f} / {c['p99']:.2f}"
+            f" | {cpu_text(c['cpu'], c['user_cpu'])}"
             f" | {c['backend_cpu']:.1f} | {c['fetches']:.3f} | {c['origin_conns']} | {c['non2xx']} | {c['errors']} |"
         )
     return "\n".join(lines)
@@ -173,10 +191,11 @@ def warnings(cells):
 
 def write_csv(rows, path):
     fields = ["path", "against", "a_rps", "b_rps", "ratio", "ratio_min", "ratio_max", "a_p50", "a_p99",
-              "b_p50", "b_p99", "a_cpu", "b_cpu", "cpu_ratio", "goal", "cpu_goal", "met"]
+              "b_p50", "b_p99", "a_cpu", "b_cpu", "cpu_ratio", "goal", "cpu_goal", "met", "a_user", "b_user"]
     names = ["path", "against", "sidecache_rps", "their_rps", "ratio", "ratio_min", "ratio_max",
              "sidecache_p50_ms", "sidecache_p99_ms", "their_p50_ms", "their_p99_ms",
-             "sidecache_cpu_us_per_req", "their_cpu_us_per_req", "cpu_ratio", "goal", "cpu_goal", "goal_met"]
+             "sidecache_cpu_us_per_req", "their_cpu_us_per_req", "cpu_ratio", "goal", "cpu_goal", "goal_met",
+             "sidecache_user_cpu_us_per_req", "their_user_cpu_us_per_req"]
     with open(path, "w", newline="") as out:
         writer = csv.writer(out)
         writer.writerow(names)
@@ -287,8 +306,12 @@ def main():
         "",
         table,
         "",
+        "req/s, latency and CPU: sidecache's, except in the floor row (examples/relay_floor.rs: bytes copied "
+        "between each client connection and an origin connection of its own, no HTTP parsed or written; the "
+        "least any proxy costs on this machine, kernel and runtime). "
         "CPU µs/req: user + system time of the server's processes (sidecache; nginx's master and workers; "
-        "redis-server for redis-benchmark) over the measured run, divided by the requests completed. "
+        "redis-server for redis-benchmark) over the measured run, divided by the requests completed; in "
+        "brackets its user-space part (the rest is the kernel's: sockets, loopback, wake-ups). "
         "The Redis hit's sidecache CPU leaves out Redis's own (in the per-round table as backend CPU).",
         "",
         "## Every cell",

@@ -14,7 +14,10 @@
 # Cells: pass-through 1 KiB (sidecache `cache = false` vs nginx proxy_pass),
 # memory hits 1/16/256 KiB (vs nginx proxy_cache), Redis hit 1 KiB with L1
 # off (vs redis-benchmark GET on the same Redis), cacheable miss 1 KiB with a
-# new URL per request (vs nginx proxy_cache). It writes
+# new URL per request (vs nginx proxy_cache); and, in the pass-through cell,
+# the floor: examples/relay_floor.rs, a relay that copies bytes between each
+# client connection and an origin connection of its own and does no HTTP
+# (what the kernel and the runtime cost a proxy on this machine). It writes
 # bench/results/compare-<date>.md, .csv, .cells.tsv (what was measured) and
 # the chart bench/results/compare.svg (a --quick run writes
 # compare-<date>-quick.* and leaves the chart the README shows alone),
@@ -57,6 +60,7 @@ connections=64
 origin_port=23400       # nginx serving static files: the origin of every proxy
 nginx_pass_port=23410   # nginx proxy_pass, upstream keepalive
 nginx_cache_port=23411  # nginx proxy_cache (same nginx instance)
+relay_port=23412        # examples/relay_floor: bytes relayed, no HTTP
 sc_port=23420           # sidecache, memory tier: pass-through, hit and fill routes
 sc_redis_port=23422     # sidecache, L1 off, on the standalone Redis
 redis_port=23430        # redis-server, no persistence
@@ -68,7 +72,7 @@ install_missing() {
 
 check_ports_free() {
     local port
-    for port in $origin_port $nginx_pass_port $nginx_cache_port $sc_port $((sc_port + 1)) \
+    for port in $origin_port $nginx_pass_port $nginx_cache_port $relay_port $sc_port $((sc_port + 1)) \
         $sc_redis_port $((sc_redis_port + 1)) $redis_port; do
         if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
             echo "port $port is in use; is another bench/compare.sh running?" >&2
@@ -192,6 +196,15 @@ NGINX
     nginx_pid=${pids[-1]}
     wait_for_port $nginx_pass_port nginx "$nginx_pid"
     wait_for_port $nginx_cache_port nginx "$nginx_pid"
+}
+
+# The floor of the pass-through cell, two workers like the other servers.
+start_relay_floor() {
+    target/release/examples/relay_floor "127.0.0.1:$relay_port" "127.0.0.1:$origin_port" 2 \
+        >"$work/relay.log" 2>&1 &
+    pids+=("$!")
+    relay_pid=$!
+    wait_for_port $relay_port relay "$relay_pid"
 }
 
 start_redis() {
@@ -324,6 +337,7 @@ prime_and_check() {
         { echo "nginx did not store $url" >&2; exit 1; }
     curl -sf -o /dev/null "http://127.0.0.1:$sc_port/pass/1k"
     curl -sf -o /dev/null "http://127.0.0.1:$nginx_pass_port/pass/1k"
+    curl -sf -o /dev/null "http://127.0.0.1:$relay_port/pass/1k"
     # redis-benchmark GETs the key "key:__rand_int__" (without -r it is not
     # substituted); -d sizes only SET values, so store the 1 KiB value first
     # or every GET answers nil.
@@ -333,16 +347,17 @@ prime_and_check() {
 
 # Clock ticks of user + system time of PID and of its children (nginx: the
 # master, its workers and the cache manager; a process's own figure covers
-# all its threads).
+# all its threads), then of user time alone.
 cpu_ticks() { # PID
-    local pid total=0 stat fields
+    local pid total=0 user=0 stat fields
     for pid in "$1" $(cat /proc/"$1"/task/*/children 2>/dev/null); do
         stat=$(cat "/proc/$pid/stat" 2>/dev/null) || continue
         # After "pid (comm) ": utime and stime are the 12th and 13th fields.
         read -ra fields <<<"${stat##*) }"
         total=$((total + fields[11] + fields[12]))
+        user=$((user + fields[11]))
     done
-    echo "$total"
+    echo "$total $user"
 }
 
 # Connections the origin has accepted and requests it has answered so far
@@ -360,9 +375,10 @@ http_cell() { # ROUND PATH SERVER
     case $server in
         sidecache) port=$sc_port; pid=$sc_pid ;;
         nginx) port=$nginx_cache_port; pid=$nginx_pid ;;
+        relay) port=$relay_port; pid=$relay_pid ;;
     esac
     case $path in
-        pass) url_path=/pass/1k; [ "$server" = sidecache ] || port=$nginx_pass_port ;;
+        pass) url_path=/pass/1k; [ "$server" != nginx ] || port=$nginx_pass_port ;;
         hit1k) url_path=/cache/1k ;;
         hit16k) url_path=/cache/16k ;;
         hit256k) url_path=/cache/256k ;;
@@ -376,16 +392,17 @@ http_cell() { # ROUND PATH SERVER
     "${load[@]}" -d"${warmup}s" "$url" "${fill_args[@]}" >/dev/null
     [ "$path" != fill ] || fill_args=(-- "r$round$server")
 
-    local cpu0 backend0 conns0 fetched0 conns1 fetched1 out
-    cpu0=$(cpu_ticks "$pid"); backend0=$(cpu_ticks "$backend")
+    local cpu0 user0 backend0 cpu1 user1 backend1 conns0 fetched0 conns1 fetched1 out
+    read -r cpu0 user0 < <(cpu_ticks "$pid"); read -r backend0 _ < <(cpu_ticks "$backend")
     read -r conns0 fetched0 < <(origin_counters)
     out=$("${load[@]}" -d"${seconds}s" --latency "$url" "${fill_args[@]}")
-    local cpu=$(($(cpu_ticks "$pid") - cpu0)) backend_cpu=$(($(cpu_ticks "$backend") - backend0))
+    read -r cpu1 user1 < <(cpu_ticks "$pid"); read -r backend1 _ < <(cpu_ticks "$backend")
+    local cpu=$((cpu1 - cpu0)) user=$((user1 - user0)) backend_cpu=$((backend1 - backend0))
     read -r conns1 fetched1 < <(origin_counters)
     # Less our own status request, and its connection.
     local conns=$((conns1 - conns0 - 1)) fetched=$((fetched1 - fetched0 - 1))
     echo "$out" | awk -v round="$round" -v path="$path" -v server="$server" \
-        -v cpu="$cpu" -v backend="$backend_cpu" -v fetched="$fetched" -v conns="$conns" '
+        -v cpu="$cpu" -v user="$user" -v backend="$backend_cpu" -v fetched="$fetched" -v conns="$conns" '
         / requests in / { requests = $1 }
         /^Requests\/sec:/ { rps = $2 }
         /^ +50% / { p50 = $2 }
@@ -394,7 +411,7 @@ http_cell() { # ROUND PATH SERVER
         /Socket errors:/ { sub(/^ *Socket errors: */, ""); errors = $0 }
         END {
             OFS = "\t"
-            print round, path, server, rps, p50, p99, requests, cpu, backend, fetched, conns, bad + 0, errors == "" ? "-" : errors
+            print round, path, server, rps, p50, p99, requests, cpu, backend, fetched, conns, bad + 0, errors == "" ? "-" : errors, user
         }' >>"$raw"
     report_cell
 }
@@ -404,15 +421,15 @@ http_cell() { # ROUND PATH SERVER
 # measures the rate, and the run is sized to last about $seconds.
 redis_benchmark_cell() { # ROUND
     local bench=(redis-benchmark -h 127.0.0.1 -p "$redis_port" -t get -c "$connections" -d 1024 --csv)
-    local rate requests cpu0 out
+    local rate requests cpu0 user0 cpu1 user1 out
     rate=$("${bench[@]}" -n $((warmup * 50000)) | awk -F'"' 'NR == 2 { print int($4) }')
     requests=$((rate * seconds))
-    cpu0=$(cpu_ticks "$redis_pid")
+    read -r cpu0 user0 < <(cpu_ticks "$redis_pid")
     out=$("${bench[@]}" -n "$requests")
-    local cpu=$(($(cpu_ticks "$redis_pid") - cpu0))
+    read -r cpu1 user1 < <(cpu_ticks "$redis_pid")
     # CSV: test, rps, avg, min, p50, p95, p99, max (latencies in ms)
-    echo "$out" | awk -F'"' -v round="$1" -v requests="$requests" -v cpu="$cpu" '
-        NR == 2 { OFS = "\t"; print round, "redis", "redis-benchmark", $4, $10 "ms", $14 "ms", requests, cpu, 0, 0, 0, 0, "-" }' >>"$raw"
+    echo "$out" | awk -F'"' -v round="$1" -v requests="$requests" -v cpu=$((cpu1 - cpu0)) -v user=$((user1 - user0)) '
+        NR == 2 { OFS = "\t"; print round, "redis", "redis-benchmark", $4, $10 "ms", $14 "ms", requests, cpu, 0, 0, 0, 0, "-", user }' >>"$raw"
     report_cell
 }
 
@@ -423,7 +440,8 @@ report_cell() {
 
 # The cells of one round. The paths start at a different one each round,
 # and on even rounds nginx (or redis-benchmark) runs before sidecache, so
-# neither server always runs first or always after the same neighbour.
+# neither server always runs first or always after the same neighbour; the
+# pass-through cell's three servers rotate.
 run_round() { # ROUND
     local round=$1 paths=(pass hit1k hit16k hit256k redis fill) i path server other order
     local offset=$(((round - 1) * ${#paths[@]} / rounds))
@@ -434,6 +452,10 @@ run_round() { # ROUND
         [ "$path" != redis ] || other=redis-benchmark
         order=(sidecache "$other")
         ((round % 2)) || order=("$other" sidecache)
+        if [ "$path" = pass ]; then
+            order=(sidecache nginx relay sidecache nginx)
+            order=("${order[@]:$((round % 3)):3}")
+        fi
         for server in "${order[@]}"; do
             if [ "$server" = redis-benchmark ]; then
                 redis_benchmark_cell "$round"
@@ -473,7 +495,7 @@ main() {
     install_missing
     check_ports_free
     echo "== cargo build --release"
-    cargo build --release --quiet --bin sidecache
+    cargo build --release --quiet --bin sidecache --example relay_floor
 
     trap cleanup EXIT
     trap 'exit 130' INT TERM
@@ -490,13 +512,14 @@ main() {
 
     start_origin
     start_nginx_proxy
+    start_relay_floor
     start_redis
     start_sidecache_memory
     start_sidecache_redis
     write_fill_script
     prime_and_check
 
-    local cells=12 estimate
+    local cells=13 estimate
     estimate=$((cells * rounds * (seconds + warmup + 1)))
     echo "== $cells cells x $rounds rounds x (${seconds}s + ${warmup}s warm-up): about $((estimate / 60)) min $((estimate % 60)) s"
     local round
