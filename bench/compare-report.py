@@ -115,6 +115,7 @@ def summarize(cells):
             "a_cpu": median(a, "cpu"), "b_cpu": median(b, "cpu"),
             "a_user": median(a, "user_cpu"), "b_user": median(b, "user_cpu"),
             "cpu_ratio": cpu_ratio, "goal": goal, "cpu_goal": cpu_goal, "met": met,
+            "floor": "relay" in (a_key[1], b_key[1]),
         })
     return rows
 
@@ -145,7 +146,9 @@ def markdown_table(rows, rounds):
         "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|---|",
     ]
     for r in rows:
-        ratio = f"**{r['ratio']:.2f}**"
+        # Two decimals, or three where two would round a miss up to its goal.
+        digits = 3 if r["met"] is False and round(r["ratio"], 2) >= r["goal"] else 2
+        ratio = f"**{r['ratio']:.{digits}f}**"
         if rounds > 1:
             ratio += f" ({r['ratio_min']:.2f}–{r['ratio_max']:.2f})"
         cpu_ratio = "—" if r["cpu_ratio"] is None else f"{r['cpu_ratio']:.2f}"
@@ -215,7 +218,7 @@ def svg_chart(rows, meta):
         ("against a ceiling, or sidecache's own path", [r for r in rows if not r["against"].startswith("nginx")]),
     ]
     top = 62
-    height = top + sum(head_h + len(g) * (bar_h + gap) for _, g in groups) + 58
+    height = top + sum(head_h + len(g) * (bar_h + gap) for _, g in groups) + 73
     top_ratio = max(1.5, max(r["ratio_max"] for r in rows) * 1.12)
     scale = (width - left - right) / top_ratio
 
@@ -246,7 +249,7 @@ def svg_chart(rows, meta):
         first = y
         for r in members:
             met = r["met"] if r["met"] is not None else r["ratio"] >= 1.0
-            colour = "#3a8f4b" if met else "#d9822b"
+            colour = "#8a8a8a" if r["floor"] else "#3a8f4b" if met else "#d9822b"
             parts.append(f'<text x="{left - 8}" y="{y + 10}" text-anchor="end">{escape(r["path"])}</text>')
             parts.append(f'<text x="{left - 8}" y="{y + 23}" text-anchor="end" fill="#666" font-size="11">'
                          f'vs {escape(r["against"])}</text>')
@@ -282,6 +285,8 @@ def svg_chart(rows, meta):
                  'the nginx rows, a tick for the others). Whiskers: the lowest and highest round.</text>')
     parts.append(f'<text x="20" y="{y + 47}" fill="#666" font-size="11">Green: goal met, or at least as fast '
                  'where the row has no goal; orange: not.</text>')
+    parts.append(f'<text x="20" y="{y + 62}" fill="#666" font-size="11">Grey: a row with the floor (bytes '
+                 'relayed, no HTTP; examples/relay_floor.rs), a bound rather than a result.</text>')
     parts.append("</svg>")
     return "\n".join(parts) + "\n"
 
