@@ -93,9 +93,15 @@ fuzz_target!(|input: Input| {
     let _ = policy::serve_while_revalidating(&cc, lifetime, age, &request_cc, window);
     let _ = policy::serve_on_error(&cc, lifetime, age, window);
 
-    let kept = entry::storable_headers(&response, &targeted);
+    let (kept, directives) = entry::storable(&response, cc.clone(), &targeted);
     assert!(!kept.contains_key(http::header::AGE));
     for name in cc.private_fields.iter().chain(&cc.no_cache_fields) {
         assert!(!kept.contains_key(name), "{name} was to be left out");
     }
+    // An entry's directives, handed over from the response or read again,
+    // are what its kept fields say.
+    assert_eq!(
+        *directives.of(&kept, &targeted),
+        CacheControl::parse_response(&kept, &targeted)
+    );
 });

@@ -9,7 +9,7 @@ use http::{HeaderName, StatusCode, header};
 use libfuzzer_sys::fuzz_target;
 use sidecache::cache::entry::{self, Entry};
 use sidecache::cache::key::CacheKey;
-use sidecache::cache::policy::{self, DEFAULT_CACHE_STATUSES, StoreRules};
+use sidecache::cache::policy::{self, CacheControl, DEFAULT_CACHE_STATUSES, StoreRules};
 use sidecache::cache::validation;
 use sidecache_fuzz::{Field, Time, header_map};
 
@@ -74,7 +74,12 @@ fuzz_target!(|input: Input| {
     let entry = Entry {
         key: CacheKey::for_url("fuzz", "example.com", &uri),
         status: StatusCode::OK,
-        headers: entry::storable_headers(&stored, &targeted),
+        headers: entry::storable(
+            &stored,
+            CacheControl::parse_response(&stored, &targeted),
+            &targeted,
+        )
+        .0,
         body: Bytes::from_static(b"body"),
         response_time: received,
         initial_age: Duration::ZERO,

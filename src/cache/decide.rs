@@ -248,21 +248,25 @@ pub fn on_head(
     let storable = match plan {
         Plan::Head => Err(NoCacheReason::Head),
         Plan::RangePass => Err(NoCacheReason::Range),
-        Plan::Full | Plan::RangeFill => policy::storability(
-            head.status,
-            &head.headers,
-            &request.directives(&head.headers),
-            request.facts(),
-            request.rules,
-            times.response,
-        )
-        .and_then(|lifetime| fits(&head.headers, request.max_object_size).map(|()| lifetime)),
+        Plan::Full | Plan::RangeFill => {
+            let directives = request.directives(&head.headers);
+            policy::storability(
+                head.status,
+                &head.headers,
+                &directives,
+                request.facts(),
+                request.rules,
+                times.response,
+            )
+            .and_then(|lifetime| fits(&head.headers, request.max_object_size).map(|()| lifetime))
+            .map(|lifetime| (lifetime, directives))
+        }
     };
-    let status = forwarded(prior, head.status, storable.err());
-    let Ok(freshness_lifetime) = storable else {
+    let status = forwarded(prior, head.status, storable.as_ref().err().copied());
+    let Ok((freshness_lifetime, directives)) = storable else {
         return OnHead::PassOn(status);
     };
-    let (entry, variants) = to_store(request, prior, head, times, freshness_lifetime);
+    let (entry, variants) = to_store(request, prior, head, times, freshness_lifetime, directives);
     OnHead::Store {
         entry,
         variants,
@@ -331,6 +335,7 @@ fn to_store(
     head: &response::Parts,
     times: Times,
     freshness_lifetime: Duration,
+    directives: CacheControl,
 ) -> (Entry, Option<Arc<Variants>>) {
     let mut names = request.key_headers.to_vec();
     names.extend(policy::vary_names(&head.headers).unwrap_or_default());
@@ -352,17 +357,18 @@ fn to_store(
     let key = variants.as_ref().map_or(request.url_key.clone(), |index| {
         index.key_for(request.forwarded.headers())
     });
+    let (headers, directives) = entry::storable(&head.headers, directives, request.rules.targeted);
     let entry = Entry {
         key,
         status: head.status,
-        headers: entry::storable_headers(&head.headers, request.rules.targeted),
+        headers,
         body: bytes::Bytes::new(),
         response_time: times.response,
         initial_age: policy::corrected_initial_age(&head.headers, times.request, times.response),
         freshness_lifetime,
         request_time: times.request,
         tags: Vec::new(),
-        directives: Default::default(),
+        directives,
     };
     (entry, variants)
 }

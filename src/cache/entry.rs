@@ -47,6 +47,11 @@ pub struct Entry {
 pub struct Directives(OnceLock<(Vec<HeaderName>, CacheControl)>);
 
 impl Directives {
+    /// `directives`, already read from the entry's headers with `targeted`.
+    pub fn read(targeted: &[HeaderName], directives: CacheControl) -> Directives {
+        Directives(OnceLock::from((targeted.to_vec(), directives)))
+    }
+
     /// The directives of `headers` (the entry's own), read with `targeted`.
     pub fn of(&self, headers: &HeaderMap, targeted: &[HeaderName]) -> Cow<'_, CacheControl> {
         let (read_with, directives) = self.0.get_or_init(|| {
@@ -117,8 +122,12 @@ pub fn refreshed(
     response_time: SystemTime,
 ) -> Entry {
     let merged = validation::merge_not_modified(&stored.headers, update);
-    let headers = storable_headers(&merged, rules.targeted);
-    let cc = CacheControl::parse_response(&headers, rules.targeted);
+    let (headers, directives) = storable(
+        &merged,
+        CacheControl::parse_response(&merged, rules.targeted),
+        rules.targeted,
+    );
+    let cc = directives.of(&headers, rules.targeted);
     let freshness_lifetime =
         policy::freshness_lifetime(stored.status, &headers, &cc, rules, response_time)
             .unwrap_or(Duration::ZERO);
@@ -132,20 +141,33 @@ pub fn refreshed(
         freshness_lifetime,
         request_time,
         tags: Vec::new(),
-        directives: Default::default(),
+        directives,
     }
 }
 
 /// The response fields that go into the store: not `Age` (recomputed on
 /// every answer), nor fields named by `private="..."` or `no-cache="..."`
-/// (RFC 9111 §5.2.2.4, §5.2.2.7) in the directives this cache acts on.
-pub fn storable_headers(headers: &HeaderMap, targeted: &[HeaderName]) -> HeaderMap {
+/// (RFC 9111 §5.2.2.4, §5.2.2.7) in `directives`, those of `headers` as
+/// this cache acts on them (read with `targeted`). With them, the stored
+/// fields' directives: `directives` themselves, unless removing fields may
+/// have changed what they are read from (then read again on first use).
+pub fn storable(
+    headers: &HeaderMap,
+    directives: CacheControl,
+    targeted: &[HeaderName],
+) -> (HeaderMap, Directives) {
     let mut stored = compact(headers);
     stored.remove(header::AGE);
-    let cc = CacheControl::parse_response(headers, targeted);
-    validation::strip_fields(&mut stored, &cc.private_fields);
-    validation::strip_fields(&mut stored, &cc.no_cache_fields);
-    stored
+    validation::strip_fields(&mut stored, &directives.private_fields);
+    validation::strip_fields(&mut stored, &directives.no_cache_fields);
+    let unchanged = directives.private_fields.is_empty()
+        && directives.no_cache_fields.is_empty()
+        && !targeted.contains(&header::AGE);
+    let directives = match unchanged {
+        true => Directives::read(targeted, directives),
+        false => Directives::default(),
+    };
+    (stored, directives)
 }
 
 /// A copy of `headers` whose values live in one allocation of their own.
@@ -517,7 +539,7 @@ mod tests {
             HeaderValue::from_maybe_shared(buffer.slice(4..6)).unwrap(),
         );
         parsed.append("x-a", HeaderValue::from_static("b"));
-        let stored = storable_headers(&parsed, &[]);
+        let (stored, _) = storable(&parsed, CacheControl::default(), &[]);
         assert_eq!(stored, parsed);
         let within = |value: &HeaderValue| {
             let at = value.as_bytes().as_ptr() as usize;
@@ -525,6 +547,27 @@ mod tests {
             (start..start + buffer.len()).contains(&at)
         };
         assert!(stored.values().all(|value| !within(value)));
+    }
+
+    #[test]
+    fn a_stored_responses_directives_are_those_of_the_fields_it_keeps() {
+        let store = |cache_control: &'static str| {
+            let response = HeaderMap::from_iter([
+                (
+                    header::CACHE_CONTROL,
+                    HeaderValue::from_static(cache_control),
+                ),
+                (header::AGE, HeaderValue::from_static("5")),
+            ]);
+            let (kept, directives) =
+                storable(&response, CacheControl::parse_response(&response, &[]), &[]);
+            directives.of(&kept, &[]).max_age
+        };
+        // Handed over as the response's: storing keeps what they are read from.
+        assert_eq!(store("max-age=60"), Some(60));
+        // `private="cache-control"` leaves the field itself out of the store:
+        // the entry says nothing of max-age, as a read of it would.
+        assert_eq!(store("max-age=60, private=\"cache-control\""), None);
     }
 
     #[test]

@@ -186,32 +186,41 @@ impl CacheControl {
                     Some((name, value)) => (name.trim(), Some(value.trim().trim_matches('"'))),
                     None => (directive.trim(), None),
                 };
-                match name.to_ascii_lowercase().as_str() {
-                    "no-store" => cc.no_store = true,
-                    "no-cache" => match value {
+                // Names are case-insensitive (RFC 9111 §5.2); lowercased on
+                // the stack, every request and fill reads some. A name longer
+                // than the buffer is none this cache knows.
+                let mut buffer = [0u8; LONGEST_DIRECTIVE];
+                let Some(lower) = buffer.get_mut(..name.len()) else {
+                    continue;
+                };
+                lower.copy_from_slice(name.as_bytes());
+                lower.make_ascii_lowercase();
+                match &*lower {
+                    b"no-store" => cc.no_store = true,
+                    b"no-cache" => match value {
                         Some(fields) => cc.no_cache_fields.extend(field_names(fields)),
                         None => cc.no_cache = true,
                     },
-                    "private" => match value {
+                    b"private" => match value {
                         Some(fields) => cc.private_fields.extend(field_names(fields)),
                         None => cc.private = true,
                     },
-                    "public" => cc.public = true,
-                    "must-revalidate" => cc.must_revalidate = true,
-                    "proxy-revalidate" => cc.proxy_revalidate = true,
-                    "immutable" => cc.immutable = true,
-                    "only-if-cached" => cc.only_if_cached = true,
-                    "max-age" => cc.max_age = cc.max_age.or(Some(delta_seconds(value))),
-                    "s-maxage" => cc.s_maxage = cc.s_maxage.or(Some(delta_seconds(value))),
-                    "min-fresh" => cc.min_fresh = cc.min_fresh.or(Some(delta_seconds(value))),
-                    "stale-while-revalidate" => {
+                    b"public" => cc.public = true,
+                    b"must-revalidate" => cc.must_revalidate = true,
+                    b"proxy-revalidate" => cc.proxy_revalidate = true,
+                    b"immutable" => cc.immutable = true,
+                    b"only-if-cached" => cc.only_if_cached = true,
+                    b"max-age" => cc.max_age = cc.max_age.or(Some(delta_seconds(value))),
+                    b"s-maxage" => cc.s_maxage = cc.s_maxage.or(Some(delta_seconds(value))),
+                    b"min-fresh" => cc.min_fresh = cc.min_fresh.or(Some(delta_seconds(value))),
+                    b"stale-while-revalidate" => {
                         cc.stale_while_revalidate =
                             cc.stale_while_revalidate.or(Some(delta_seconds(value)))
                     }
-                    "stale-if-error" => {
+                    b"stale-if-error" => {
                         cc.stale_if_error = cc.stale_if_error.or(Some(delta_seconds(value)))
                     }
-                    "max-stale" => {
+                    b"max-stale" => {
                         let max_stale = match value {
                             None => MaxStale::Any,
                             Some(_) => MaxStale::Seconds(delta_seconds(value)),
@@ -261,6 +270,10 @@ impl CacheControl {
         self.public || self.must_revalidate || self.s_maxage.is_some()
     }
 }
+
+/// Bytes of the longest directive name [`CacheControl::parse`] knows
+/// (`stale-while-revalidate`).
+const LONGEST_DIRECTIVE: usize = "stale-while-revalidate".len();
 
 fn field_names(list: &str) -> impl Iterator<Item = HeaderName> + '_ {
     list.split(',')
@@ -782,6 +795,11 @@ mod tests {
                 "cache-control",
                 "s-maxage=\"30\", no-cache=\"set-cookie, x-a\", private=\"x-b\", must-revalidate",
             ),
+            // The longest known name, in capitals; a longer one is unknown.
+            (
+                "cache-control",
+                "STALE-WHILE-REVALIDATE=9, stale-while-revalidate-x=1",
+            ),
         ]));
         assert!(cc.public && cc.must_revalidate && cc.immutable);
         assert!(!cc.no_store && !cc.private && !cc.no_cache && !cc.proxy_revalidate);
@@ -792,6 +810,7 @@ mod tests {
         assert_eq!(cc.private_fields, vec![HeaderName::from_static("x-b")]);
         assert_eq!(cc.max_age, Some(60));
         assert_eq!(cc.s_maxage, Some(30));
+        assert_eq!(cc.stale_while_revalidate, Some(9));
         let request = CacheControl::parse_request(&headers(&[(
             "cache-control",
             "max-stale, min-fresh=5, only-if-cached, no-cache",
