@@ -380,11 +380,7 @@ impl Stored {
                 let generation = get_u64(&mut data)?;
                 let count = get_u16(&mut data)?;
                 let names = (0..count)
-                    .map(|_| {
-                        let len = usize::from(get_u16(&mut data)?);
-                        HeaderName::from_bytes(&take(&mut data, len)?)
-                            .map_err(|_| DecodeError::Malformed)
-                    })
+                    .map(|_| get_name16(&mut data))
                     .collect::<Result<Vec<_>, _>>()?;
                 Ok(Stored::Variants(Arc::new(Variants {
                     key: key.clone(),
@@ -424,12 +420,7 @@ fn decode_response(mut data: Bytes, key: CacheKey) -> Result<Entry, DecodeError>
     // so it only hints (a map that large would panic).
     let mut headers = HeaderMap::with_capacity(usize::try_from(count.min(64)).unwrap_or(64));
     for _ in 0..count {
-        // The name is read in place: a standard one needs no bytes of its
-        // own, and slicing `data` would count a reference up and down.
-        let len = usize::from(get_u16(&mut data)?);
-        let name = HeaderName::from_bytes(data.get(..len).ok_or(DecodeError::Malformed)?)
-            .map_err(|_| DecodeError::Malformed)?;
-        data.advance(len);
+        let name = get_name16(&mut data)?;
         let value = get_bytes32(&mut data)?;
         // `try_append`: a map holds at most 32,768 names, and `append`
         // panics past them.
@@ -489,6 +480,17 @@ fn get_u32(data: &mut Bytes) -> Result<u32, DecodeError> {
 
 fn get_u64(data: &mut Bytes) -> Result<u64, DecodeError> {
     data.try_get_u64().map_err(|_| DecodeError::Malformed)
+}
+
+/// A field name written by `put_bytes16`. Read in place: a standard name
+/// needs no bytes of its own, and slicing `data` would count its shared
+/// buffer's reference up and down.
+fn get_name16(data: &mut Bytes) -> Result<HeaderName, DecodeError> {
+    let len = usize::from(get_u16(data)?);
+    let name = HeaderName::from_bytes(data.get(..len).ok_or(DecodeError::Malformed)?)
+        .map_err(|_| DecodeError::Malformed)?;
+    data.advance(len);
+    Ok(name)
 }
 
 fn get_bytes32(data: &mut Bytes) -> Result<Bytes, DecodeError> {

@@ -999,12 +999,13 @@ async fn follow_failovers(
         // every one has a slot map of its own, and sends to the failed node
         // until it is told.
         let moved = owners(&current);
+        let is_behind = |c: &fred::prelude::Client| {
+            c.cached_cluster_state()
+                .is_none_or(|map| owners(&map) != moved)
+        };
         let behind: Vec<&fred::prelude::Client> = std::iter::once(&client)
             .chain(readers.iter().map(|(_, reader)| reader))
-            .filter(|c| {
-                c.cached_cluster_state()
-                    .is_none_or(|map| owners(&map) != moved)
-            })
+            .filter(|c| is_behind(c))
             .collect();
         if behind.is_empty() {
             continue;
@@ -1013,10 +1014,7 @@ async fn follow_failovers(
         for behind in behind {
             let _ = tokio::time::timeout(sync_timeout, behind.sync_cluster()).await;
         }
-        if client
-            .cached_cluster_state()
-            .is_none_or(|map| owners(&map) != moved)
-        {
+        if is_behind(&client) {
             continue;
         }
         // Breakers of nodes that no longer own slots would read as open forever.
